@@ -1,0 +1,1 @@
+"""Campaigns and their deliveries: one row per recipient, claimed in batches by workers."""

@@ -1,0 +1,79 @@
+"""Campaign and Delivery: progress lives in these rows, not in the broker."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from newsletter.db import Base, UtcDateTime
+
+
+class CampaignStatus(StrEnum):
+    """draft → (scheduled) → sending → paused / cancelled → finished."""
+
+    draft = "draft"
+    scheduled = "scheduled"
+    sending = "sending"
+    paused = "paused"
+    cancelled = "cancelled"
+    finished = "finished"
+
+
+class CampaignKind(StrEnum):
+    """What the campaign's mails are."""
+
+    invitation = "invitation"
+    reminder = "reminder"
+
+
+class DeliveryStatus(StrEnum):
+    """queued → inflight (claimed by a worker) → sent | failed | skipped."""
+
+    queued = "queued"
+    inflight = "inflight"
+    sent = "sent"
+    failed = "failed"
+    skipped = "skipped"  # the subscriber unsubscribed or bounced after the campaign was created
+
+
+class Campaign(Base):
+    """One mailing of one session to a snapshot of recipients."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default=CampaignKind.invitation)
+    subject: Mapped[str] = mapped_column(Text)
+    tag: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.draft, index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    recipient_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    scheduled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Delivery(Base):
+    """One recipient of one campaign. Its id makes the Message-ID, so a resend is the same mail."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "subscriber_id"),
+        # The claim query scans queued rows of one campaign in id order.
+        Index("ix_deliveries_campaign_status_id", "campaign_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.queued)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)

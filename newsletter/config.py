@@ -1,0 +1,117 @@
+"""Settings from the environment (``NEWSLETTER_*``) and ``.env``, with embedded defaults.
+
+With no configuration at all the product runs on SQLite, in-process tasks and a file outbox.
+Secrets that production must set (the signing key, the admin token) are generated once into
+``var/`` with mode 0600 and a warning, so a laptop demo needs nothing, yet nothing secret is
+ever hard-coded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from email.utils import parseaddr
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from newsletter.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FROM = "Mo 人工智能俱乐部 <salon@localhost>"
+
+
+class Settings(BaseSettings):
+    """Everything configurable; immutable once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NEWSLETTER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        frozen=True,
+        extra="ignore",
+    )
+
+    var_dir: Path = Path("var")
+    database_url: str = "sqlite:///var/newsletter.db"
+    broker_url: str | None = None
+    mail_url: str = "file://var/outbox"
+    secret_key: str | None = Field(default=None, repr=False)
+    base_url: str = "http://127.0.0.1:8000"
+    from_address: str = DEFAULT_FROM
+    rate_limit: float | None = None
+    admin_token: str | None = Field(default=None, repr=False)
+    mail_domain: str | None = None
+    bounce_address: str | None = None
+    organizer: str = "Mo 人工智能俱乐部"
+    timezone: str = "Asia/Shanghai"
+    batch_size: int = Field(default=500, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("from_address")
+    @classmethod
+    def _has_address(cls, value: str) -> str:
+        _, address = parseaddr(value)
+        if "@" not in address:
+            raise ValueError(f"{value!r} has no e-mail address in it")
+        return value
+
+    @property
+    def secret_keys(self) -> list[str]:
+        """Signing keys, newest first: the first signs, all verify (key rotation).
+
+        ``NEWSLETTER_SECRET_KEY`` may list several keys separated by commas.
+        """
+        raw = self.secret_key or _generated_secret(self.var_dir / "secret.key", "SECRET_KEY")
+        keys = [k.strip() for k in raw.split(",") if k.strip()]
+        if not keys:
+            raise ConfigurationError("NEWSLETTER_SECRET_KEY is set but holds no key")
+        return keys
+
+    @property
+    def admin_bearer_token(self) -> str:
+        """The organizer token; generated into ``var/admin.token`` when not configured."""
+        return self.admin_token or _generated_secret(self.var_dir / "admin.token", "ADMIN_TOKEN")
+
+    @property
+    def sender_domain(self) -> str:
+        """Domain for Message-IDs and List-Id: configured, else the From address's domain."""
+        if self.mail_domain:
+            return self.mail_domain
+        return parseaddr(self.from_address)[1].rpartition("@")[2].lower()
+
+
+def _generated_secret(path: Path, name: str) -> str:
+    """Read a generated secret, creating it (mode 0600) on first use with a warning."""
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    # O_EXCL: two processes starting at once must not each write a different key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+    log.warning(
+        "NEWSLETTER_%s is not set: generated one into %s. Set it in production.", name, path
+    )
+    return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once."""
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigurationError(f"configuration is invalid: {exc}") from exc

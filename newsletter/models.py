@@ -1,0 +1,20 @@
+"""Imports every model so that ``Base.metadata`` is complete (Alembic, tests)."""
+
+from newsletter.campaigns.models import Campaign, Delivery
+from newsletter.db import Base
+from newsletter.rsvp.models import Rsvp, RsvpEvent
+from newsletter.sessions.models import SalonSession, SessionLink
+from subscribers.models import Subscriber, Tag, subscriber_tags
+
+__all__ = [
+    "Base",
+    "Campaign",
+    "Delivery",
+    "Rsvp",
+    "RsvpEvent",
+    "SalonSession",
+    "SessionLink",
+    "Subscriber",
+    "Tag",
+    "subscriber_tags",
+]

@@ -1,0 +1,1 @@
+"""Answers to invitations: yes / maybe / no, capacity, waitlist, deadline."""

@@ -1,0 +1,51 @@
+"""RSVPs and the history of answers (for the over-time chart)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from newsletter.db import Base, UtcDateTime
+
+
+class Answer(StrEnum):
+    """What a subscriber said."""
+
+    yes = "yes"
+    maybe = "maybe"
+    no = "no"
+
+
+class Rsvp(Base):
+    """A subscriber's current answer for a session; answering again updates this row."""
+
+    __tablename__ = "rsvps"
+    __table_args__ = (UniqueConstraint("session_id", "subscriber_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    answer: Mapped[str] = mapped_column(String(8))
+    guests: Mapped[int] = mapped_column(Integer, default=0)
+    # A "yes" past capacity waits here; the waitlist is ordered by answered_at.
+    waitlisted: Mapped[bool] = mapped_column(default=False)
+    answered_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RsvpEvent(Base):
+    """Every answer ever recorded, append-only: the dashboard charts counts over time from it."""
+
+    __tablename__ = "rsvp_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
+    answer: Mapped[str] = mapped_column(String(8))
+    waitlisted: Mapped[bool] = mapped_column(default=False)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)

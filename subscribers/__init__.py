@@ -1,0 +1,1 @@
+"""The people invitations go to: storage, validation, import, unsubscribe and suppression."""

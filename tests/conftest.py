@@ -1,0 +1,115 @@
+"""Shared fixtures: a migrated database on SQLite and on a real PostgreSQL, settings, transports.
+
+Data-layer tests take the ``db_url`` fixture, which runs every such test twice: on SQLite and
+on PostgreSQL. Locally a missing PostgreSQL skips; with ``CI=true`` it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from newsletter import config as config_module
+from newsletter.config import Settings
+from newsletter.db import Base, get_engine, get_sessionmaker
+from newsletter.migrate import upgrade
+from tests.servers import Server, postgres_server, redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(server: Server | None, what: str) -> Server:
+    """Skip locally, fail in CI, when a real server cannot be started."""
+    if server is None:
+        if IN_CI:
+            pytest.fail(f"{what} is required in CI but could not be started")
+        pytest.skip(f"{what} is not installed")
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated PostgreSQL database for the whole test run."""
+    url = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL")
+    if url:
+        upgrade(url)
+        yield url
+        return
+    with postgres_server() as server:
+        running = require(server, "PostgreSQL")
+        upgrade(running.url)
+        yield running.url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis server for the whole test run."""
+    with redis_server() as server:
+        yield require(server, "Redis").url
+
+
+def _empty_tables(url: str) -> None:
+    engine = get_engine(url)
+    with engine.begin() as connection:
+        names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: each test using it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        upgrade(url)
+        return url
+    url = str(request.getfixturevalue("postgres_url"))
+    _empty_tables(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite database, for tests that do not concern the database engine."""
+    url = f"sqlite:///{tmp_path / 'test.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Session]:
+    """An ORM session on ``db_url``; the test commits what it wants kept."""
+    session = get_sessionmaker(db_url)()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Embedded-default settings rooted in a temp dir, installed as the process settings."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("NEWSLETTER_"):
+            monkeypatch.delenv(name)
+    config_module.get_settings.cache_clear()
+    current = Settings(
+        var_dir=tmp_path / "var",
+        database_url=f"sqlite:///{tmp_path / 'var' / 'newsletter.db'}",
+        mail_url=f"file://{tmp_path / 'var' / 'outbox'}",
+        secret_key="test-secret-key",
+        admin_token="test-admin-token",
+        from_address="Mo 人工智能俱乐部 <salon@example.org>",
+        base_url="https://salon.example.org",
+    )
+    monkeypatch.setattr(config_module, "get_settings", lambda: current)
+    yield current
+    config_module.get_settings.cache_clear()

@@ -1,0 +1,26 @@
+"""The schema: migrations apply on both engines, timestamps come back aware."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from sqlalchemy.orm import Session
+
+from newsletter.migrate import current_revision
+from subscribers.models import Subscriber
+
+
+def test_migrations_reach_head(db_url: str) -> None:
+    assert current_revision(db_url) == "0001"
+
+
+def test_timestamps_round_trip_aware_in_utc(db: Session) -> None:
+    shanghai = timezone(timedelta(hours=8))
+    written = datetime(2019, 12, 5, 12, 30, tzinfo=shanghai)
+    db.add(Subscriber(email="a@example.org", name="A", created_at=written))
+    db.commit()
+    db.expire_all()
+    read = db.query(Subscriber).one().created_at
+    assert read.tzinfo is not None
+    assert read == written
+    assert read.astimezone(UTC).hour == 4
