@@ -1,0 +1,173 @@
+"""Campaign lifecycle: create (snapshot recipients), start, pause, resume, cancel, status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from newsletter.campaigns import repo
+from newsletter.campaigns.models import (
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    DeliveryStatus,
+)
+from newsletter.db import utcnow
+from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.service import require_session
+
+
+def default_subject(series: str, number: int, title: str) -> str:
+    """The subject line the seeds use: 第 61 期机器学习学术沙龙邀请函：联邦学习的鲁棒性."""
+    return f"第 {number} 期{series}邀请函：{title}"
+
+
+def create_campaign(
+    session: Session,
+    number: int,
+    *,
+    subject: str | None = None,
+    tag: str | None = None,
+    kind: CampaignKind = CampaignKind.invitation,
+) -> Campaign:
+    """Create a draft campaign for session ``number`` with one queued delivery per recipient.
+
+    The recipient snapshot is taken in the caller's transaction, so the campaign and all its
+    deliveries appear together or not at all.
+    """
+    salon = require_session(session, number)
+    record = sessions_repo.record_of(salon)
+    if record.cancelled and kind == CampaignKind.invitation:
+        raise InvalidStateError(f"session {number} is cancelled; no invitation can be sent")
+    theme = record.theme or record.title
+    campaign = Campaign(
+        session_id=salon.id,
+        kind=kind,
+        subject=(subject or default_subject(record.series, record.number, theme)).strip(),
+        tag=tag,
+        status=CampaignStatus.draft,
+        created_at=utcnow(),
+    )
+    session.add(campaign)
+    session.flush()
+    campaign.recipient_count = repo.snapshot_recipients(session, campaign)
+    return campaign
+
+
+def require_campaign(session: Session, campaign_id: int, *, lock: bool = False) -> Campaign:
+    """The campaign or a NotFoundError naming the id."""
+    campaign = (
+        repo.lock_campaign(session, campaign_id) if lock else repo.get_campaign(session, campaign_id)
+    )
+    if campaign is None:
+        raise NotFoundError(f"campaign {campaign_id} does not exist (see `newsletter campaign list`)")
+    return campaign
+
+
+_TRANSITIONS: dict[str, set[CampaignStatus]] = {
+    "start": {CampaignStatus.draft, CampaignStatus.scheduled, CampaignStatus.sending},
+    "pause": {CampaignStatus.sending, CampaignStatus.scheduled},
+    "resume": {CampaignStatus.paused},
+    "cancel": {
+        CampaignStatus.draft,
+        CampaignStatus.scheduled,
+        CampaignStatus.sending,
+        CampaignStatus.paused,
+    },
+}
+
+
+def _transition(session: Session, campaign_id: int, action: str) -> Campaign:
+    campaign = require_campaign(session, campaign_id, lock=True)
+    if campaign.status not in _TRANSITIONS[action]:
+        raise InvalidStateError(
+            f"campaign {campaign_id} is {campaign.status}; it cannot {action}"
+            + (" (it is already done)" if campaign.status == CampaignStatus.finished else "")
+        )
+    return campaign
+
+
+def start_campaign(session: Session, campaign_id: int) -> Campaign:
+    """Mark the campaign sending. Starting a campaign that is already sending is harmless."""
+    campaign = _transition(session, campaign_id, "start")
+    campaign.status = CampaignStatus.sending
+    campaign.status_reason = None
+    campaign.started_at = campaign.started_at or utcnow()
+    return campaign
+
+
+def pause_campaign(session: Session, campaign_id: int, reason: str | None = None) -> Campaign:
+    """Stop claiming new batches; batches in flight finish their current message."""
+    campaign = _transition(session, campaign_id, "pause")
+    campaign.status = CampaignStatus.paused
+    campaign.status_reason = reason or "paused by an organizer"
+    return campaign
+
+
+def resume_campaign(session: Session, campaign_id: int) -> Campaign:
+    """Continue a paused campaign where it stopped."""
+    campaign = _transition(session, campaign_id, "resume")
+    campaign.status = CampaignStatus.sending
+    campaign.status_reason = None
+    return campaign
+
+
+def cancel_campaign(session: Session, campaign_id: int) -> Campaign:
+    """Cancel: queued deliveries are skipped and never sent."""
+    campaign = _transition(session, campaign_id, "cancel")
+    campaign.status = CampaignStatus.cancelled
+    campaign.status_reason = "cancelled by an organizer"
+    campaign.finished_at = utcnow()
+    repo.skip_queued(session, campaign_id, "campaign cancelled")
+    return campaign
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignProgress:
+    """A campaign's state and its delivery counts, read from the rows."""
+
+    id: int
+    session_number: int
+    subject: str
+    status: str
+    status_reason: str | None
+    total: int
+    queued: int
+    inflight: int
+    sent: int
+    failed: int
+    skipped: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def done(self) -> int:
+        """Deliveries that reached a final state."""
+        return self.sent + self.failed + self.skipped
+
+
+def progress(session: Session, campaign_id: int) -> CampaignProgress:
+    """The campaign's status with counts per delivery state."""
+    campaign = require_campaign(session, campaign_id)
+    counts = repo.delivery_counts(session, campaign_id)
+    salon = sessions_repo.get_by_id(session, campaign.session_id)
+    return CampaignProgress(
+        id=campaign.id,
+        session_number=salon.number if salon else 0,
+        subject=campaign.subject,
+        status=campaign.status,
+        status_reason=campaign.status_reason,
+        total=sum(counts.values()),
+        queued=counts[DeliveryStatus.queued],
+        inflight=counts[DeliveryStatus.inflight],
+        sent=counts[DeliveryStatus.sent],
+        failed=counts[DeliveryStatus.failed],
+        skipped=counts[DeliveryStatus.skipped],
+        created_at=campaign.created_at,
+        started_at=campaign.started_at,
+        finished_at=campaign.finished_at,
+    )

@@ -1,0 +1,32 @@
+"""The ``newsletter`` command: thin wrappers that parse, call a service and print."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from newsletter.cli import campaign_cmd, db_cmd, demo_cmd, sessions_cmd, subscribers_cmd
+from newsletter.cli.preview_cmd import preview
+from newsletter.cli.worker_cmd import worker
+
+app = typer.Typer(
+    name="newsletter",
+    help="Salon invitations: session records → personalised invitations → RSVPs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(sessions_cmd.app, name="sessions")
+app.add_typer(subscribers_cmd.app, name="subscribers")
+app.add_typer(campaign_cmd.app, name="campaign")
+app.add_typer(db_cmd.app, name="db")
+app.command()(preview)
+app.command()(worker)
+app.command()(demo_cmd.demo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()

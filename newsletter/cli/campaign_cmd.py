@@ -1,0 +1,191 @@
+"""``newsletter campaign``: create, send, watch, pause, resume, cancel, list."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from newsletter.campaigns import repo, service
+from newsletter.campaigns.models import CampaignStatus
+from newsletter.cli.common import console, err_console, fail, handles_errors
+from newsletter.config import get_settings
+from newsletter.db import session_scope
+from newsletter.migrate import upgrade
+
+app = typer.Typer(help="Invitation campaigns.", no_args_is_help=True)
+
+FINAL = {CampaignStatus.finished, CampaignStatus.cancelled, CampaignStatus.paused}
+
+
+@app.command()
+@handles_errors
+def create(
+    number: int = typer.Argument(..., help="The session number."),
+    subject: str | None = typer.Option(None, help="Subject line (default: from the record)."),
+    tag: str | None = typer.Option(None, help="Only subscribers with this tag."),
+) -> None:
+    """Create a campaign for a session; prints the campaign id."""
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        campaign = service.create_campaign(session, number, subject=subject, tag=tag)
+        campaign_id, count = campaign.id, campaign.recipient_count
+    err_console.print(f"campaign {campaign_id}: {count} recipients, draft")
+    console.print(str(campaign_id))
+
+
+def progress_line(progress: service.CampaignProgress) -> str:
+    """One line of counts, for status and the end of a send."""
+    line = (
+        f"campaign {progress.id} (session {progress.session_number}): {progress.status}; "
+        f"{progress.sent} sent, {progress.failed} failed, {progress.skipped} skipped, "
+        f"{progress.queued} queued, {progress.inflight} in flight of {progress.total}"
+    )
+    if progress.status_reason:
+        line += f" ({progress.status_reason})"
+    return line
+
+
+def _read_progress(campaign_id: int) -> service.CampaignProgress:
+    with session_scope(get_settings().database_url) as session:
+        return service.progress(session, campaign_id)
+
+
+def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
+    """Enqueue the campaign; with ``wait``, show a progress bar until it stops moving.
+
+    The enqueue runs in a thread because without a broker it does the sending itself; the
+    bar then reads progress from the database, exactly as it does with remote workers.
+    """
+    from tasks.campaigns import start_campaign
+    from tasks.dispatch import enqueue
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            enqueue(start_campaign, campaign_id)
+        except BaseException as exc:  # reported below, in the main thread
+            errors.append(exc)
+
+    sender = threading.Thread(target=run, name="enqueue", daemon=True)
+    sender.start()
+    if wait:
+        columns = (
+            TextColumn("[bold]sending"), BarColumn(), MofNCompleteColumn(),
+            TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err_console, transient=False) as bar:
+            first = _read_progress(campaign_id)
+            task = bar.add_task("send", total=first.total, rate="")
+            started = time.monotonic()
+            baseline = first.done
+            while True:
+                current = _read_progress(campaign_id)
+                elapsed = max(time.monotonic() - started, 1e-6)
+                rate = f"{(current.done - baseline) / elapsed:,.0f} msg/s"
+                bar.update(task, completed=current.done, rate=rate)
+                if current.status in FINAL and not sender.is_alive():
+                    break
+                if not sender.is_alive() and current.status == CampaignStatus.sending and (
+                    current.queued == 0 and current.inflight == 0
+                ):
+                    break
+                time.sleep(0.2)
+    sender.join()
+    if errors:
+        raise errors[0]
+    return _read_progress(campaign_id)
+
+
+@app.command()
+@handles_errors
+def send(
+    campaign_id: int = typer.Argument(..., help="The campaign id."),
+    wait: bool = typer.Option(False, "--wait", help="Show a progress bar until it is done."),
+) -> None:
+    """Start sending (or resume a sending one); sending twice mails nobody twice."""
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        current = service.require_campaign(session, campaign_id)
+        if current.status == CampaignStatus.paused:
+            service.resume_campaign(session, campaign_id)
+    result = send_and_watch(campaign_id, wait=wait)
+    console.print(progress_line(result))
+    if result.status == CampaignStatus.paused or result.failed:
+        raise fail(
+            f"campaign {campaign_id} is {result.status}"
+            + (f": {result.status_reason}" if result.status_reason else "")
+            + (f"; {result.failed} deliveries failed" if result.failed else "")
+        )
+
+
+@app.command()
+@handles_errors
+def status(campaign_id: int = typer.Argument(..., help="The campaign id.")) -> None:
+    """The campaign's state and counts."""
+    upgrade(get_settings().database_url)
+    console.print(progress_line(_read_progress(campaign_id)))
+
+
+def _change(campaign_id: int, action: str) -> None:
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        if action == "pause":
+            service.pause_campaign(session, campaign_id)
+        elif action == "resume":
+            service.resume_campaign(session, campaign_id)
+        else:
+            service.cancel_campaign(session, campaign_id)
+    if action == "resume":
+        send_and_watch(campaign_id, wait=False)
+    console.print(progress_line(_read_progress(campaign_id)))
+
+
+@app.command()
+@handles_errors
+def pause(campaign_id: int = typer.Argument(..., help="The campaign id.")) -> None:
+    """Pause: no new batch starts; resume continues where it stopped."""
+    _change(campaign_id, "pause")
+
+
+@app.command()
+@handles_errors
+def resume(campaign_id: int = typer.Argument(..., help="The campaign id.")) -> None:
+    """Resume a paused campaign."""
+    _change(campaign_id, "resume")
+
+
+@app.command()
+@handles_errors
+def cancel(campaign_id: int = typer.Argument(..., help="The campaign id.")) -> None:
+    """Cancel: nobody still queued is mailed."""
+    _change(campaign_id, "cancel")
+
+
+@app.command("list")
+@handles_errors
+def list_(limit: int = typer.Option(50, help="How many, newest first.")) -> None:
+    """Campaigns, newest first."""
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        rows = [service.progress(session, c.id) for c in repo.list_campaigns(session, limit)]
+    table = Table("id", "期数", "subject", "status", "sent", "failed", "skipped", "queued", "total")
+    for p in rows:
+        table.add_row(str(p.id), str(p.session_number), p.subject, p.status, str(p.sent),
+                      str(p.failed), str(p.skipped), str(p.queued + p.inflight), str(p.total))
+    console.print(table)

@@ -1,0 +1,86 @@
+"""``newsletter demo``: the whole main job on the embedded defaults, in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from sqlalchemy import select
+
+import newsletter
+from newsletter.campaigns import service as campaigns
+from newsletter.campaigns.models import Campaign, CampaignKind
+from newsletter.cli.campaign_cmd import progress_line, send_and_watch
+from newsletter.cli.common import console, fail, handles_errors
+from newsletter.config import get_settings
+from newsletter.db import session_scope
+from newsletter.migrate import upgrade
+from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.service import import_records
+from subscribers.service import import_csv
+
+EXAMPLES = Path(newsletter.__file__).resolve().parent.parent / "examples"
+
+
+def demo(
+    examples: Path = typer.Option(EXAMPLES, help="Folder with sessions/ and subscribers.csv."),
+) -> None:
+    """Set up a local database, import the samples, and send the newest session's invitation
+    to the local outbox; prints where to look."""
+    _demo(examples)
+
+
+@handles_errors
+def _demo(examples: Path) -> None:
+    settings = get_settings()
+    url = settings.database_url
+    console.print(f"[bold]1.[/] database {url}")
+    upgrade(url)
+    with session_scope(url) as session:
+        sessions_report = import_records(
+            session, [examples / "sessions"], timezone=settings.timezone
+        )
+    if sessions_report.errors:
+        raise fail("\n".join(sessions_report.errors))
+    console.print(
+        f"[bold]2.[/] sessions: {len(sessions_report.created)} created, "
+        f"{len(sessions_report.updated)} updated, {len(sessions_report.unchanged)} unchanged"
+    )
+    with session_scope(url) as session:
+        people = import_csv(session, examples / "subscribers.csv")
+    console.print(
+        f"[bold]3.[/] subscribers: {people.added} added, {people.updated} updated, "
+        f"{people.unchanged} unchanged"
+    )
+    with session_scope(url) as session:
+        salon = sessions_repo.newest(session)
+        if salon is None:
+            raise fail(f"no session records in {examples / 'sessions'}")
+        number = salon.number
+        # Running the demo again resumes the same campaign instead of mailing everyone anew.
+        existing = session.scalars(
+            select(Campaign).where(
+                Campaign.session_id == salon.id, Campaign.kind == CampaignKind.invitation
+            ).order_by(Campaign.id)
+        ).first()
+        campaign = existing or campaigns.create_campaign(session, number)
+        campaign_id, reused = campaign.id, existing is not None
+    console.print(
+        f"[bold]4.[/] campaign {campaign_id} for session {number}"
+        + (" (already created by an earlier run: nobody is mailed twice)" if reused else "")
+    )
+    if campaign.status in ("draft", "sending", "paused"):
+        if campaign.status == "paused":
+            with session_scope(url) as session:
+                campaigns.resume_campaign(session, campaign_id)
+        result = send_and_watch(campaign_id, wait=True)
+    else:
+        with session_scope(url) as session:
+            result = campaigns.progress(session, campaign_id)
+    console.print(progress_line(result))
+    outbox = settings.mail_url.removeprefix("file://")
+    console.print()
+    console.print(f"[bold green]Done.[/] The invitations are in [bold]{outbox}/[/], one .eml each.")
+    console.print(f"  Open one in a mail client (Thunderbird: File → Open), or run\n"
+                  f"  [bold]newsletter preview {number} --out var/preview-{number}.html[/] and "
+                  "open that file in a browser.")

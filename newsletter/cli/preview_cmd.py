@@ -1,0 +1,64 @@
+"""``newsletter preview``: one invitation, rendered exactly as it would be sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from newsletter.campaigns.sending import build_message, compile_invitation, personalise
+from newsletter.campaigns.service import default_subject
+from newsletter.cli.common import console, err_console, fail, handles_errors
+from newsletter.config import get_settings
+from newsletter.db import session_scope
+from newsletter.migrate import upgrade
+from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.service import require_session
+from subscribers import repo as subscribers_repo
+from subscribers.validation import normalise_email
+
+
+@handles_errors
+def preview(
+    number: int = typer.Argument(..., help="The session number."),
+    to: str | None = typer.Option(None, "--to", help="Render for this subscriber's address."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write FILE.html (the HTML part) or FILE.eml (the whole message)."
+    ),
+    subject: str | None = typer.Option(None, help="Subject line (default: from the record)."),
+) -> None:
+    """Render one invitation exactly as a campaign would send it."""
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        salon = require_session(session, number)
+        record = sessions_repo.record_of(salon)
+        name, address, subscriber_id = "订阅者", "subscriber@example.org", 0
+        if to:
+            address = normalise_email(to)
+            person = subscribers_repo.get_by_email(session, address)
+            if person is None:
+                err_console.print(f"{address} is not a subscriber: its links will not work")
+            else:
+                name, subscriber_id = person.name, person.id
+        compiled = compile_invitation(
+            session,
+            salon,
+            subject=subject or default_subject(record.series, record.number,
+                                               record.theme or record.title),
+            campaign_id=0,
+            settings=settings,
+        )
+    message = build_message(compiled, 0, subscriber_id, name, address, settings,
+                            settings.secret_keys)
+    if out is None:
+        out = settings.var_dir / f"preview-{number}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".eml":
+        out.write_bytes(message.data)
+    elif out.suffix in (".html", ".htm"):
+        _, rendered = personalise(compiled, subscriber_id, name, settings, settings.secret_keys)
+        out.write_text(rendered.html, encoding="utf-8")
+    else:
+        raise fail(f"{out}: --out must end in .html or .eml")
+    console.print(f"wrote {out} ({len(message.data):,} bytes as a message)")

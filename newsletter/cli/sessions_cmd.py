@@ -1,0 +1,56 @@
+"""``newsletter sessions``: import and list session records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from newsletter.cli.common import console, err_console, fail, handles_errors
+from newsletter.config import get_settings
+from newsletter.db import session_scope
+from newsletter.migrate import upgrade
+from newsletter.sessions import repo
+from newsletter.sessions.service import import_records
+
+app = typer.Typer(help="Session records (one YAML file per session).", no_args_is_help=True)
+
+
+@app.command("import")
+@handles_errors
+def import_(
+    paths: list[Path] = typer.Argument(..., help="Record files or folders of *.yaml files."),
+) -> None:
+    """Import or update records; a record with errors is refused whole and named."""
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        report = import_records(session, paths, timezone=settings.timezone)
+    console.print(
+        f"{len(report.created)} created, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged"
+    )
+    for error in report.errors:
+        err_console.print(error, markup=False, soft_wrap=True)
+    if report.errors:
+        raise fail(f"{len(report.errors)} record(s) refused; nothing of them was stored")
+
+
+@app.command("list")
+@handles_errors
+def list_() -> None:
+    """Sessions, newest first, with their RSVP counts."""
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        rows = repo.list_with_counts(session)
+    table = Table("期数", "时间", "系列", "标题", "方式", "名额", "是", "可能", "否", "候补")
+    for row in rows:
+        table.add_row(
+            str(row.number), row.starts_at_local, row.series, row.title, row.venue_mode or "",
+            str(row.capacity or ""), str(row.yes), str(row.maybe), str(row.no),
+            str(row.waitlisted),
+        )
+    console.print(table)
+    console.print(f"{len(rows)} sessions")

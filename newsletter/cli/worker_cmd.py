@@ -1,0 +1,23 @@
+"""``newsletter worker``: a Celery worker, the same as ``celery -A tasks worker``."""
+
+from __future__ import annotations
+
+import typer
+
+from newsletter.cli.common import fail
+from newsletter.config import get_settings
+
+
+def worker(
+    concurrency: int = typer.Option(1, help="Processes in this worker."),
+    loglevel: str = typer.Option("INFO", help="Celery log level."),
+) -> None:
+    """Run a Celery worker for the configured broker."""
+    if get_settings().broker_url is None:
+        raise fail(
+            "NEWSLETTER_BROKER_URL is not set: without a broker, tasks run inside the command "
+            "that starts them and no worker is needed"
+        )
+    from tasks.celery_app import app
+
+    app.worker_main(["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}"])

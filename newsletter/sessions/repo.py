@@ -1,0 +1,207 @@
+"""All SQL about sessions: upsert by number, listing with RSVP counts, the archive table."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from newsletter.db import utcnow
+from newsletter.rsvp.models import Answer, Rsvp
+from newsletter.sessions.archive import ArchiveLink, ArchiveRow, ArchiveTalkGroup
+from newsletter.sessions.models import SalonSession, SessionLink, Talk
+from newsletter.sessions.schema import SessionRecord, TalkKind
+
+
+class UpsertOutcome(StrEnum):
+    """What importing a record did to the database."""
+
+    created = "created"
+    updated = "updated"
+    unchanged = "unchanged"
+
+
+def get_by_number(session: Session, number: int) -> SalonSession | None:
+    """The session with this number, or None."""
+    return session.scalars(select(SalonSession).where(SalonSession.number == number)).first()
+
+
+def get_by_id(session: Session, session_id: int) -> SalonSession | None:
+    """The session with this primary key, or None."""
+    return session.get(SalonSession, session_id)
+
+
+def newest(session: Session) -> SalonSession | None:
+    """The session with the highest number."""
+    return session.scalars(select(SalonSession).order_by(SalonSession.number.desc())).first()
+
+
+def upsert(
+    session: Session, record: SessionRecord, *, timezone: str, source: str | None
+) -> tuple[SalonSession, UpsertOutcome]:
+    """Insert or update the session ``record.number``; talks and links are replaced whole.
+
+    ``revision`` goes up only when the record really changed, because it is the calendar
+    SEQUENCE: bumping it for a no-op import would make calendars re-alert attendees.
+    """
+    data = record.model_dump(mode="json", exclude_none=True)
+    row = get_by_number(session, record.number)
+    if row is not None and row.record == data:
+        return row, UpsertOutcome.unchanged
+    outcome = UpsertOutcome.updated
+    if row is None:
+        row = SalonSession(number=record.number, revision=0)
+        session.add(row)
+        outcome = UpsertOutcome.created
+    else:
+        row.revision += 1
+        # Delete the old talks and links before inserting the new ones: the unit of work
+        # would otherwise insert first and trip the (session_id, position) unique constraint.
+        row.talks.clear()
+        row.links.clear()
+        session.flush()
+    row.series = record.series
+    row.title = record.title
+    row.theme = record.theme
+    row.starts_at = record.starts_at
+    row.ends_at = record.ends_at
+    row.timezone = record.timezone or timezone
+    row.venue_mode = record.venue.mode.value if record.venue else None
+    row.capacity = record.registration.capacity if record.registration else None
+    row.deadline = record.registration.deadline if record.registration else None
+    row.cancelled = record.cancelled
+    row.record = data
+    row.source_path = source
+    row.updated_at = utcnow()
+    row.talks = [
+        Talk(
+            position=i,
+            kind=t.kind.value,
+            title=t.title,
+            speaker=t.speaker,
+            affiliation=t.affiliation,
+            starts_at=t.starts_at,
+            ends_at=t.ends_at,
+        )
+        for i, t in enumerate(record.talks)
+    ]
+    row.links = [
+        SessionLink(position=i, title=link.title, url=str(link.url))
+        for i, link in enumerate(record.links)
+    ]
+    session.flush()
+    return row, outcome
+
+
+def record_of(row: SalonSession) -> SessionRecord:
+    """The validated record a stored session was imported from."""
+    return SessionRecord.model_validate(row.record)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """A line of ``sessions list``."""
+
+    number: int
+    series: str
+    title: str
+    starts_at_local: str
+    venue_mode: str | None
+    capacity: int | None
+    yes: int
+    maybe: int
+    no: int
+    waitlisted: int
+
+
+def list_with_counts(session: Session) -> list[SessionSummary]:
+    """Every session, newest first, with its RSVP counts (one grouped query, not one per row)."""
+    counts = (
+        select(
+            Rsvp.session_id,
+            func.sum(case((Rsvp.answer == Answer.yes, case((Rsvp.waitlisted, 0), else_=1)),
+                          else_=0)).label("yes"),
+            func.sum(case((Rsvp.answer == Answer.maybe, 1), else_=0)).label("maybe"),
+            func.sum(case((Rsvp.answer == Answer.no, 1), else_=0)).label("no"),
+            func.sum(case((Rsvp.waitlisted, 1), else_=0)).label("waitlisted"),
+        )
+        .group_by(Rsvp.session_id)
+        .subquery()
+    )
+    query = (
+        select(SalonSession, counts.c.yes, counts.c.maybe, counts.c.no, counts.c.waitlisted)
+        .outerjoin(counts, counts.c.session_id == SalonSession.id)
+        .order_by(SalonSession.number.desc())
+    )
+    out = []
+    for row, yes, maybe, no, waitlisted in session.execute(query):
+        local = row.starts_at.astimezone(ZoneInfo(row.timezone))
+        out.append(
+            SessionSummary(
+                number=row.number,
+                series=row.series,
+                title=row.title,
+                starts_at_local=local.strftime("%Y-%m-%d %H:%M"),
+                venue_mode=row.venue_mode,
+                capacity=row.capacity,
+                yes=int(yes or 0),
+                maybe=int(maybe or 0),
+                no=int(no or 0),
+                waitlisted=int(waitlisted or 0),
+            )
+        )
+    return out
+
+
+# The order the seed invitations list kinds in one archive cell.
+_KIND_ORDER = [TalkKind.paper, TalkKind.lecture, TalkKind.practice]
+
+
+def archive_before(session: Session, number: int) -> list[ArchiveRow]:
+    """The archive table for an invitation of session ``number``: every earlier session.
+
+    Three queries whatever the number of sessions (sessions, their talks, their links),
+    grouped in Python; this runs once per campaign, not per message.
+    """
+    sessions = session.execute(
+        select(SalonSession.id, SalonSession.number, SalonSession.starts_at,
+               SalonSession.timezone)
+        .where(SalonSession.number < number, SalonSession.cancelled.is_(False))
+        .order_by(SalonSession.number)
+    ).all()
+    ids = [s.id for s in sessions]
+    talks: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for session_id, kind, title in session.execute(
+        select(Talk.session_id, Talk.kind, Talk.title)
+        .where(Talk.session_id.in_(ids))
+        .order_by(Talk.session_id, Talk.position)
+    ):
+        talks[session_id][kind].append(title)
+    links: dict[int, list[ArchiveLink]] = defaultdict(list)
+    for session_id, title, url in session.execute(
+        select(SessionLink.session_id, SessionLink.title, SessionLink.url)
+        .where(SessionLink.session_id.in_(ids))
+        .order_by(SessionLink.session_id, SessionLink.position)
+    ):
+        links[session_id].append(ArchiveLink(title=title, url=url))
+    rows = []
+    for s in sessions:
+        by_kind = talks[s.id]
+        groups = tuple(
+            ArchiveTalkGroup(label=kind.label, titles=tuple(by_kind[kind.value]))
+            for kind in _KIND_ORDER
+            if by_kind.get(kind.value)
+        )
+        rows.append(
+            ArchiveRow(
+                number=s.number,
+                held_on=s.starts_at.astimezone(ZoneInfo(s.timezone)).date(),
+                groups=groups,
+                links=tuple(links[s.id]),
+            )
+        )
+    return rows

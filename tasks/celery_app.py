@@ -1,0 +1,40 @@
+"""The Celery app, configured from ``newsletter.config``.
+
+With no ``NEWSLETTER_BROKER_URL`` tasks run in-process (``task_always_eager``): the laptop
+demo needs no broker, and the same task code runs in both modes.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from newsletter.config import Settings, get_settings
+
+# Longer than the longest retry back-off, so Redis does not hand an unacknowledged task
+# (acks_late) to a second worker while the first is still legitimately on it.
+VISIBILITY_TIMEOUT_S = 2 * 60 * 60
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings``: JSON only, late acks, one task per prefetch."""
+    celery = Celery("newsletter", include=["tasks.campaigns"])
+    eager = settings.broker_url is None
+    celery.conf.update(
+        broker_url=settings.broker_url or "memory://",
+        task_always_eager=eager,
+        task_eager_propagates=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return celery
+
+
+app = make_celery(get_settings())
