@@ -46,4 +46,4 @@ def send_campaign_batch(campaign_id: int) -> None:
         if repo.finish_if_done(session, campaign_id):
             log.info("campaign %s finished", campaign_id)
         elif result.stopped_because:
-            service.pause_campaign(session, campaign_id, reason=result.stopped_because)
+            service.halt_campaign(session, campaign_id, result.stopped_because)

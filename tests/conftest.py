@@ -93,23 +93,40 @@ def db(db_url: str) -> Iterator[Session]:
         session.close()
 
 
+class Configure:
+    """Set NEWSLETTER_* variables for one test and reload the process settings from them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._monkeypatch = monkeypatch
+
+    def __call__(self, **values: str) -> Settings:
+        for name, value in values.items():
+            self._monkeypatch.setenv(f"NEWSLETTER_{name.upper()}", value)
+        config_module.get_settings.cache_clear()
+        return config_module.get_settings()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Embedded-default settings rooted in a temp dir, installed as the process settings."""
+def configure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Configure]:
+    """Embedded-default settings rooted in a temp dir (the working directory of the test)."""
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
         if name.startswith("NEWSLETTER_"):
             monkeypatch.delenv(name)
-    config_module.get_settings.cache_clear()
-    current = Settings(
-        var_dir=tmp_path / "var",
-        database_url=f"sqlite:///{tmp_path / 'var' / 'newsletter.db'}",
-        mail_url=f"file://{tmp_path / 'var' / 'outbox'}",
+    setter = Configure(monkeypatch)
+    setter(
         secret_key="test-secret-key",
         admin_token="test-admin-token",
         from_address="Mo 人工智能俱乐部 <salon@example.org>",
         base_url="https://salon.example.org",
     )
-    monkeypatch.setattr(config_module, "get_settings", lambda: current)
-    yield current
+    yield setter
     config_module.get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(configure: Configure) -> Settings:
+    """The embedded defaults (SQLite and outbox under ./var of a temp dir), as process settings."""
+    return configure()

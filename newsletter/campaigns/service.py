@@ -107,6 +107,20 @@ def pause_campaign(session: Session, campaign_id: int, reason: str | None = None
     return campaign
 
 
+def halt_campaign(session: Session, campaign_id: int, reason: str) -> bool:
+    """Pause a sending campaign because sending cannot go on (the relay is down, say).
+
+    Several batches may hit the same fault at once; only the first one pauses, the others
+    find it paused already and do nothing.
+    """
+    campaign = require_campaign(session, campaign_id, lock=True)
+    if campaign.status != CampaignStatus.sending:
+        return False
+    campaign.status = CampaignStatus.paused
+    campaign.status_reason = reason
+    return True
+
+
 def resume_campaign(session: Session, campaign_id: int) -> Campaign:
     """Continue a paused campaign where it stopped."""
     campaign = _transition(session, campaign_id, "resume")
