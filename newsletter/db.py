@@ -67,9 +67,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-@lru_cache(maxsize=8)
+def _absolute(url: str) -> str:
+    """The URL with a relative SQLite path made absolute against the current directory.
+
+    Engines are cached per URL; ``sqlite:///var/newsletter.db`` must not keep pointing at the
+    file of whichever directory the process was in when it first connected.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(str(parsed.database))
+        if not path.is_absolute():
+            return parsed.set(database=str(path.resolve())).render_as_string(hide_password=False)
+    return url
+
+
 def get_engine(url: str) -> Engine:
     """One engine per database URL for the life of the process."""
+    return _engine(_absolute(url))
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -80,10 +98,14 @@ def get_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
-@lru_cache(maxsize=8)
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
     """The session factory bound to ``url``'s engine."""
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    return _sessionmaker(_absolute(url))
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker(url: str) -> sessionmaker[Session]:
+    return sessionmaker(bind=_engine(url), expire_on_commit=False)
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from newsletter.campaigns import repo, service
 from newsletter.campaigns.sending import send_batch
 from newsletter.config import get_settings
 from newsletter.db import session_scope
+from newsletter.errors import InvalidStateError
 from tasks.celery_app import app
 from tasks.dispatch import enqueue
 
@@ -22,8 +23,13 @@ def start_campaign(campaign_id: int) -> None:
     """Protocol: marks the campaign ``sending`` (idempotent) and commits, then enqueues
     ``CHAINS`` batch tasks. Running it twice only adds chains; rows decide who is mailed."""
     settings = get_settings()
-    with session_scope(settings.database_url) as session:
-        service.start_campaign(session, campaign_id)
+    try:
+        with session_scope(settings.database_url) as session:
+            service.start_campaign(session, campaign_id)
+    except InvalidStateError as exc:
+        # Finished or cancelled: a repeated send is a no-op, never a second mailing.
+        log.info("%s", exc)
+        return
     for _ in range(CHAINS):
         enqueue(send_campaign_batch, campaign_id)
 

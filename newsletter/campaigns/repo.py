@@ -36,12 +36,18 @@ def snapshot_recipients(session: Session, campaign: Campaign) -> int:
                 .where(Tag.name == campaign.tag)
             )
         )
-    result = session.execute(
+    session.execute(
         insert(Delivery).from_select(
             ["campaign_id", "subscriber_id", "status", "attempts"], audience
         )
     )
-    return int(result.rowcount or 0)
+    # Counted afterwards (an index-only scan): psycopg reports no rowcount for INSERT … SELECT.
+    return int(
+        session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.campaign_id == campaign.id)
+        )
+        or 0
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,317 @@
+"""The SMTP transport: one connection per batch, SMTP replies mapped to :class:`DeliveryError`.
+
+Protocol: ``with transport:`` connects (TLS, EHLO, AUTH) once; each ``send`` runs one
+``MAIL FROM`` / ``RCPT TO`` / ``DATA`` transaction on that connection; leaving the block
+QUITs. A transport object serves one thread.
+
+Replies map to what the sender needs to decide on a retry:
+
+* 4xx → ``DeliveryError(permanent=False, code=4xx)``: try again later;
+* 5xx → ``DeliveryError(permanent=True, code=5xx)`` with the server's text (its enhanced
+  status code such as ``5.1.1`` tells a hard bounce from a policy refusal) — except a
+  refused MAIL FROM, which is about us, not the recipient, and stays ``permanent=False``;
+* connection lost before the message was handed over (typically: the server closed an idle
+  connection) → reconnect once and retry; lost again, or lost *while* the message was being
+  transferred → ``DeliveryError(permanent=False)``. We do not retry in the second case on our
+  own: the server may already have the message, and resending is the campaign's decision.
+
+Neither the password nor the recipient's address ever appears in an error message or repr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+import smtplib
+import ssl
+from types import TracebackType
+from typing import Literal, Self
+
+from newsletter.errors import ConfigurationError, DeliveryError
+from newsletter.mail.message import OutgoingMessage
+
+TlsMode = Literal["none", "starttls", "implicit"]
+_ENHANCED_STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+class SmtpRefused(DeliveryError):
+    """The SMTP server answered a transaction with an error reply.
+
+    ``code`` is the basic reply code (``451``, ``550``), ``reply`` the server's decoded text
+    (the recipient's address masked), ``enhanced_status`` the RFC 3463 code if given and
+    ``stage`` the command refused (``MAIL FROM``, ``RCPT TO``, ``DATA``).
+    """
+
+    def __init__(self, message: str, *, code: int, reply: str, stage: str) -> None:
+        # A refused *sender* says nothing about the recipient: it is our configuration (or
+        # the server's policy towards us) and must not fail deliveries for good.
+        permanent = 500 <= code < 600 and stage != "MAIL FROM"
+        super().__init__(message, permanent=permanent, code=code)
+        self.reply = reply
+        self.stage = stage
+        found = _ENHANCED_STATUS.match(reply)
+        self.enhanced_status = ".".join(found.groups()) if found else None
+
+    @property
+    def is_hard_bounce(self) -> bool:
+        """Whether the mailbox or domain does not exist (5.1.x): suppress the address."""
+        return self.permanent and (self.enhanced_status or "").startswith("5.1.")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human reason for a network error, without a traceback's noise."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{exc.smtp_code} {_text(exc.smtp_error)}"
+    return str(exc) or type(exc).__name__
+
+
+def _text(reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return " ".join(text.split())  # multi-line replies on one line
+
+
+class _ConnectionLost(Exception):
+    """The connection broke; ``handed_over`` tells whether the message data had been sent."""
+
+    def __init__(self, reason: str, *, handed_over: bool, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.handed_over = handed_over
+        self.code = code
+
+
+class SmtpTransport:
+    """Sends through one SMTP server; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: TlsMode = "none",
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        local_hostname: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Configure (without connecting) a transport to ``host:port``.
+
+        ``tls`` is ``"implicit"`` (smtps, port 465), ``"starttls"`` or ``"none"``. Credentials
+        are refused on an unencrypted connection to anything but the local host, where they
+        would cross the network in clear. ``local_hostname`` is the EHLO name (smtplib's
+        default, the host's FQDN, when None).
+        """
+        if username and tls == "none" and not _is_loopback(host):
+            raise ConfigurationError(
+                f"refusing to send the SMTP password unencrypted to {host}:"
+                " use smtps:// or add ?starttls=true to NEWSLETTER_MAIL_URL"
+            )
+        self.host = host
+        self.port = port
+        self.tls: TlsMode = tls
+        self.username = username
+        self._password = password or ""
+        self.timeout = timeout
+        self.local_hostname = local_hostname
+        self._ssl_context = ssl_context
+        self._smtp: smtplib.SMTP | None = None  # None inside a batch: reconnect on next send
+        self._in_batch = False
+        self.connections = 0  # how many connections this transport has opened (for metrics)
+
+    def __repr__(self) -> str:
+        user = f"{self.username}@" if self.username else ""
+        scheme = "smtps" if self.tls == "implicit" else "smtp"
+        return f"SmtpTransport({scheme}://{user}{self.host}:{self.port}, tls={self.tls})"
+
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __enter__(self) -> Self:
+        if self._in_batch:
+            raise RuntimeError(f"{self!r} is already open: batches do not nest")
+        self._smtp = self._connect()
+        self._in_batch = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._in_batch = False
+        self._close(polite=True)
+
+    def _context(self) -> ssl.SSLContext:
+        return self._ssl_context or ssl.create_default_context()
+
+    def _connect(self) -> smtplib.SMTP:
+        """A connected, greeted, secured and authenticated session, or DeliveryError."""
+        smtp: smtplib.SMTP | None = None
+        try:
+            if self.tls == "implicit":
+                smtp = smtplib.SMTP_SSL(
+                    self.host,
+                    self.port,
+                    local_hostname=self.local_hostname,
+                    timeout=self.timeout,
+                    context=self._context(),
+                )
+            else:
+                smtp = smtplib.SMTP(
+                    self.host, self.port, local_hostname=self.local_hostname, timeout=self.timeout
+                )
+            smtp.ehlo()
+            if self.tls == "starttls":
+                smtp.starttls(context=self._context())
+                smtp.ehlo()
+            if self.username:
+                self._login(smtp, self.username)
+        except smtplib.SMTPAuthenticationError as exc:
+            _abandon(smtp)
+            # Not permanent for the delivery: the address is fine, our configuration is not.
+            raise DeliveryError(
+                f"SMTP server {self._where} refused the login of {self.username!r}:"
+                f" {exc.smtp_code} {_text(exc.smtp_error)}",
+                permanent=False,
+                code=exc.smtp_code,
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            _abandon(smtp)
+            raise DeliveryError(
+                f"SMTP server {self._where} does not support what the mail URL asks: {exc}",
+                permanent=False,
+            ) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            _abandon(smtp)
+            raise DeliveryError(
+                f"cannot connect to SMTP server {self._where}: {_reason(exc)}", permanent=False
+            ) from None
+        self.connections += 1
+        return smtp
+
+    def _login(self, smtp: smtplib.SMTP, username: str) -> None:
+        """AUTH PLAIN when offered (the norm over TLS), else smtplib's choice of mechanism.
+
+        ``smtplib.login`` tries every mechanism in turn after a refusal: one wrong password
+        would count as several failed logins, enough to get the sender's address blocked.
+        """
+        if "plain" in smtp.esmtp_features.get("auth", "").lower().split():
+            smtp.user, smtp.password = username, self._password
+            smtp.auth("PLAIN", smtp.auth_plain)
+        else:
+            smtp.login(username, self._password)
+
+    def _close(self, *, polite: bool) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        if polite:
+            try:
+                smtp.quit()
+                return
+            except (smtplib.SMTPException, OSError):
+                pass  # the server is gone already: nothing to say goodbye to
+        _abandon(smtp)
+
+    def send(self, message: OutgoingMessage) -> None:
+        """Hand ``message`` to the server on the batch's connection; raise DeliveryError if not."""
+        if not self._in_batch:
+            raise RuntimeError("open the transport with `with transport:` before sending")
+        for attempt in (1, 2):
+            if self._smtp is None:  # an earlier failure closed the connection
+                self._smtp = self._connect()
+            try:
+                self._transact(self._smtp, message)
+                return
+            except _ConnectionLost as lost:
+                self._close(polite=False)
+                if lost.handed_over:
+                    raise DeliveryError(
+                        f"lost the connection to SMTP server {self._where} while handing over"
+                        f" delivery {message.delivery_id} ({lost}); the server may have it",
+                        permanent=False,
+                    ) from None
+                if attempt == 2:
+                    raise DeliveryError(
+                        f"lost the connection to SMTP server {self._where} twice before"
+                        f" delivery {message.delivery_id} could be sent: {lost}",
+                        permanent=False,
+                        code=lost.code,
+                    ) from None
+
+    def _transact(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> None:
+        """One MAIL/RCPT/DATA transaction; raises SmtpRefused or _ConnectionLost."""
+        handed_over = False
+        code: int
+        reply: bytes | str
+        stage = "MAIL FROM"
+        try:
+            smtp.ehlo_or_helo_if_needed()
+            options = [f"SIZE={len(message.data)}"] if smtp.has_extn("size") else []
+            code, reply = smtp.mail(message.envelope_from, options)
+            if code == 250:
+                stage = "RCPT TO"
+                code, reply = smtp.rcpt(message.recipient)
+                if code in (250, 251):
+                    stage, handed_over = "DATA", True
+                    try:
+                        code, reply = smtp.data(message.data)
+                    except smtplib.SMTPDataError as exc:  # DATA itself refused: nothing sent
+                        handed_over = False
+                        code, reply = exc.smtp_code, exc.smtp_error
+                    if code == 250:
+                        return
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _ConnectionLost(_reason(exc), handed_over=handed_over) from None
+        if code == 421 and not handed_over:
+            # "Service not available, closing channel": typically an idle timeout between
+            # two messages; a fresh connection is the cure, not a failed delivery.
+            raise _ConnectionLost(f"421 {_text(reply)}", handed_over=False, code=421)
+        if code == 421:
+            self._close(polite=False)  # the server closes the channel after a 421
+        else:
+            self._reset(smtp)
+        raise self._refused(message, code, reply, stage)
+
+    def _reset(self, smtp: smtplib.SMTP) -> None:
+        """RSET after a refusal so the connection serves the next message."""
+        try:
+            smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            self._close(polite=False)  # the next send reconnects
+
+    def _refused(
+        self, message: OutgoingMessage, code: int, reply: bytes | str, stage: str
+    ) -> SmtpRefused:
+        text = _text(reply)
+        # Servers echo the address ("<a@b>: Recipient address rejected"); logs must not have it.
+        text = re.sub(re.escape(message.recipient), "<recipient>", text, flags=re.IGNORECASE)
+        kind = "refused" if 500 <= code < 600 else "deferred"
+        return SmtpRefused(
+            f"SMTP server {self._where} {kind} delivery {message.delivery_id} at {stage}:"
+            f" {code} {text}",
+            code=code,
+            reply=text,
+            stage=stage,
+        )
+
+
+def _abandon(smtp: smtplib.SMTP | None) -> None:
+    """Close a connection without a QUIT (it is broken or half-open)."""
+    if smtp is not None:
+        with contextlib.suppress(OSError):
+            smtp.close()

@@ -1,0 +1,203 @@
+"""Campaigns end to end on the embedded defaults: snapshot, send, no duplicates, no skips."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import threading
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from newsletter.campaigns import repo, service
+from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus
+from newsletter.config import Settings
+from newsletter.db import session_scope, utcnow
+from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.migrate import upgrade
+from newsletter.sessions.service import import_records
+from subscribers.models import Subscriber, SubscriberStatus, Tag
+from tasks.campaigns import start_campaign
+from tasks.dispatch import enqueue
+from tests.conftest import EXAMPLES, Configure
+
+
+def add_people(session: Session, count: int, *, tag: str | None = None) -> list[int]:
+    tags = [Tag(name=tag)] if tag else []
+    people = [
+        Subscriber(email=f"p{i}@example.org", name=f"订阅者{i}", created_at=utcnow(), tags=tags)
+        for i in range(count)
+    ]
+    session.add_all(people)
+    session.flush()
+    return [p.id for p in people]
+
+
+def load_examples(url: str) -> None:
+    with session_scope(url) as session:
+        import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+
+
+def outbox_messages(settings: Settings) -> list[email.message.EmailMessage]:
+    outbox = Path(settings.mail_url.removeprefix("file://"))
+    return [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
+        for path in sorted(outbox.glob("*.eml"))
+    ]
+
+
+def test_snapshot_takes_active_subscribers_with_the_tag(db_url: str) -> None:
+    load_examples(db_url)
+    with session_scope(db_url) as session:
+        add_people(session, 3, tag="zju")
+        gone = Subscriber(
+            email="gone@example.org",
+            name="Gone",
+            created_at=utcnow(),
+            status=SubscriberStatus.unsubscribed,
+        )
+        other = Subscriber(email="other@example.org", name="Other", created_at=utcnow())
+        session.add_all([gone, other])
+    with session_scope(db_url) as session:
+        everyone = service.create_campaign(session, 61)
+        tagged = service.create_campaign(session, 61, tag="zju")
+        assert (everyone.recipient_count, tagged.recipient_count) == (4, 3)
+        assert everyone.subject == "第 61 期机器学习学术沙龙邀请函：联邦学习的鲁棒性"
+        assert repo.delivery_counts(session, everyone.id)["queued"] == 4
+
+
+def test_unknown_session_and_campaign_are_clear_errors(db_url: str) -> None:
+    with session_scope(db_url) as session, pytest.raises(NotFoundError, match="session 99"):
+        service.create_campaign(session, 99)
+    with session_scope(db_url) as session, pytest.raises(NotFoundError, match="campaign 5"):
+        service.progress(session, 5)
+
+
+def test_claims_never_overlap_between_concurrent_workers(db_url: str) -> None:
+    load_examples(db_url)
+    with session_scope(db_url) as session:
+        add_people(session, 300)
+        campaign_id = service.create_campaign(session, 61).id
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while True:
+            with session_scope(db_url) as session:
+                batch = repo.claim_batch(session, campaign_id, worker=name, limit=7)
+            if not batch:
+                return
+            with lock:
+                claimed.extend(c.delivery_id for c in batch)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == 300
+    assert len(set(claimed)) == 300
+
+
+def test_stale_inflight_rows_are_requeued(db_url: str) -> None:
+    load_examples(db_url)
+    with session_scope(db_url) as session:
+        add_people(session, 5)
+        campaign_id = service.create_campaign(session, 61).id
+        repo.claim_batch(session, campaign_id, worker="dead", limit=5)
+    with session_scope(db_url) as session:
+        assert repo.requeue_stale(session, campaign_id, older_than=timedelta(minutes=5)) == 0
+        session.execute(update(Delivery).values(claimed_at=utcnow() - timedelta(hours=1)))
+        assert repo.requeue_stale(session, campaign_id, older_than=timedelta(minutes=5)) == 5
+        assert repo.delivery_counts(session, campaign_id)["queued"] == 5
+
+
+def test_send_mails_everyone_once_and_sending_again_mails_nobody(
+    configure: Configure,
+) -> None:
+    settings = configure(batch_size="7")
+    upgrade(settings.database_url)
+    load_examples(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        add_people(session, 20)
+        campaign_id = service.create_campaign(session, 61).id
+    enqueue(start_campaign, campaign_id)
+    enqueue(start_campaign, campaign_id)  # a second send: rows decide, nobody is mailed again
+    messages = outbox_messages(settings)
+    recipients = Counter(str(m["To"]) for m in messages)
+    assert len(recipients) == 20
+    assert set(recipients.values()) == {1}
+    with session_scope(settings.database_url) as session:
+        progress = service.progress(session, campaign_id)
+    assert (progress.status, progress.sent, progress.queued, progress.inflight) == (
+        CampaignStatus.finished,
+        20,
+        0,
+        0,
+    )
+    message_ids = {str(m["Message-ID"]) for m in messages}
+    assert len(message_ids) == 20
+    assert all(mid.endswith("@example.org>") for mid in message_ids)
+
+
+def test_unsubscribed_after_creation_is_skipped_at_send_time(configure: Configure) -> None:
+    settings = configure()
+    upgrade(settings.database_url)
+    load_examples(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        ids = add_people(session, 3)
+        campaign_id = service.create_campaign(session, 61).id
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.id == ids[0])
+            .values(status=SubscriberStatus.unsubscribed)
+        )
+    enqueue(start_campaign, campaign_id)
+    sent_to = {str(m["To"]) for m in outbox_messages(settings)}
+    assert len(sent_to) == 2
+    assert not any("p0@example.org" in to for to in sent_to)
+    with session_scope(settings.database_url) as session:
+        progress = service.progress(session, campaign_id)
+        assert (progress.sent, progress.skipped, progress.status) == (2, 1, "finished")
+
+
+def test_dead_smtp_server_pauses_the_campaign_and_loses_nothing(configure: Configure) -> None:
+    from tests.servers import free_port
+
+    settings = configure(mail_url=f"smtp://127.0.0.1:{free_port()}")
+    upgrade(settings.database_url)
+    load_examples(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        add_people(session, 4)
+        campaign_id = service.create_campaign(session, 61).id
+    enqueue(start_campaign, campaign_id)
+    with session_scope(settings.database_url) as session:
+        progress = service.progress(session, campaign_id)
+        statuses = set(session.scalars(select(Delivery.status)))
+    assert progress.status == CampaignStatus.paused
+    assert progress.status_reason and "127.0.0.1" in progress.status_reason
+    assert statuses == {DeliveryStatus.queued}
+    assert progress.sent == 0 and progress.failed == 0
+
+
+def test_pause_resume_cancel(db_url: str) -> None:
+    load_examples(db_url)
+    with session_scope(db_url) as session:
+        add_people(session, 3)
+        campaign_id = service.create_campaign(session, 61).id
+    with session_scope(db_url) as session:
+        with pytest.raises(InvalidStateError, match="cannot resume"):
+            service.resume_campaign(session, campaign_id)
+        service.start_campaign(session, campaign_id)
+        service.pause_campaign(session, campaign_id)
+        service.resume_campaign(session, campaign_id)
+        service.cancel_campaign(session, campaign_id)
+    with session_scope(db_url) as session:
+        progress = service.progress(session, campaign_id)
+        assert (progress.status, progress.skipped, progress.queued) == ("cancelled", 3, 0)
+        with pytest.raises(InvalidStateError, match="cannot start"):
+            service.start_campaign(session, campaign_id)
