@@ -107,9 +107,7 @@ class Configure:
 
 
 @pytest.fixture
-def configure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Configure]:
+def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
     """Embedded-default settings rooted in a temp dir (the working directory of the test)."""
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):

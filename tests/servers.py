@@ -38,7 +38,9 @@ def _wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 def postgres_bin() -> Path | None:
     """The newest installed PostgreSQL bin directory (Debian layout), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -75,25 +77,55 @@ def postgres_server() -> Iterator[Server | None]:
         shutil.chown(directory, "postgres", "postgres")
     port = free_port()
     subprocess.run(
-        _as_postgres_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U",
-                           "postgres", "-E", "UTF8", "--locale", "C"]),
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        _as_postgres_user(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
-    options = (f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    options = (
+        f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
     subprocess.run(
-        _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w",
-                           "-l", str(directory / "log"), "start"]),
-        check=True, stdout=subprocess.DEVNULL,
+        _as_postgres_user(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-w",
+                "-l",
+                str(directory / "log"),
+                "start",
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     try:
         _wait_for_port(port)
         yield Server(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", port, directory)
     finally:
         subprocess.run(
-            _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                               "stop"]),
-            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            _as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -108,9 +140,21 @@ def redis_server() -> Iterator[Server | None]:
     directory = Path(tempfile.mkdtemp(prefix="newsletter-redis-"))
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_for_port(port)

@@ -45,7 +45,7 @@ def load_examples(url: str) -> None:
 def outbox_messages(settings: Settings) -> list[email.message.EmailMessage]:
     outbox = Path(settings.mail_url.removeprefix("file://"))
     return [
-        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         for path in sorted(outbox.glob("*.eml"))
     ]
 

@@ -12,7 +12,9 @@ from newsletter.config import Settings
 from tests.conftest import Configure
 
 
-def test_defaults_need_no_configuration(configure: Configure, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_need_no_configuration(
+    configure: Configure, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NEWSLETTER_SECRET_KEY")
     monkeypatch.delenv("NEWSLETTER_ADMIN_TOKEN")
     settings = configure()

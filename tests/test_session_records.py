@@ -46,7 +46,7 @@ def test_examples_import_and_reimport_is_unchanged(db: Session) -> None:
     again = import_records(db, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
     assert again.created == [] and again.updated == [] and len(again.unchanged) == 58
     assert repo.get_by_number(db, 28) is not None
-    assert db.scalar(select(func.count()).select_from(Talk)) > 100
+    assert (db.scalar(select(func.count()).select_from(Talk)) or 0) > 100
 
 
 def test_archive_for_61_lists_every_earlier_session_grouped_by_kind(db: Session) -> None:
@@ -75,13 +75,19 @@ def test_update_by_number_replaces_talks_and_bumps_revision(db: Session, tmp_pat
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("ends_at: 2021-01-09T20:30:00+08:00", "ends_at: 2021-01-09T18:30:00+08:00"),
-         "ends_at must be after starts_at"),
-        (("starts_at: 2021-01-09T19:30:00+08:00", "starts_at: 2021-01-09T19:30:00"),
-         "starts_at: Value error, needs a UTC offset"),
+        (
+            ("ends_at: 2021-01-09T20:30:00+08:00", "ends_at: 2021-01-09T18:30:00+08:00"),
+            "ends_at must be after starts_at",
+        ),
+        (
+            ("starts_at: 2021-01-09T19:30:00+08:00", "starts_at: 2021-01-09T19:30:00"),
+            "starts_at: Value error, needs a UTC offset",
+        ),
         (("    title: A talk", "    title: A talk\n    kind2: x"), "talks[0].kind2: unknown field"),
-        (("    - {name: Mo平台直播, url: \"https://momodel.cn\"}", "    []"),
-         "venue: an online venue needs at least one entry in venue.streams"),
+        (
+            ('    - {name: Mo平台直播, url: "https://momodel.cn"}', "    []"),
+            "venue: an online venue needs at least one entry in venue.streams",
+        ),
         (("number: 70", "number: seventy"), "number: Input should be a valid integer"),
         (("  - kind: paper", "  - kind: poster"), "talks[0].kind: Input should be 'paper'"),
         (("series: 机器学习学术沙龙\n", ""), "series: required field is missing"),
@@ -108,8 +114,13 @@ def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
 
 def test_refused_file_stores_nothing_and_others_are_stored(db: Session, tmp_path: Path) -> None:
     good = write(tmp_path, "a.yaml", GOOD)
-    bad = write(tmp_path, "b.yaml", GOOD.replace("number: 70", "number: 71").replace(
-        "talks:\n  - kind: paper\n    title: A talk\n", "talks: []\n"))
+    bad = write(
+        tmp_path,
+        "b.yaml",
+        GOOD.replace("number: 70", "number: 71").replace(
+            "talks:\n  - kind: paper\n    title: A talk\n", "talks: []\n"
+        ),
+    )
     report = import_records(db, [good, bad], timezone="Asia/Shanghai")
     db.commit()
     assert report.created == [70]

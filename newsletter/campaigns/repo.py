@@ -10,13 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, func, insert, literal, select, update
+from sqlalchemy import CursorResult, Result, and_, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from newsletter.db import is_postgresql, utcnow
 from subscribers.models import Subscriber, SubscriberStatus, Tag, subscriber_tags
+
+
+def _affected(result: Result[Any]) -> int:
+    """Rows an UPDATE changed (session.execute types its result as the generic Result)."""
+    return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
 def snapshot_recipients(session: Session, campaign: Campaign) -> int:
@@ -100,10 +106,7 @@ def claim_batch(
         )
     ).all()
     return sorted(
-        (
-            ClaimedDelivery(by_id[p.id], p.id, p.email, p.name, p.status)
-            for p in people
-        ),
+        (ClaimedDelivery(by_id[p.id], p.id, p.email, p.name, p.status) for p in people),
         key=lambda c: c.delivery_id,
     )
 
@@ -143,7 +146,7 @@ def skip_queued(session: Session, campaign_id: int, reason: str) -> int:
         .values(status=DeliveryStatus.skipped, last_error=reason)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)
+    return _affected(result)
 
 
 def attempts_at_least(session: Session, delivery_ids: Sequence[int], limit: int) -> list[int]:
@@ -173,7 +176,7 @@ def requeue_stale(session: Session, campaign_id: int, *, older_than: timedelta) 
         .values(status=DeliveryStatus.queued, claimed_by=None, claimed_at=None)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)
+    return _affected(result)
 
 
 def delivery_counts(session: Session, campaign_id: int) -> dict[str, int]:
@@ -224,4 +227,4 @@ def finish_if_done(session: Session, campaign_id: int) -> bool:
         .values(status=CampaignStatus.finished, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)
+    return _affected(result) > 0

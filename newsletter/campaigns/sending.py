@@ -25,7 +25,7 @@ from newsletter.errors import DeliveryError
 from newsletter.links import RecipientLinks, recipient_links
 from newsletter.mail.message import MessageFactory, OutgoingMessage
 from newsletter.mail.transports import Transport, transport_from_url
-from newsletter.rendering import InvitationTemplate, Recipient, RenderedInvitation
+from newsletter.rendering import InvitationTemplate, Recipient
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from subscribers.models import SubscriberStatus
@@ -54,7 +54,12 @@ class CompiledCampaign:
 
 
 def compile_invitation(
-    session: Session, salon: SalonSession, *, subject: str, campaign_id: int, settings: Settings
+    session: Session,
+    salon: SalonSession,
+    *,
+    subject: str | None,
+    campaign_id: int,
+    settings: Settings,
 ) -> CompiledCampaign:
     """Compile the invitation of ``salon`` (Jinja + premailer, once) and its header factory."""
     record = sessions_repo.record_of(salon)
@@ -159,7 +164,8 @@ def send_batch(
         result.failed += len(failures)
         if on_sent and sent:
             on_sent(len(sent))
-        sent.clear(), skipped.clear(), requeue.clear(), failures.clear()
+        for pending in (sent, skipped, requeue, failures):
+            pending.clear()
 
     keys = settings.secret_keys
     active_transport = transport or transport_from_url(settings.mail_url)
@@ -169,8 +175,15 @@ def send_batch(
                 if item.subscriber_status != SubscriberStatus.active:
                     skipped.append(item.delivery_id)
                     continue
-                message = build_message(compiled, item.delivery_id, item.subscriber_id,
-                                        item.name, item.email, settings, keys)
+                message = build_message(
+                    compiled,
+                    item.delivery_id,
+                    item.subscriber_id,
+                    item.name,
+                    item.email,
+                    settings,
+                    keys,
+                )
                 try:
                     active_transport.send(message)
                 except DeliveryError as exc:
@@ -208,10 +221,10 @@ def _exhaust_attempts(
         failures.append((delivery_id, f"gave up after {MAX_ATTEMPTS} attempts"))
 
 
-def personalise(
+def recipient_for(
     compiled: CompiledCampaign, subscriber_id: int, name: str, settings: Settings, keys: list[str]
-) -> tuple[RecipientLinks, RenderedInvitation]:
-    """One recipient's signed links and personalised invitation."""
+) -> tuple[RecipientLinks, Recipient]:
+    """One recipient's signed links, and the values the invitation template fills in."""
     links = recipient_links(
         settings.base_url,
         keys,
@@ -221,17 +234,15 @@ def personalise(
         campaign_id=compiled.campaign_id,
         unsubscribe_mailbox=settings.bounce_address,
     )
-    rendered = compiled.template.personalise(
-        Recipient(
-            name=name,
-            rsvp_yes_url=links.rsvp_yes,
-            rsvp_maybe_url=links.rsvp_maybe,
-            rsvp_no_url=links.rsvp_no,
-            calendar_url=links.calendar,
-            unsubscribe_url=links.unsubscribe,
-        )
+    recipient = Recipient(
+        name=name,
+        rsvp_yes_url=links.rsvp_yes,
+        rsvp_maybe_url=links.rsvp_maybe,
+        rsvp_no_url=links.rsvp_no,
+        calendar_url=links.calendar,
+        unsubscribe_url=links.unsubscribe,
     )
-    return links, rendered
+    return links, recipient
 
 
 def build_message(
@@ -244,7 +255,9 @@ def build_message(
     keys: list[str],
 ) -> OutgoingMessage:
     """The finished message for one recipient: links, personalised body, MIME bytes."""
-    links, rendered = personalise(compiled, subscriber_id, name, settings, keys)
+    links, recipient = recipient_for(compiled, subscriber_id, name, settings, keys)
+    # The UTF-8 variant: the big static chunks were encoded once per campaign.
+    rendered = compiled.template.personalise_utf8(recipient)
     return compiled.factory.build(
         delivery_id=delivery_id,
         recipient_name=name,

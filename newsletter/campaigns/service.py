@@ -16,13 +16,10 @@ from newsletter.campaigns.models import (
 )
 from newsletter.db import utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.rendering import default_subject
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.service import require_session
-
-
-def default_subject(series: str, number: int, title: str) -> str:
-    """The subject line the seeds use: 第 61 期机器学习学术沙龙邀请函：联邦学习的鲁棒性."""
-    return f"第 {number} 期{series}邀请函：{title}"
+from subscribers.validation import normalise_tag
 
 
 def create_campaign(
@@ -42,12 +39,11 @@ def create_campaign(
     record = sessions_repo.record_of(salon)
     if record.cancelled and kind == CampaignKind.invitation:
         raise InvalidStateError(f"session {number} is cancelled; no invitation can be sent")
-    theme = record.theme or record.title
     campaign = Campaign(
         session_id=salon.id,
         kind=kind,
-        subject=(subject or default_subject(record.series, record.number, theme)).strip(),
-        tag=tag,
+        subject=(subject or default_subject(record)).strip(),
+        tag=normalise_tag(tag) if tag else None,
         status=CampaignStatus.draft,
         created_at=utcnow(),
     )
@@ -60,10 +56,14 @@ def create_campaign(
 def require_campaign(session: Session, campaign_id: int, *, lock: bool = False) -> Campaign:
     """The campaign or a NotFoundError naming the id."""
     campaign = (
-        repo.lock_campaign(session, campaign_id) if lock else repo.get_campaign(session, campaign_id)
+        repo.lock_campaign(session, campaign_id)
+        if lock
+        else repo.get_campaign(session, campaign_id)
     )
     if campaign is None:
-        raise NotFoundError(f"campaign {campaign_id} does not exist (see `newsletter campaign list`)")
+        raise NotFoundError(
+            f"campaign {campaign_id} does not exist (see `newsletter campaign list`)"
+        )
     return campaign
 
 

@@ -83,8 +83,12 @@ def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
     sender.start()
     if wait:
         columns = (
-            TextColumn("[bold]sending"), BarColumn(), MofNCompleteColumn(),
-            TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            TextColumn("[bold]sending"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
         )
         with Progress(*columns, console=err_console, transient=False) as bar:
             first = _read_progress(campaign_id)
@@ -98,8 +102,10 @@ def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
                 bar.update(task, completed=current.done, rate=rate)
                 if current.status in FINAL and not sender.is_alive():
                     break
-                if not sender.is_alive() and current.status == CampaignStatus.sending and (
-                    current.queued == 0 and current.inflight == 0
+                if (
+                    not sender.is_alive()
+                    and current.status == CampaignStatus.sending
+                    and (current.queued == 0 and current.inflight == 0)
                 ):
                     break
                 time.sleep(0.2)
@@ -186,6 +192,15 @@ def list_(limit: int = typer.Option(50, help="How many, newest first.")) -> None
         rows = [service.progress(session, c.id) for c in repo.list_campaigns(session, limit)]
     table = Table("id", "期数", "subject", "status", "sent", "failed", "skipped", "queued", "total")
     for p in rows:
-        table.add_row(str(p.id), str(p.session_number), p.subject, p.status, str(p.sent),
-                      str(p.failed), str(p.skipped), str(p.queued + p.inflight), str(p.total))
+        table.add_row(
+            str(p.id),
+            str(p.session_number),
+            p.subject,
+            p.status,
+            str(p.sent),
+            str(p.failed),
+            str(p.skipped),
+            str(p.queued + p.inflight),
+            str(p.total),
+        )
     console.print(table)

@@ -6,7 +6,8 @@ import typer
 
 from newsletter.cli.common import console, handles_errors
 from newsletter.config import get_settings
-from newsletter.migrate import current_revision, upgrade as upgrade_schema
+from newsletter.migrate import current_revision
+from newsletter.migrate import upgrade as upgrade_schema
 
 app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 

@@ -59,9 +59,9 @@ def _demo(examples: Path) -> None:
         number = salon.number
         # Running the demo again resumes the same campaign instead of mailing everyone anew.
         existing = session.scalars(
-            select(Campaign).where(
-                Campaign.session_id == salon.id, Campaign.kind == CampaignKind.invitation
-            ).order_by(Campaign.id)
+            select(Campaign)
+            .where(Campaign.session_id == salon.id, Campaign.kind == CampaignKind.invitation)
+            .order_by(Campaign.id)
         ).first()
         campaign = existing or campaigns.create_campaign(session, number)
         campaign_id, reused = campaign.id, existing is not None
@@ -81,6 +81,8 @@ def _demo(examples: Path) -> None:
     outbox = settings.mail_url.removeprefix("file://")
     console.print()
     console.print(f"[bold green]Done.[/] The invitations are in [bold]{outbox}/[/], one .eml each.")
-    console.print(f"  Open one in a mail client (Thunderbird: File → Open), or run\n"
-                  f"  [bold]newsletter preview {number} --out var/preview-{number}.html[/] and "
-                  "open that file in a browser.")
+    console.print(
+        f"  Open one in a mail client (Thunderbird: File → Open), or run\n"
+        f"  [bold]newsletter preview {number} --out var/preview-{number}.html[/] and "
+        "open that file in a browser."
+    )

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import typer
 
-from newsletter.campaigns.sending import build_message, compile_invitation, personalise
-from newsletter.campaigns.service import default_subject
+from newsletter.campaigns.sending import build_message, compile_invitation, recipient_for
 from newsletter.cli.common import console, err_console, fail, handles_errors
 from newsletter.config import get_settings
 from newsletter.db import session_scope
 from newsletter.migrate import upgrade
-from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.service import require_session
 from subscribers import repo as subscribers_repo
 from subscribers.validation import normalise_email
@@ -32,7 +30,6 @@ def preview(
     upgrade(settings.database_url)
     with session_scope(settings.database_url) as session:
         salon = require_session(session, number)
-        record = sessions_repo.record_of(salon)
         name, address, subscriber_id = "订阅者", "subscriber@example.org", 0
         if to:
             address = normalise_email(to)
@@ -44,21 +41,21 @@ def preview(
         compiled = compile_invitation(
             session,
             salon,
-            subject=subject or default_subject(record.series, record.number,
-                                               record.theme or record.title),
+            subject=subject,
             campaign_id=0,
             settings=settings,
         )
-    message = build_message(compiled, 0, subscriber_id, name, address, settings,
-                            settings.secret_keys)
+    message = build_message(
+        compiled, 0, subscriber_id, name, address, settings, settings.secret_keys
+    )
     if out is None:
         out = settings.var_dir / f"preview-{number}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".eml":
         out.write_bytes(message.data)
     elif out.suffix in (".html", ".htm"):
-        _, rendered = personalise(compiled, subscriber_id, name, settings, settings.secret_keys)
-        out.write_text(rendered.html, encoding="utf-8")
+        _, recipient = recipient_for(compiled, subscriber_id, name, settings, settings.secret_keys)
+        out.write_text(compiled.template.personalise(recipient).html, encoding="utf-8")
     else:
         raise fail(f"{out}: --out must end in .html or .eml")
     console.print(f"wrote {out} ({len(message.data):,} bytes as a message)")

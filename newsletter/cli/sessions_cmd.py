@@ -48,8 +48,15 @@ def list_() -> None:
     table = Table("期数", "时间", "系列", "标题", "方式", "名额", "是", "可能", "否", "候补")
     for row in rows:
         table.add_row(
-            str(row.number), row.starts_at_local, row.series, row.title, row.venue_mode or "",
-            str(row.capacity or ""), str(row.yes), str(row.maybe), str(row.no),
+            str(row.number),
+            row.starts_at_local,
+            row.series,
+            row.title,
+            row.venue_mode or "",
+            str(row.capacity or ""),
+            str(row.yes),
+            str(row.maybe),
+            str(row.no),
             str(row.waitlisted),
         )
     console.print(table)

@@ -41,9 +41,17 @@ def describe_validation_error(path: Path, error: ValidationError) -> str:
     for item in error.errors(include_url=False):
         # Union members add their type names to the location; they mean nothing to a reader.
         location = tuple(
-            p for p in item["loc"] if not (isinstance(p, str) and p[:1].isupper() or p in {
-                "str", "constrained-str", "function-after[_aware(), datetime]",
-            })
+            p
+            for p in item["loc"]
+            if not (
+                (isinstance(p, str) and p[:1].isupper())
+                or p
+                in {
+                    "str",
+                    "constrained-str",
+                    "function-after[_aware(), datetime]",
+                }
+            )
         )
         message = str(item["msg"]).removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
@@ -64,8 +72,9 @@ def parse_record(path: Path, text: str) -> SessionRecord:
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecordError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
-        raise RecordError(f"{path}: a session record must be a mapping of fields, got "
-                          f"{type(data).__name__}")
+        raise RecordError(
+            f"{path}: a session record must be a mapping of fields, got {type(data).__name__}"
+        )
     try:
         return SessionRecord.model_validate(data)
     except ValidationError as exc:

@@ -123,8 +123,9 @@ def list_with_counts(session: Session) -> list[SessionSummary]:
     counts = (
         select(
             Rsvp.session_id,
-            func.sum(case((Rsvp.answer == Answer.yes, case((Rsvp.waitlisted, 0), else_=1)),
-                          else_=0)).label("yes"),
+            func.sum(
+                case((Rsvp.answer == Answer.yes, case((Rsvp.waitlisted, 0), else_=1)), else_=0)
+            ).label("yes"),
             func.sum(case((Rsvp.answer == Answer.maybe, 1), else_=0)).label("maybe"),
             func.sum(case((Rsvp.answer == Answer.no, 1), else_=0)).label("no"),
             func.sum(case((Rsvp.waitlisted, 1), else_=0)).label("waitlisted"),
@@ -168,8 +169,7 @@ def archive_before(session: Session, number: int) -> list[ArchiveRow]:
     grouped in Python; this runs once per campaign, not per message.
     """
     sessions = session.execute(
-        select(SalonSession.id, SalonSession.number, SalonSession.starts_at,
-               SalonSession.timezone)
+        select(SalonSession.id, SalonSession.number, SalonSession.starts_at, SalonSession.timezone)
         .where(SalonSession.number < number, SalonSession.cancelled.is_(False))
         .order_by(SalonSession.number)
     ).all()

@@ -1,0 +1,192 @@
+"""How many finished invitations per second one core makes, compiled once vs rendered each time.
+
+Each timed message is what a campaign worker does per recipient: sign the recipient's links
+(``newsletter.links.recipient_links``), personalise the invitation, and build the MIME bytes
+(``newsletter.mail.message.MessageFactory.build``). The fast way compiles the invitation once
+(Jinja + premailer) and personalises it per message; the naive way runs ``render_invitation``
+(Jinja + premailer) for every message. Sessions come straight from ``examples/sessions/*.yaml``,
+no database needed.
+
+Run: ``.venv/bin/python benchmarks/render.py [--seconds 3] [--session 61]``. The last line of
+output is one JSON object: ``{"msgs_per_s", "naive_msgs_per_s", "ratio", "message_bytes"}``
+(plus ``utf8_msgs_per_s``: the compiled way with ``personalise_utf8``, parts handed to the MIME
+builder as bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import yaml
+
+from newsletter.config import Settings
+from newsletter.links import recipient_links
+from newsletter.mail.message import MessageFactory, OutgoingMessage
+from newsletter.rendering import (
+    EncodedInvitation,
+    InvitationTemplate,
+    Recipient,
+    RenderedInvitation,
+)
+from newsletter.rendering import render_invitation as full_render
+from newsletter.sessions.archive import ArchiveLink, ArchiveRow, ArchiveTalkGroup
+from newsletter.sessions.schema import SessionRecord, TalkKind
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sessions"
+KIND_ORDER = (TalkKind.paper, TalkKind.lecture, TalkKind.practice)
+NAMES = ("张三", "李雷", "Ann O'Neil", "", "韩梅梅", "Zoë & co")
+
+
+def load_examples() -> dict[int, SessionRecord]:
+    """Every example session record, by number."""
+    records = {}
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        record = SessionRecord.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        records[record.number] = record
+    return records
+
+
+def archive_before(records: dict[int, SessionRecord], number: int, zone: str) -> list[ArchiveRow]:
+    """The archive table rows of every session before ``number``, as the database gives them."""
+    rows = []
+    for past in (records[n] for n in sorted(records) if n < number):
+        groups = tuple(
+            ArchiveTalkGroup(kind.label, tuple(t.title for t in past.talks if t.kind is kind))
+            for kind in KIND_ORDER
+            if any(t.kind is kind for t in past.talks)
+        )
+        held_on = past.starts_at.astimezone(ZoneInfo(past.timezone or zone)).date()
+        links = tuple(ArchiveLink(link.title, str(link.url)) for link in past.links)
+        rows.append(ArchiveRow(past.number, held_on, groups, links))
+    return rows
+
+
+def rate(make: Callable[[int], OutgoingMessage], seconds: float) -> tuple[float, int]:
+    """Messages per second of ``make(i)`` over about ``seconds``; also the last message size."""
+    count, size = 0, 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while True:
+        for _ in range(20):  # check the clock every 20 messages, not every one
+            size = len(make(count).data)
+            count += 1
+        if time.perf_counter() >= deadline:
+            break
+    return count / (time.perf_counter() - started), size
+
+
+def main() -> None:
+    """Run both ways on one core and print the figures, the JSON summary last."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="time for each way")
+    parser.add_argument("--session", type=int, default=61, help="session number to send")
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, honestly
+
+    settings = Settings(
+        secret_key="benchmark-secret-key",
+        base_url="https://salon.example.org",
+        from_address="Mo 人工智能俱乐部 <salon@example.org>",
+    )
+    keys = settings.secret_keys
+    records = load_examples()
+    record = records[args.session]
+    archive = archive_before(records, record.number, settings.timezone)
+    organizer = record.organizer or settings.organizer
+
+    started = time.perf_counter()
+    template = InvitationTemplate.build(
+        record, archive, organizer=organizer, timezone=settings.timezone
+    )
+    factory = MessageFactory.for_settings(
+        settings, subject=template.subject, list_name=record.series
+    )
+    build_ms = (time.perf_counter() - started) * 1000
+
+    def message(
+        i: int,
+        personalise: Callable[[Recipient], RenderedInvitation | EncodedInvitation],
+        date: datetime | None,
+    ) -> OutgoingMessage:
+        name = NAMES[i % len(NAMES)]
+        links = recipient_links(
+            settings.base_url,
+            keys,
+            session_id=record.number,
+            session_number=record.number,
+            subscriber_id=100_000 + i,
+            campaign_id=1,
+            unsubscribe_mailbox="unsubscribe@example.org",
+        )
+        rendered = personalise(
+            Recipient(
+                name=name,
+                rsvp_yes_url=links.rsvp_yes,
+                rsvp_maybe_url=links.rsvp_maybe,
+                rsvp_no_url=links.rsvp_no,
+                calendar_url=links.calendar,
+                unsubscribe_url=links.unsubscribe,
+            )
+        )
+        return factory.build(
+            delivery_id=i,
+            recipient_name=name,
+            recipient_address=f"subscriber{i}@example.org",
+            html=rendered.html,
+            text=rendered.text,
+            unsubscribe_url=links.unsubscribe,
+            unsubscribe_mailto=links.unsubscribe_mailto,
+            date=date,
+        )
+
+    def naive(recipient: Recipient) -> RenderedInvitation:
+        return full_render(
+            record, archive, recipient, organizer=organizer, timezone=settings.timezone
+        )
+
+    # Both ways must make the very same message, or the comparison means nothing.
+    fixed = datetime(2020, 10, 10, 9, 0, tzinfo=UTC)
+    for i in range(len(NAMES)):
+        expected = message(i, naive, fixed).data
+        for way in (template.personalise, template.personalise_utf8):
+            if message(i, way, fixed).data != expected:
+                raise SystemExit(f"message {i}: compiled and full render differ")
+
+    sample = template.personalise(Recipient("张三", *(["https://salon.example.org/x"] * 5)))
+    fast, message_bytes = rate(lambda i: message(i, template.personalise, None), args.seconds)
+    # The same with the parts handed to the MIME builder as UTF-8 bytes (no encode per message).
+    fast_utf8, _ = rate(lambda i: message(i, template.personalise_utf8, None), args.seconds)
+    slow, _ = rate(lambda i: message(i, naive, None), args.seconds)
+
+    print(f"session no. {record.number}: {len(archive)} archive rows")
+    print(f"compile once (Jinja + premailer):    {build_ms:8.1f} ms")
+    print(f"HTML part:                           {len(sample.html.encode()):8,d} bytes")
+    print(f"text part:                           {len(sample.text.encode()):8,d} bytes")
+    print(f"finished message (MIME, base64):     {message_bytes:8,d} bytes")
+    print(f"compiled: links + personalise + MIME {fast:8,.0f} msgs/s ({1e6 / fast:.0f} µs each)")
+    utf8_each = 1e6 / fast_utf8
+    print(
+        f"  (personalise_utf8 → MIME:          {fast_utf8:8,.0f} msgs/s ({utf8_each:.0f} µs each))"
+    )
+    print(f"naive:    links + full render + MIME {slow:8,.1f} msgs/s ({1e3 / slow:.1f} ms each)")
+    print(f"ratio:                               {fast / slow:8,.0f}×")
+    summary = {
+        "msgs_per_s": round(fast, 1),
+        "naive_msgs_per_s": round(slow, 1),
+        "ratio": round(fast / slow, 1),
+        "message_bytes": message_bytes,
+        "utf8_msgs_per_s": round(fast_utf8, 1),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

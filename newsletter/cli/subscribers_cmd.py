@@ -1,0 +1,239 @@
+"""``newsletter subscribers``: import a CSV list, add, remove and list subscribers.
+
+Thin: parse the options, call :mod:`subscribers.service`, print. Results go to stdout, refused
+rows and errors to stderr; a command that refused anything exits non-zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from newsletter.cli.common import console, err_console, fail, handles_errors
+from newsletter.config import get_settings
+from newsletter.db import session_scope
+from newsletter.migrate import upgrade
+from subscribers import service
+from subscribers.csv_import import ImportReport
+from subscribers.csv_import import Progress as ImportProgress
+from subscribers.models import SubscriberStatus
+
+app = typer.Typer(
+    help="The subscriber list: import a CSV file, add, remove and list subscribers.",
+    no_args_is_help=True,
+)
+
+_PHASES = {"reading": "Checking rows", "storing": "Storing"}
+
+
+def _database_url() -> str:
+    """The configured database, migrated to the current schema."""
+    url = get_settings().database_url
+    upgrade(url)
+    return url
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+@app.command("import")
+@handles_errors
+def import_(
+    file: Path = typer.Argument(
+        ...,
+        metavar="FILE.csv",
+        help="UTF-8 CSV with columns email,name and optionally locale,tags (tags split by ';').",
+        show_default=False,
+    ),
+) -> None:
+    """Import subscribers from a CSV file; every refused row is reported with its line.
+
+    Valid rows are stored in one transaction even when other rows are refused; the exit code
+    is 1 when any row was refused. Unsubscribed, bounced and suppressed addresses in the file
+    stay as they are: an import never re-subscribes anyone.
+    """
+    url = _database_url()
+    with _progress_bar() as report_progress, session_scope(url) as session:
+        report = service.import_csv(session, file, progress=report_progress)
+    _print_import(report)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _progress_bar() -> Iterator[ImportProgress | None]:
+    """A Rich progress bar on stderr, when stderr is a terminal (not in pipes, logs, tests)."""
+    if not err_console.is_terminal:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(_PHASES["reading"], total=None)
+
+        def update(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=_PHASES.get(phase, phase), completed=done, total=total)
+
+        yield update
+
+
+def _print_import(report: ImportReport) -> None:
+    for error in report.errors:
+        err_console.print(f"line {error.line}: {error.reason}", markup=False, soft_wrap=True)
+    console.print(
+        f"{escape(str(report.path))}: {report.added:,} added, {report.updated:,} updated, "
+        f"{report.unchanged:,} unchanged, {report.kept_unsubscribed:,} kept unsubscribed",
+        soft_wrap=True,
+    )
+    if report.kept_unsubscribed:
+        console.print(
+            f"{_plural(report.kept_unsubscribed, 'address')} in the file had unsubscribed, "
+            "bounced or been suppressed; they were left as they are and will not be mailed.",
+            soft_wrap=True,
+        )
+    if report.ignored_columns:
+        names = ", ".join(repr(name) for name in report.ignored_columns)
+        console.print(f"ignored columns: {escape(names)}", soft_wrap=True)
+    if report.errors:
+        err_console.print(
+            f"{_plural(len(report.errors), 'row')} refused (listed above, nothing of them was "
+            f"stored); the valid rows were stored ({_plural(report.stored, 'row')}).",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+@app.command("add")
+@handles_errors
+def add(
+    email: str = typer.Argument(..., help="The address to add.", show_default=False),
+    name: str = typer.Option("", "--name", "-n", help="Display name, used in the greeting."),
+    locale: str | None = typer.Option(None, "--locale", help="e.g. zh-CN (default) or en."),
+    tag: list[str] = typer.Option(
+        [], "--tag", "-t", help="A tag (repeat the option, or separate tags with ';')."
+    ),
+    resubscribe: bool = typer.Option(
+        False,
+        "--resubscribe",
+        help="Re-activate an address that unsubscribed, bounced or was suppressed. Only when "
+        "the person asked for it.",
+    ),
+) -> None:
+    """Add one subscriber. An unsubscribed address is not re-activated without --resubscribe."""
+    url = _database_url()
+    try:
+        with session_scope(url) as session:
+            added = service.add_subscriber(
+                session, email, name=name, locale=locale, tags=tag, resubscribe=resubscribe
+            )
+            person = added.subscriber
+            summary = f"{person.email}" + (f" ({person.name})" if person.name else "")
+            tags = ", ".join(sorted(t.name for t in person.tags))
+    except service.SubscriberInactive as exc:
+        raise fail(
+            f"{exc}. If they asked to receive invitations again, run the command again with "
+            "--resubscribe."
+        ) from None
+    verb = "re-subscribed" if added.resubscribed else "added"
+    console.print(
+        f"{verb} {escape(summary)}" + (f", tags: {escape(tags)}" if tags else ""),
+        soft_wrap=True,
+    )
+
+
+@app.command("remove")
+@handles_errors
+def remove(
+    email: str = typer.Argument(..., help="The address to remove.", show_default=False),
+    purge: bool = typer.Option(
+        False,
+        "--purge",
+        help="Also delete the row, if the person never received a mail nor answered an RSVP.",
+    ),
+) -> None:
+    """Stop mailing an address: it is marked unsubscribed ("removed by organizer")."""
+    url = _database_url()
+    with session_scope(url) as session:
+        removed = service.remove_subscriber(session, email)
+    address = escape(removed.email)
+    if removed.changed:
+        console.print(f"{address} is unsubscribed; no invitation will go to it again.")
+    else:
+        console.print(f"{address} was already {removed.previous_status}; left as it is.")
+    if purge:
+        try:
+            with session_scope(url) as session:
+                service.purge_subscriber(session, removed.email)
+        except service.SubscriberHasHistory as exc:
+            raise fail(f"{exc}; it stays on the list as {_kept_status(removed)}") from None
+        console.print(f"{address} deleted, with its tags.")
+
+
+def _kept_status(removed: service.Removed) -> str:
+    return SubscriberStatus.unsubscribed.value if removed.changed else removed.previous_status
+
+
+@app.command("list")
+@handles_errors
+def list_(
+    status: SubscriberStatus | None = typer.Option(
+        None, "--status", "-s", help="Only subscribers with this status.", case_sensitive=False
+    ),
+    tag: str | None = typer.Option(None, "--tag", "-t", help="Only subscribers with this tag."),
+    limit: int = typer.Option(50, "--limit", "-l", min=1, help="How many to show."),
+    offset: int = typer.Option(0, "--offset", min=0, help="How many to skip (paging)."),
+) -> None:
+    """Subscribers in the order they were added, with counts per status."""
+    url = _database_url()
+    with session_scope(url) as session:
+        page = service.list_subscribers(session, status=status, tag=tag, limit=limit, offset=offset)
+        counts = service.status_counts(session)
+        table = Table("id", "email", "name", "locale", "status", "tags")
+        # Addresses, ids, locales and statuses are never cut short on a narrow terminal;
+        # names and tags wrap instead.
+        widest_id = max((len(str(p.id)) for p in page.items), default=2)
+        longest = max((len(p.email) for p in page.items), default=5)
+        widest_locale = max((len(p.locale) for p in page.items), default=6)
+        fixed = ((0, widest_id), (1, min(longest, 64)), (3, widest_locale), (4, 12))
+        for index, width in fixed:
+            table.columns[index].no_wrap = True
+            table.columns[index].min_width = width
+        for person in page.items:
+            table.add_row(
+                str(person.id),
+                escape(person.email),
+                escape(person.name),
+                person.locale,
+                person.status,
+                escape(", ".join(sorted(t.name for t in person.tags))),
+            )
+    if page.items:
+        console.print(table)
+    filters = ", ".join(
+        part
+        for part in (f"status {status.value}" if status else "", f"tag {tag}" if tag else "")
+        if part
+    )
+    if page.items:
+        shown = f"showing {offset + 1:,}–{offset + len(page.items):,} of {page.total:,}"
+    elif page.total:
+        shown = f"nothing past {offset:,}: {page.total:,} match"
+    else:
+        shown = "no subscribers match"
+    console.print(
+        escape(shown + (f" ({filters})" if filters else "")), soft_wrap=True, highlight=False
+    )
+    console.print(" · ".join(f"{n:,} {s}" for s, n in counts.items()), soft_wrap=True)

@@ -1,0 +1,41 @@
+"""Mail rendering: the Jinja environment, CSS inlining (premailer lives here only) and the
+invitation, compiled once per campaign and personalised per recipient.
+
+Public API::
+
+    Recipient, RenderedInvitation       per-recipient values in, finished parts out
+    default_subject(record)             "第 61 期机器学习学术沙龙邀请函：联邦学习的鲁棒性"
+    InvitationTemplate.build(...)       once per campaign; .personalise(recipient) per message
+                                        (.personalise_utf8: the same, parts as UTF-8 bytes)
+    render_invitation(...)              the full render of one message (preview, tests)
+    render_email_template(name, **ctx)  other mails (reminder, waitlist, confirmation)
+"""
+
+from newsletter.rendering.environment import TEMPLATES_DIR, get_environment
+from newsletter.rendering.inline import inline_css
+from newsletter.rendering.invitation import (
+    Recipient,
+    RenderedInvitation,
+    default_subject,
+    render_email_template,
+    render_invitation,
+)
+from newsletter.rendering.personalise import (
+    EncodedInvitation,
+    InvitationTemplate,
+    RenderingError,
+)
+
+__all__ = [
+    "TEMPLATES_DIR",
+    "EncodedInvitation",
+    "InvitationTemplate",
+    "Recipient",
+    "RenderedInvitation",
+    "RenderingError",
+    "default_subject",
+    "get_environment",
+    "inline_css",
+    "render_email_template",
+    "render_invitation",
+]

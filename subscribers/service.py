@@ -1,0 +1,328 @@
+"""What organizers, the web app and the bounce handler do to subscribers.
+
+Rules kept here, whoever calls:
+
+* An address is stored once, normalised (:func:`~subscribers.validation.normalise_email`).
+* Only ``active`` subscribers are mailed. Nothing but an explicit ``resubscribe=True`` from an
+  organizer turns an unsubscribed, bounced or suppressed address back to active: not an import,
+  not a second ``add``, not a web click.
+* "Removing" keeps the row, marked unsubscribed, so past deliveries and RSVPs stay consistent;
+  :func:`purge_subscriber` deletes only people without any history.
+
+Functions take a Session and never commit; the caller's ``session_scope`` does. The CSV import
+lives in :mod:`subscribers.csv_import` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from newsletter.db import utcnow
+from newsletter.errors import InvalidStateError, NotFoundError
+from subscribers import repo
+from subscribers.csv_import import ImportReport, RowError, import_csv
+from subscribers.models import Subscriber, SubscriberStatus
+from subscribers.validation import (
+    DEFAULT_LOCALE,
+    normalise_email,
+    normalise_locale,
+    normalise_name,
+    normalise_tag,
+    parse_tags,
+)
+
+__all__ = [
+    "Added",
+    "ImportReport",
+    "Removed",
+    "RowError",
+    "SubscriberExists",
+    "SubscriberHasHistory",
+    "SubscriberInactive",
+    "SubscriberPage",
+    "add_subscriber",
+    "count_active",
+    "import_csv",
+    "list_subscribers",
+    "purge_subscriber",
+    "remove_subscriber",
+    "status_counts",
+    "suppress",
+    "unsubscribe",
+]
+
+REMOVED_BY_ORGANIZER = "removed by organizer"
+RESUBSCRIBED_BY_ORGANIZER = "resubscribed by organizer"
+
+
+class SubscriberExists(InvalidStateError):
+    """``add`` of an address that is already an active subscriber."""
+
+
+class SubscriberInactive(InvalidStateError):
+    """``add`` of an address that unsubscribed, bounced or was suppressed."""
+
+    def __init__(self, message: str, *, email: str, status: str) -> None:
+        super().__init__(message)
+        self.email = email
+        self.status = status
+
+
+class SubscriberHasHistory(InvalidStateError):
+    """A purge refused because deliveries or RSVPs point at the subscriber."""
+
+
+@dataclass(frozen=True)
+class Added:
+    """The outcome of :func:`add_subscriber`."""
+
+    subscriber: Subscriber
+    resubscribed: bool  # True: the address existed, inactive, and is active again
+
+
+@dataclass(frozen=True)
+class Removed:
+    """The outcome of :func:`remove_subscriber`."""
+
+    email: str
+    previous_status: str
+    changed: bool  # False: the address was not active already; its status was kept
+
+
+@dataclass(frozen=True)
+class SubscriberPage:
+    """One page of :func:`list_subscribers` and how many match in all."""
+
+    items: list[Subscriber]
+    total: int
+
+
+def _status(value: SubscriberStatus | str | None) -> SubscriberStatus | None:
+    if value is None or isinstance(value, SubscriberStatus):
+        return value
+    try:
+        return SubscriberStatus(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in SubscriberStatus)
+        raise InvalidStateError(f"unknown status {value!r} (one of: {choices})") from None
+
+
+def _describe_inactive(subscriber: Subscriber) -> str:
+    since = (
+        f" since {subscriber.status_changed_at:%Y-%m-%d}" if subscriber.status_changed_at else ""
+    )
+    why = f" ({subscriber.status_reason})" if subscriber.status_reason else ""
+    return f"{subscriber.email} is {subscriber.status}{since}{why}"
+
+
+def _require(session: Session, email: str) -> Subscriber:
+    address = normalise_email(email)
+    subscriber = repo.get_by_email(session, address)
+    if subscriber is None:
+        raise NotFoundError(f"{address} is not on the subscriber list")
+    return subscriber
+
+
+def add_subscriber(
+    session: Session,
+    email: str,
+    *,
+    name: str | None = None,
+    locale: str | None = None,
+    tags: Iterable[str] = (),
+    resubscribe: bool = False,
+) -> Added:
+    """Add one subscriber (active), with optional tags.
+
+    An address already active raises :class:`SubscriberExists`. An address that unsubscribed,
+    bounced or was suppressed raises :class:`SubscriberInactive` unless ``resubscribe`` is
+    true: the organizer has then been told and asked for it explicitly (e.g. the person wrote
+    to say they want the invitations again). Re-subscribing updates the name and locale when
+    given and adds the tags.
+    """
+    address = normalise_email(email)
+    clean_name = normalise_name(name)
+    tag_names = parse_tags(list(tags))
+    now = utcnow()
+    existing = repo.get_by_email(session, address)
+    if existing is None:
+        new_id = repo.insert_subscriber(
+            session,
+            email=address,
+            name=clean_name,
+            locale=normalise_locale(locale),
+            status=SubscriberStatus.active,
+            reason=None,
+            now=now,
+        )
+        if new_id is None:  # inserted by someone else between our lookup and our insert
+            raise SubscriberExists(f"{address} is already subscribed")
+        _attach_tags(session, new_id, tag_names)
+        subscriber = repo.get_by_id(session, new_id)
+        assert subscriber is not None  # we have just inserted it in this transaction
+        return Added(subscriber, resubscribed=False)
+
+    if existing.status == SubscriberStatus.active:
+        raise SubscriberExists(f"{address} is already subscribed")
+    if not resubscribe:
+        raise SubscriberInactive(
+            f"{_describe_inactive(existing)}; it was not subscribed again",
+            email=address,
+            status=existing.status,
+        )
+    repo.set_status(
+        session,
+        existing.id,
+        SubscriberStatus.active,
+        RESUBSCRIBED_BY_ORGANIZER,
+        now,
+        only_from=[s for s in SubscriberStatus if s is not SubscriberStatus.active],
+    )
+    repo.update_profiles(
+        session,
+        [
+            (
+                existing.id,
+                clean_name or existing.name,
+                normalise_locale(locale, default=existing.locale),
+            )
+        ],
+    )
+    _attach_tags(session, existing.id, tag_names)
+    session.refresh(existing)
+    return Added(existing, resubscribed=True)
+
+
+def _attach_tags(session: Session, subscriber_id: int, tag_names: list[str]) -> None:
+    ids = repo.ensure_tags(session, tag_names)
+    repo.link_tags(session, [(subscriber_id, ids[name]) for name in tag_names])
+
+
+def remove_subscriber(session: Session, email: str) -> Removed:
+    """Stop mailing an address: mark it unsubscribed ("removed by organizer"), keep the row.
+
+    Keeping the row keeps past deliveries and RSVPs consistent, and means a later import of
+    an old spreadsheet will not bring the person back. An address that already unsubscribed,
+    bounced or was suppressed keeps its status and reason. Unknown address: NotFoundError.
+    """
+    subscriber = _require(session, email)
+    previous = subscriber.status
+    changed = repo.set_status(
+        session,
+        subscriber.id,
+        SubscriberStatus.unsubscribed,
+        REMOVED_BY_ORGANIZER,
+        utcnow(),
+        only_from=[SubscriberStatus.active],
+    )
+    return Removed(subscriber.email, previous, changed)
+
+
+def purge_subscriber(session: Session, email: str) -> None:
+    """Delete an address and its tags for good, if nothing refers to it.
+
+    The database refuses the delete when deliveries or RSVPs point at the subscriber; this then
+    raises :class:`SubscriberHasHistory` and the session must be rolled back (``session_scope``
+    does so), so call it in its own unit of work, after :func:`remove_subscriber`.
+    """
+    subscriber = _require(session, email)
+    try:
+        repo.delete_subscriber(session, subscriber.id)
+    except IntegrityError:
+        raise SubscriberHasHistory(
+            f"{subscriber.email} has deliveries or RSVPs, so it cannot be deleted"
+        ) from None
+
+
+def unsubscribe(session: Session, subscriber_id: int, reason: str) -> bool:
+    """Unsubscribe (the web link, RFC 8058 one-click, an organizer); idempotent.
+
+    Only an active subscriber changes; a bounced or suppressed one keeps that stronger status.
+    Returns whether the status changed. Unknown id: NotFoundError (the web app answers 404).
+    """
+    if repo.get_by_id(session, subscriber_id) is None:
+        raise NotFoundError(f"subscriber #{subscriber_id} does not exist")
+    return repo.set_status(
+        session,
+        subscriber_id,
+        SubscriberStatus.unsubscribed,
+        reason,
+        utcnow(),
+        only_from=[SubscriberStatus.active],
+    )
+
+
+def suppress(
+    session: Session,
+    *,
+    email: str | None = None,
+    subscriber_id: int | None = None,
+    status: SubscriberStatus = SubscriberStatus.suppressed,
+    reason: str,
+) -> bool:
+    """Never mail this address again: set ``status`` (bounced, suppressed, unsubscribed).
+
+    Used by the bounce handler (``status=bounced`` after a 5.1.x) and by organizers. Give the
+    subscriber's id or address. An address that is not on the list yet is stored with that
+    status, so that a later import cannot add it as active. Returns whether anything changed.
+    """
+    if status is SubscriberStatus.active:
+        raise ValueError("suppress() makes an address inactive; use add_subscriber to activate")
+    if (email is None) == (subscriber_id is None):
+        raise ValueError("give exactly one of email or subscriber_id")
+    now = utcnow()
+    if subscriber_id is not None:
+        if repo.get_by_id(session, subscriber_id) is None:
+            raise NotFoundError(f"subscriber #{subscriber_id} does not exist")
+        return repo.set_status(session, subscriber_id, status, reason, now)
+    assert email is not None
+    address = normalise_email(email)
+    existing = repo.get_by_email(session, address)
+    if existing is not None:
+        return repo.set_status(session, existing.id, status, reason, now)
+    new_id = repo.insert_subscriber(
+        session,
+        email=address,
+        name="",
+        locale=DEFAULT_LOCALE,
+        status=status,
+        reason=reason,
+        now=now,
+    )
+    if new_id is None:  # added concurrently: suppress that row instead
+        return suppress(session, email=address, status=status, reason=reason)
+    return True
+
+
+def list_subscribers(
+    session: Session,
+    *,
+    status: SubscriberStatus | str | None = None,
+    tag: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> SubscriberPage:
+    """Subscribers in the order they were added, filtered by status and/or tag, paged."""
+    if limit < 1 or offset < 0:
+        raise ValueError("limit must be positive and offset not negative")
+    wanted = _status(status)
+    tag_name = normalise_tag(tag) if tag is not None else None
+    items = repo.list_subscribers(session, status=wanted, tag=tag_name, limit=limit, offset=offset)
+    total = repo.count_subscribers(session, status=wanted, tag=tag_name)
+    return SubscriberPage(items, total)
+
+
+def count_active(session: Session, tag: str | None = None) -> int:
+    """How many subscribers a campaign (for ``tag``, or everyone) would go to right now."""
+    tag_name = normalise_tag(tag) if tag is not None else None
+    return repo.count_subscribers(session, status=SubscriberStatus.active, tag=tag_name)
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """Subscribers per status, every status present (zero when none)."""
+    counts = repo.count_by_status(session)
+    return {s.value: counts.get(s.value, 0) for s in SubscriberStatus}

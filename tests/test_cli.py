@@ -1,0 +1,121 @@
+"""The ``newsletter`` command as a user runs it: a real process, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import csv
+import email
+import email.policy
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES, ROOT
+
+NEWSLETTER = str(Path(sys.executable).parent / "newsletter")
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["COLUMNS"] = "200"
+    return subprocess.run(
+        [NEWSLETTER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory in which ``newsletter demo`` has run once."""
+    cwd = tmp_path_factory.mktemp("demo")
+    result = run(cwd, "demo")
+    assert result.returncode == 0, result.stderr
+    return cwd
+
+
+def test_demo_fills_the_outbox_once_per_subscriber(demo_dir: Path) -> None:
+    with (EXAMPLES / "subscribers.csv").open(encoding="utf-8") as handle:
+        expected = {row["email"].lower() for row in csv.DictReader(handle)}
+    files = sorted((demo_dir / "var" / "outbox").glob("*.eml"))
+    messages = [
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in files
+    ]
+    sent_to = Counter(m["To"].addresses[0].addr_spec.lower() for m in messages)
+    assert set(sent_to) == expected
+    assert set(sent_to.values()) == {1}
+    assert all("第 61 期" in str(m["Subject"]) for m in messages)
+
+
+def test_demo_again_mails_nobody_twice(demo_dir: Path) -> None:
+    before = sorted(p.name for p in (demo_dir / "var" / "outbox").glob("*.eml"))
+    result = run(demo_dir, "demo")
+    assert result.returncode == 0, result.stderr
+    assert "nobody is mailed twice" in result.stdout
+    after = sorted(p.name for p in (demo_dir / "var" / "outbox").glob("*.eml"))
+    assert after == before
+
+
+def test_demo_prints_where_to_look(demo_dir: Path) -> None:
+    result = run(demo_dir, "campaign", "status", "1")
+    assert result.returncode == 0
+    assert "finished" in result.stdout and "20 sent" in result.stdout
+
+
+def test_sessions_list_shows_the_examples(demo_dir: Path) -> None:
+    result = run(demo_dir, "sessions", "list")
+    assert result.returncode == 0, result.stderr
+    assert "联邦学习的鲁棒性" in result.stdout and "58 sessions" in result.stdout
+
+
+def test_preview_writes_html_and_eml(demo_dir: Path) -> None:
+    html = run(demo_dir, "preview", "28", "--out", "p28.html")
+    assert html.returncode == 0, html.stderr
+    assert "贾鑫康" in (demo_dir / "p28.html").read_text(encoding="utf-8")
+    eml = run(demo_dir, "preview", "61", "--to", "nobody@example.org", "--out", "p61.eml")
+    assert eml.returncode == 0, eml.stderr
+    message = email.message_from_bytes(
+        (demo_dir / "p61.eml").read_bytes(),
+        policy=email.policy.default,
+    )
+    assert message.get_content_type() == "multipart/alternative"
+
+
+def test_bad_record_exits_non_zero_with_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("number: 3\nseries: x\ntitle: y\n", encoding="utf-8")
+    result = run(tmp_path, "sessions", "import", str(bad))
+    assert result.returncode == 1
+    assert "bad.yaml: starts_at: required field is missing" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("campaign", "status", "42"),
+        ("campaign", "create", "999"),
+        ("preview", "999"),
+        ("sessions", "import", "missing-folder"),
+    ],
+)
+def test_errors_are_one_clear_line_not_a_traceback(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = run(tmp_path, *args)
+    assert result.returncode != 0
+    assert result.stderr.startswith("error:")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_every_command_has_help() -> None:
+    for args in (
+        ["--help"],
+        ["sessions", "--help"],
+        ["subscribers", "--help"],
+        ["campaign", "--help"],
+        ["preview", "--help"],
+        ["demo", "--help"],
+    ):
+        result = run(ROOT, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "Usage" in result.stdout
