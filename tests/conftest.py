@@ -19,6 +19,9 @@ from newsletter.config import Settings
 from newsletter.db import Base, get_engine, get_sessionmaker
 from newsletter.migrate import upgrade
 from tests.servers import Server, postgres_server, redis_server
+from tests.smtp import start_smtp
+
+__all__ = ["start_smtp"]  # a fixture, shared by every test module
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

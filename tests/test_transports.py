@@ -12,13 +12,11 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from newsletter.config import Settings
@@ -33,6 +31,7 @@ from newsletter.mail.transports import (
     transport_from_url,
 )
 from tests.servers import free_port
+from tests.smtp import SmtpServer
 
 FACTORY = MessageFactory(
     from_name="Mo 人工智能俱乐部",
@@ -208,94 +207,6 @@ def test_memory_transport_keeps_messages_by_name() -> None:
 
 
 # --- SMTP against a real server -----------------------------------------------------------
-
-
-@dataclass
-class Received:
-    peer: tuple[str, int]
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
-    tls: bool
-    authenticated: bool
-
-
-@dataclass
-class Recorder:
-    """An aiosmtpd handler that records what it accepts and refuses on demand."""
-
-    received: list[Received] = field(default_factory=list)
-    refuse_rcpt: dict[str, str] = field(default_factory=dict)
-    data_reply: str | None = None
-    mail_reply: str | None = None
-    hang_up_after_data: bool = False
-    data_calls: int = 0
-
-    async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        if self.mail_reply:
-            return self.mail_reply
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 OK"
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        if address in self.refuse_rcpt:
-            return self.refuse_rcpt[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.data_calls += 1
-        if self.hang_up_after_data:
-            self.hang_up_after_data = False
-            server.transport.close()  # the message arrived, the reply never leaves
-            return "250 OK"
-        if self.data_reply:
-            return self.data_reply
-        self.received.append(
-            Received(
-                peer=session.peer,
-                mail_from=envelope.mail_from,
-                rcpt_tos=list(envelope.rcpt_tos),
-                data=envelope.original_content,
-                tls=session.ssl is not None,
-                authenticated=bool(session.authenticated),
-            )
-        )
-        return "250 2.0.0 Ok: queued"
-
-    @property
-    def connections(self) -> int:
-        """Distinct TCP connections that delivered (each has its own client port)."""
-        return len({r.peer for r in self.received})
-
-
-@dataclass
-class SmtpServer:
-    handler: Recorder
-    port: int
-
-
-@pytest.fixture
-def start_smtp() -> Iterator[Callable[..., SmtpServer]]:
-    """Starts real aiosmtpd servers on 127.0.0.1; all are stopped after the test."""
-    controllers: list[Any] = []
-
-    def start(**options: Any) -> SmtpServer:
-        handler = Recorder()
-        port = free_port()
-        controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
-        controller.start()
-        controllers.append(controller)
-        return SmtpServer(handler, port)
-
-    yield start
-    for controller in controllers:
-        controller.stop()
 
 
 @pytest.fixture(scope="session")

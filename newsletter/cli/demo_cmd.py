@@ -12,12 +12,13 @@ from newsletter.campaigns import service as campaigns
 from newsletter.campaigns.models import Campaign, CampaignKind
 from newsletter.cli.campaign_cmd import progress_line, send_and_watch
 from newsletter.cli.common import console, fail, handles_errors
+from newsletter.cli.preview_cmd import write_preview
 from newsletter.config import get_settings
 from newsletter.db import session_scope
 from newsletter.migrate import upgrade
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.service import import_records
-from subscribers.service import import_csv
+from subscribers.service import import_csv, list_subscribers
 
 EXAMPLES = Path(newsletter.__file__).resolve().parent.parent / "examples"
 
@@ -78,11 +79,14 @@ def _demo(examples: Path) -> None:
         with session_scope(url) as session:
             result = campaigns.progress(session, campaign_id)
     console.print(progress_line(result))
-    outbox = settings.mail_url.removeprefix("file://")
+    outbox = Path(settings.mail_url.removeprefix("file://")).resolve()
+    with session_scope(url) as session:
+        first = list_subscribers(session, limit=1).items
+    preview_path, _ = write_preview(settings, number, to=first[0].email if first else None)
     console.print()
-    console.print(f"[bold green]Done.[/] The invitations are in [bold]{outbox}/[/], one .eml each.")
     console.print(
-        f"  Open one in a mail client (Thunderbird: File → Open), or run\n"
-        f"  [bold]newsletter preview {number} --out var/preview-{number}.html[/] and "
-        "open that file in a browser."
+        f"[bold green]Done.[/] {result.sent} invitations are in {outbox}/ (one .eml each;"
     )
+    console.print("  open one with a mail client, e.g. Thunderbird: File → Open → Saved Message).")
+    console.print("  To see one in a browser, open:")
+    console.print(f"  {preview_path.resolve().as_uri()}", soft_wrap=True)

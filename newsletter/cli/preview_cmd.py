@@ -8,7 +8,7 @@ import typer
 
 from newsletter.campaigns.sending import build_message, compile_invitation, recipient_for
 from newsletter.cli.common import console, err_console, fail, handles_errors
-from newsletter.config import get_settings
+from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
 from newsletter.migrate import upgrade
 from newsletter.sessions.service import require_session
@@ -28,6 +28,26 @@ def preview(
     """Render one invitation exactly as a campaign would send it."""
     settings = get_settings()
     upgrade(settings.database_url)
+    path, size = write_preview(settings, number, to=to, out=out, subject=subject)
+    console.print(f"wrote {path} ({size:,} bytes as a message)")
+
+
+def write_preview(
+    settings: Settings,
+    number: int,
+    *,
+    to: str | None = None,
+    out: Path | None = None,
+    subject: str | None = None,
+) -> tuple[Path, int]:
+    """Write session ``number``'s invitation for ``to`` (or a sample reader) to ``out``.
+
+    Returns the path written and the size of the whole message in bytes.
+    """
+    if out is None:
+        out = settings.var_dir / f"preview-{number}.html"
+    if out.suffix not in (".eml", ".html", ".htm"):
+        raise fail(f"{out}: --out must end in .html or .eml")
     with session_scope(settings.database_url) as session:
         salon = require_session(session, number)
         name, address, subscriber_id = "订阅者", "subscriber@example.org", 0
@@ -39,23 +59,14 @@ def preview(
             else:
                 name, subscriber_id = person.name, person.id
         compiled = compile_invitation(
-            session,
-            salon,
-            subject=subject,
-            campaign_id=0,
-            settings=settings,
+            session, salon, subject=subject, campaign_id=0, settings=settings
         )
-    message = build_message(
-        compiled, 0, subscriber_id, name, address, settings, settings.secret_keys
-    )
-    if out is None:
-        out = settings.var_dir / f"preview-{number}.html"
+    keys = settings.secret_keys
+    message = build_message(compiled, 0, subscriber_id, name, address, settings, keys)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".eml":
         out.write_bytes(message.data)
-    elif out.suffix in (".html", ".htm"):
-        _, recipient = recipient_for(compiled, subscriber_id, name, settings, settings.secret_keys)
-        out.write_text(compiled.template.personalise(recipient).html, encoding="utf-8")
     else:
-        raise fail(f"{out}: --out must end in .html or .eml")
-    console.print(f"wrote {out} ({len(message.data):,} bytes as a message)")
+        _, recipient = recipient_for(compiled, subscriber_id, name, settings, keys)
+        out.write_text(compiled.template.personalise(recipient).html, encoding="utf-8")
+    return out, len(message.data)
