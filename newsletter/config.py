@@ -50,6 +50,20 @@ class Settings(BaseSettings):
     organizer: str = "Mo 人工智能俱乐部"
     timezone: str = "Asia/Shanghai"
     batch_size: int = Field(default=500, gt=0)
+    # Seconds to wait before each retry of a temporary failure (SMTP 4xx, a dropped
+    # connection, a full disk); one more failure after the last step fails the delivery.
+    retry_backoff: str = "60,300,900,3600"
+    # An in-flight delivery whose worker has not reported for this long is given back to the
+    # queue (the worker died); workers report at least every 100 messages.
+    inflight_timeout: float = Field(default=300.0, gt=0)
+    # Celery beat runs the sweeper this often (scheduled campaigns, lost batch tasks).
+    sweep_interval: float = Field(default=15.0, gt=0)
+    # Error budget: pause the campaign when more than this share of finished deliveries failed
+    # for good (judged after error_budget_min of them) …
+    error_budget: float = Field(default=0.1, ge=0, le=1)
+    error_budget_min: int = Field(default=50, ge=1)
+    # … or when the relay refused this many messages in a row, temporarily, with no success.
+    error_streak: int = Field(default=200, ge=1)
 
     @field_validator("base_url")
     @classmethod
@@ -63,6 +77,24 @@ class Settings(BaseSettings):
         if "@" not in address:
             raise ValueError(f"{value!r} has no e-mail address in it")
         return value
+
+    @field_validator("retry_backoff")
+    @classmethod
+    def _backoff_steps(cls, value: str) -> str:
+        try:
+            steps = [float(step) for step in value.split(",") if step.strip()]
+        except ValueError:
+            raise ValueError(
+                f"{value!r}: give seconds separated by commas, e.g. 60,300,900"
+            ) from None
+        if not steps or any(step < 0 for step in steps):
+            raise ValueError(f"{value!r}: give at least one non-negative number of seconds")
+        return value
+
+    @property
+    def retry_delays(self) -> list[float]:
+        """The back-off table: seconds before retry 1, 2, …; its length bounds the retries."""
+        return [float(step) for step in self.retry_backoff.split(",") if step.strip()]
 
     @property
     def secret_keys(self) -> list[str]:

@@ -33,6 +33,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep": {"task": "campaigns.sweep", "schedule": settings.sweep_interval},
+        },
     )
     return celery
 

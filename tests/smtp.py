@@ -36,6 +36,9 @@ class Recorder:
     mail_reply: str | None = None
     hang_up_after_data: bool = False
     data_calls: int = 0
+    # Answer the first N DATA commands with ``refuse_first_reply`` (a relay under load).
+    refuse_first: int = 0
+    refuse_first_reply: str = "421 4.7.0 Try again later"
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -62,6 +65,8 @@ class Recorder:
             return "250 OK"
         if self.data_reply:
             return self.data_reply
+        if self.data_calls <= self.refuse_first:
+            return self.refuse_first_reply
         self.received.append(
             Received(
                 peer=session.peer,

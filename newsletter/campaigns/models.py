@@ -56,6 +56,10 @@ class Campaign(Base):
     scheduled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # When a batch last reported; the sweeper restarts campaigns that stopped moving.
+    last_progress_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Temporary refusals in a row with no success in between (the error budget's streak).
+    failure_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Delivery(Base):
@@ -76,4 +80,6 @@ class Delivery(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # A temporary failure puts the row back in the queue, not claimable before this time.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Result, and_, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Result,
+    and_,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
@@ -65,21 +76,28 @@ class ClaimedDelivery:
     email: str
     name: str
     subscriber_status: str
+    attempts: int  # including this one
 
 
 def claim_batch(
     session: Session, campaign_id: int, *, worker: str, limit: int
 ) -> list[ClaimedDelivery]:
-    """Atomically move up to ``limit`` queued deliveries to ``inflight`` for ``worker``.
+    """Atomically move up to ``limit`` due, queued deliveries to ``inflight`` for ``worker``.
 
     On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets concurrent workers each take different rows
     without waiting on each other. SQLite has no row locks, but it runs one writer at a time
     and the UPDATE … WHERE id IN (SELECT … LIMIT) … RETURNING is a single statement, so two
-    workers can never claim the same row there either.
+    workers can never claim the same row there either. Rows waiting out a retry back-off
+    (``next_attempt_at`` in the future) are not due yet.
     """
+    now = utcnow()
     candidates = (
         select(Delivery.id)
-        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.queued)
+        .where(
+            Delivery.campaign_id == campaign_id,
+            Delivery.status == DeliveryStatus.queued,
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+        )
         .order_by(Delivery.id)
         .limit(limit)
     )
@@ -91,49 +109,110 @@ def claim_batch(
         .values(
             status=DeliveryStatus.inflight,
             claimed_by=worker,
-            claimed_at=utcnow(),
+            claimed_at=now,
             attempts=Delivery.attempts + 1,
         )
-        .returning(Delivery.id, Delivery.subscriber_id)
+        .returning(Delivery.id, Delivery.subscriber_id, Delivery.attempts)
         .execution_options(synchronize_session=False)
     ).all()
     if not claimed:
         return []
-    by_id = {sid: did for did, sid in claimed}
+    by_subscriber = {sid: (did, attempts) for did, sid, attempts in claimed}
+    # Status is read at claim time, so an unsubscribe after the campaign was created counts.
     people = session.execute(
         select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status).where(
-            Subscriber.id.in_(list(by_id))
+            Subscriber.id.in_(list(by_subscriber))
         )
     ).all()
-    return sorted(
-        (ClaimedDelivery(by_id[p.id], p.id, p.email, p.name, p.status) for p in people),
-        key=lambda c: c.delivery_id,
+    claims = []
+    for person in people:
+        delivery_id, attempts = by_subscriber[person.id]
+        claims.append(
+            ClaimedDelivery(
+                delivery_id, person.id, person.email, person.name, person.status, attempts
+            )
+        )
+    return sorted(claims, key=lambda c: c.delivery_id)
+
+
+def _owned(delivery_ids: Sequence[int], worker: str) -> ColumnElement[bool]:
+    # Only rows this worker still holds: if a sweeper gave a row to another worker after
+    # mistaking this one for dead, the new owner's outcome is the one that counts.
+    return and_(
+        Delivery.id.in_(delivery_ids),
+        Delivery.status == DeliveryStatus.inflight,
+        Delivery.claimed_by == worker,
     )
 
 
-def mark_sent(session: Session, delivery_ids: Sequence[int], *, at: datetime) -> None:
-    """Mark deliveries sent; only rows still in flight, so a cancelled row stays cancelled."""
+def mark_sent(session: Session, delivery_ids: Sequence[int], *, worker: str) -> int:
+    """Mark this worker's in-flight deliveries sent (a cancelled row stays cancelled)."""
+    if not delivery_ids:
+        return 0
+    result = session.execute(
+        update(Delivery)
+        .where(_owned(delivery_ids, worker))
+        .values(status=DeliveryStatus.sent, sent_at=utcnow(), last_error=None)
+        .execution_options(synchronize_session=False)
+    )
+    return _affected(result)
+
+
+def mark_final(
+    session: Session,
+    delivery_ids: Sequence[int],
+    status: DeliveryStatus,
+    reason: str | None,
+    *,
+    worker: str,
+) -> None:
+    """Mark this worker's in-flight deliveries failed or skipped, with the reason."""
     if delivery_ids:
         session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.inflight)
-            .values(status=DeliveryStatus.sent, sent_at=at, last_error=None)
+            .where(_owned(delivery_ids, worker))
+            .values(status=status, last_error=reason)
             .execution_options(synchronize_session=False)
         )
 
 
-def mark_outcome(
-    session: Session, delivery_ids: Sequence[int], status: DeliveryStatus, reason: str | None
+def requeue(
+    session: Session,
+    delivery_ids: Sequence[int],
+    *,
+    worker: str,
+    not_before: datetime | None,
+    reason: str | None,
+    refund_attempt: bool = False,
 ) -> None:
-    """Mark in-flight deliveries failed, skipped, or back to queued (for a retry)."""
+    """Give this worker's in-flight deliveries back to the queue, due at ``not_before``.
+
+    ``refund_attempt`` is for rows that were claimed but never tried (the batch stopped
+    first): their attempt does not count towards the retry limit.
+    """
     if delivery_ids:
-        values: dict[str, object] = {"status": status, "last_error": reason}
-        if status == DeliveryStatus.queued:
-            values.update(claimed_by=None, claimed_at=None)
         session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.inflight)
-            .values(**values)
+            .where(_owned(delivery_ids, worker))
+            .values(
+                status=DeliveryStatus.queued,
+                claimed_by=None,
+                claimed_at=None,
+                next_attempt_at=not_before,
+                last_error=reason,
+                attempts=Delivery.attempts - 1 if refund_attempt else Delivery.attempts,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+
+def touch_claims(session: Session, delivery_ids: Sequence[int], *, worker: str) -> None:
+    """Renew this worker's claim on rows it is still sending: the sweeper's heartbeat."""
+    if delivery_ids:
+        session.execute(
+            update(Delivery)
+            .where(_owned(delivery_ids, worker))
+            .values(claimed_at=utcnow())
             .execution_options(synchronize_session=False)
         )
 
@@ -149,19 +228,8 @@ def skip_queued(session: Session, campaign_id: int, reason: str) -> int:
     return _affected(result)
 
 
-def attempts_at_least(session: Session, delivery_ids: Sequence[int], limit: int) -> list[int]:
-    """Which of these deliveries have been tried ``limit`` times or more."""
-    if not delivery_ids:
-        return []
-    return list(
-        session.scalars(
-            select(Delivery.id).where(Delivery.id.in_(delivery_ids), Delivery.attempts >= limit)
-        )
-    )
-
-
 def requeue_stale(session: Session, campaign_id: int, *, older_than: timedelta) -> int:
-    """Give back in-flight rows whose worker has held them too long (it died).
+    """Give back in-flight rows whose worker has not reported for ``older_than`` (it died).
 
     The mail may already have left; it is sent again with the same Message-ID, so receivers
     and the file outbox treat it as the same message.
@@ -177,6 +245,46 @@ def requeue_stale(session: Session, campaign_id: int, *, older_than: timedelta) 
         .execution_options(synchronize_session=False)
     )
     return _affected(result)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What is left of a campaign when no row could be claimed right now."""
+
+    queued: int
+    inflight: int
+    next_due: datetime | None  # the earliest back-off end among queued rows
+    oldest_claim: datetime | None  # the oldest heartbeat among in-flight rows
+
+
+def pending(session: Session, campaign_id: int) -> Pending:
+    """Queued and in-flight rows, with the times that say when to look again."""
+    queued = session.execute(
+        select(func.count(), func.min(Delivery.next_attempt_at)).where(
+            Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.queued
+        )
+    ).one()
+    inflight = session.execute(
+        select(func.count(), func.min(Delivery.claimed_at)).where(
+            Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.inflight
+        )
+    ).one()
+    # min() over a timestamp loses the type decorator on SQLite: restore UTC awareness.
+    return Pending(int(queued[0]), int(inflight[0]), _aware(queued[1]), _aware(inflight[1]))
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def final_counts(session: Session, campaign_id: int) -> tuple[int, int]:
+    """(sent, failed) so far: what the error budget is judged on."""
+    counts = delivery_counts(session, campaign_id)
+    return counts[DeliveryStatus.sent], counts[DeliveryStatus.failed]
 
 
 def delivery_counts(session: Session, campaign_id: int) -> dict[str, int]:
@@ -228,3 +336,50 @@ def finish_if_done(session: Session, campaign_id: int) -> bool:
         .execution_options(synchronize_session=False)
     )
     return _affected(result) > 0
+
+
+def record_progress(
+    session: Session, campaign_id: int, *, succeeded: int, refused_temporarily: int
+) -> int:
+    """Note that a batch reported; returns the campaign's failure streak after this report.
+
+    The streak counts temporary refusals since the last success, across all workers, so
+    "the relay keeps refusing" is judged on the campaign, not on one batch.
+    """
+    streak: Any = literal(0) if succeeded else Campaign.failure_streak + refused_temporarily
+    session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(failure_streak=streak, last_progress_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(
+        session.scalar(select(Campaign.failure_streak).where(Campaign.id == campaign_id)) or 0
+    )
+
+
+def stalled_campaigns(session: Session, *, quiet_for: timedelta) -> list[int]:
+    """Sending campaigns with no batch report for ``quiet_for``: their tasks may be lost."""
+    limit = utcnow() - quiet_for
+    return list(
+        session.scalars(
+            select(Campaign.id).where(
+                Campaign.status == CampaignStatus.sending,
+                or_(
+                    Campaign.last_progress_at < limit,
+                    and_(Campaign.last_progress_at.is_(None), Campaign.started_at < limit),
+                ),
+            )
+        )
+    )
+
+
+def due_scheduled(session: Session) -> list[int]:
+    """Scheduled campaigns whose time has come."""
+    return list(
+        session.scalars(
+            select(Campaign.id).where(
+                Campaign.status == CampaignStatus.scheduled, Campaign.scheduled_at <= utcnow()
+            )
+        )
+    )

@@ -69,6 +69,7 @@ def require_campaign(session: Session, campaign_id: int, *, lock: bool = False) 
 
 _TRANSITIONS: dict[str, set[CampaignStatus]] = {
     "start": {CampaignStatus.draft, CampaignStatus.scheduled, CampaignStatus.sending},
+    "schedule": {CampaignStatus.draft, CampaignStatus.scheduled},
     "pause": {CampaignStatus.sending, CampaignStatus.scheduled},
     "resume": {CampaignStatus.paused},
     "cancel": {
@@ -96,6 +97,17 @@ def start_campaign(session: Session, campaign_id: int) -> Campaign:
     campaign.status = CampaignStatus.sending
     campaign.status_reason = None
     campaign.started_at = campaign.started_at or utcnow()
+    return campaign
+
+
+def schedule_campaign(session: Session, campaign_id: int, at: datetime) -> Campaign:
+    """Schedule a draft campaign; Celery beat's sweeper starts it at ``at``."""
+    if at.tzinfo is None:
+        raise InvalidStateError(f"{at.isoformat()} has no UTC offset, e.g. 2026-12-01T09:00+08:00")
+    campaign = _transition(session, campaign_id, "schedule")
+    campaign.status = CampaignStatus.scheduled
+    campaign.scheduled_at = at
+    campaign.status_reason = None
     return campaign
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 
 import typer
 from rich.progress import (
@@ -120,10 +121,26 @@ def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
 def send(
     campaign_id: int = typer.Argument(..., help="The campaign id."),
     wait: bool = typer.Option(False, "--wait", help="Show a progress bar until it is done."),
+    at: datetime | None = typer.Option(
+        None,
+        "--at",
+        formats=["%Y-%m-%dT%H:%M%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M%z"],
+        help="Send later, e.g. 2026-12-01T09:00+0800 (needs a broker and Celery beat).",
+    ),
 ) -> None:
-    """Start sending (or resume a sending one); sending twice mails nobody twice."""
+    """Start sending (or resume a paused one); sending twice mails nobody twice."""
     settings = get_settings()
     upgrade(settings.database_url)
+    if at is not None:
+        if settings.broker_url is None:
+            raise fail(
+                "--at needs NEWSLETTER_BROKER_URL and a running `newsletter worker --beat` "
+                "(or celery beat): without them nothing would start the campaign later"
+            )
+        with session_scope(settings.database_url) as session:
+            service.schedule_campaign(session, campaign_id, at)
+        console.print(f"campaign {campaign_id} scheduled for {at.isoformat()}")
+        return
     with session_scope(settings.database_url) as session:
         current = service.require_campaign(session, campaign_id)
         if current.status == CampaignStatus.paused:

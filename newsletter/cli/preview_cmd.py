@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from newsletter.campaigns.sending import build_message, compile_invitation, recipient_for
+from newsletter.campaigns.compiled import build_message, compile_invitation, recipient_for
 from newsletter.cli.common import console, err_console, fail, handles_errors
 from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope

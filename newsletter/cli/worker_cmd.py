@@ -11,6 +11,9 @@ from newsletter.config import get_settings
 def worker(
     concurrency: int = typer.Option(1, help="Processes in this worker."),
     loglevel: str = typer.Option("INFO", help="Celery log level."),
+    beat: bool = typer.Option(
+        False, "--beat", help="Also run the scheduler (scheduled campaigns, the sweeper)."
+    ),
 ) -> None:
     """Run a Celery worker for the configured broker."""
     if get_settings().broker_url is None:
@@ -20,4 +23,7 @@ def worker(
         )
     from tasks.celery_app import app
 
-    app.worker_main(["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}"])
+    argv = ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}"]
+    if beat:
+        argv.append("--beat")
+    app.worker_main(argv)
