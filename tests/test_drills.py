@@ -300,3 +300,42 @@ def test_error_budget_exceeded_pauses_the_campaign_with_the_reason(stack: Stack)
     assert progress.status_reason and "error budget" in progress.status_reason
     assert "5.7.1" in progress.status_reason
     assert progress.queued > 0  # the rest of the list was not burned
+
+
+def test_pause_resume_and_cancel_mid_flight(stack: Stack) -> None:
+    stack.start_worker()
+    campaign_id = stack.create_campaign()
+    stack.send(campaign_id)
+    deadline = time.monotonic() + 60
+    while len(stack.smtp.handler.received) < 30:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with session_scope(stack.database_url) as session:
+        service.pause_campaign(session, campaign_id)
+    # Within one batch (20 here, reports every 100 messages) nothing more leaves.
+    time.sleep(2.0)
+    at_pause = len(stack.smtp.handler.received)
+    time.sleep(1.5)
+    assert len(stack.smtp.handler.received) == at_pause < PEOPLE
+    with session_scope(stack.database_url) as session:
+        assert service.progress(session, campaign_id).inflight == 0
+        service.resume_campaign(session, campaign_id)
+    stack.send(campaign_id)
+    assert stack.wait_until(campaign_id, {"finished"}) == "finished"
+    assert_everyone_once(stack)
+
+    second = stack.create_campaign(people=0)  # same people, a second campaign
+    stack.send(second)
+    deadline = time.monotonic() + 60
+    while len(stack.smtp.handler.received) < PEOPLE + 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with session_scope(stack.database_url) as session:
+        service.cancel_campaign(session, second)
+    time.sleep(2.0)
+    with session_scope(stack.database_url) as session:
+        progress = service.progress(session, second)
+    assert progress.status == "cancelled"
+    assert progress.queued == 0 and progress.inflight == 0
+    assert progress.sent + progress.skipped == PEOPLE
+    assert len(stack.smtp.handler.received) == PEOPLE + progress.sent

@@ -1,0 +1,141 @@
+"""The batch pipeline in one process: back-off, give-up, suppression, budget, scheduling.
+
+These use the memory transport so that refusals can be staged per address; the same paths
+run against a real relay and real workers in test_drills.py.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from newsletter.campaigns import service
+from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus
+from newsletter.campaigns.sending import send_batch
+from newsletter.config import Settings
+from newsletter.db import session_scope, utcnow
+from newsletter.errors import DeliveryError
+from newsletter.mail.smtp import SmtpRefused
+from newsletter.mail.transports import memory_mailbox
+from newsletter.migrate import upgrade
+from newsletter.sessions.service import import_records
+from subscribers.models import Subscriber, SubscriberStatus
+from tasks.campaigns import start_campaign, sweep
+from tasks.dispatch import enqueue
+from tests.conftest import EXAMPLES, Configure
+
+
+def prepare(settings: Settings, people: int) -> int:
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+        session.add_all(
+            Subscriber(email=f"p{i}@example.org", name=f"P{i}", created_at=utcnow())
+            for i in range(people)
+        )
+    with session_scope(settings.database_url) as session:
+        return service.create_campaign(session, 61).id
+
+
+@pytest.fixture
+def mailbox_settings(configure: Configure, request: pytest.FixtureRequest) -> Settings:
+    name = request.node.name
+    memory_mailbox(name).clear()
+    return configure(mail_url=f"memory://{name}", retry_backoff="0.05,0.1", batch_size="10")
+
+
+def test_temporary_refusal_is_retried_after_the_back_off(mailbox_settings: Settings) -> None:
+    campaign_id = prepare(mailbox_settings, 5)
+    box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
+    box.refuse["p2@example.org"] = DeliveryError("451 busy", permanent=False, code=451)
+    with session_scope(mailbox_settings.database_url) as session:
+        service.start_campaign(session, campaign_id)
+    result = send_batch(mailbox_settings, campaign_id)  # one batch: p2 waits out its back-off
+    assert (result.claimed, result.sent, result.retried) == (5, 4, 1)
+    with session_scope(mailbox_settings.database_url) as session:
+        row = session.scalars(select(Delivery).where(Delivery.subscriber_id == 3)).one()
+        assert row.status == DeliveryStatus.queued and row.attempts == 1
+        assert row.next_attempt_at is not None  # due after the first back-off step
+        assert "451" in (row.last_error or "")
+    del box.refuse["p2@example.org"]
+    enqueue(start_campaign, campaign_id)
+    assert sorted(m.recipient for m in box.messages) == [f"p{i}@example.org" for i in range(5)]
+    with session_scope(mailbox_settings.database_url) as session:
+        assert service.progress(session, campaign_id).status == CampaignStatus.finished
+
+
+def test_a_delivery_fails_after_the_last_back_off_step(mailbox_settings: Settings) -> None:
+    campaign_id = prepare(mailbox_settings, 3)
+    box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
+    box.refuse["p1@example.org"] = DeliveryError("421 closing", permanent=False, code=421)
+    enqueue(start_campaign, campaign_id)
+    with session_scope(mailbox_settings.database_url) as session:
+        progress = service.progress(session, campaign_id)
+        row = session.scalars(select(Delivery).where(Delivery.subscriber_id == 2)).one()
+    assert (progress.status, progress.sent, progress.failed) == ("finished", 2, 1)
+    assert row.attempts == 3  # the first try and one per back-off step (two here)
+    assert row.last_error and row.last_error.startswith("gave up after 3 attempts: 421")
+
+
+def test_hard_bounce_fails_and_suppresses_the_address(mailbox_settings: Settings) -> None:
+    campaign_id = prepare(mailbox_settings, 3)
+    box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
+    box.refuse["p0@example.org"] = SmtpRefused(
+        "550 5.1.1 no such user", code=550, reply="5.1.1 no such user", stage="RCPT TO"
+    )
+    enqueue(start_campaign, campaign_id)
+    with session_scope(mailbox_settings.database_url) as session:
+        person = session.scalars(select(Subscriber).where(Subscriber.email == "p0@example.org"))
+        assert person.one().status == SubscriberStatus.bounced
+        assert service.progress(session, campaign_id).failed == 1
+        # The next campaign does not even queue the bounced address.
+        assert service.create_campaign(session, 61).recipient_count == 2
+
+
+def test_error_budget_pauses_with_the_reason(configure: Configure) -> None:
+    memory_mailbox("budget").clear()
+    settings = configure(mail_url="memory://budget", error_budget="0.2", error_budget_min="10")
+    campaign_id = prepare(settings, 30)
+    box = memory_mailbox("budget")
+    for i in range(0, 30, 2):
+        box.refuse[f"p{i}@example.org"] = DeliveryError("554 policy", permanent=True, code=554)
+    enqueue(start_campaign, campaign_id)
+    with session_scope(settings.database_url) as session:
+        progress = service.progress(session, campaign_id)
+    assert progress.status == CampaignStatus.paused
+    assert progress.status_reason and progress.status_reason.startswith("error budget: 15 of 30")
+
+
+def test_streak_of_temporary_refusals_pauses(configure: Configure) -> None:
+    memory_mailbox("streak").clear()
+    settings = configure(mail_url="memory://streak", error_streak="8", retry_backoff="60")
+    campaign_id = prepare(settings, 12)
+    box = memory_mailbox("streak")
+    for i in range(12):
+        box.refuse[f"p{i}@example.org"] = DeliveryError("421 overloaded", permanent=False)
+    enqueue(start_campaign, campaign_id)
+    with session_scope(settings.database_url) as session:
+        progress = service.progress(session, campaign_id)
+    assert progress.status == CampaignStatus.paused
+    assert "refused 12 messages in a row" in (progress.status_reason or "")
+    assert progress.failed == 0 and progress.queued == 12  # nothing was burned
+
+
+def test_sweeper_starts_a_scheduled_campaign_when_due(mailbox_settings: Settings) -> None:
+    campaign_id = prepare(mailbox_settings, 2)
+    with session_scope(mailbox_settings.database_url) as session:
+        service.schedule_campaign(session, campaign_id, utcnow() + timedelta(hours=1))
+    sweep.apply()
+    box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
+    assert box.messages == []
+    with session_scope(mailbox_settings.database_url) as session:
+        service.require_campaign(session, campaign_id).scheduled_at = utcnow()
+    enqueue(sweep)
+    assert len(box.messages) == 2
+
+
+def test_retry_backoff_setting_is_validated(configure: Configure) -> None:
+    with pytest.raises(Exception, match="seconds separated by commas"):
+        configure(retry_backoff="soon")
