@@ -6,6 +6,7 @@ run against a real relay and real workers in test_drills.py.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -139,3 +140,15 @@ def test_sweeper_starts_a_scheduled_campaign_when_due(mailbox_settings: Settings
 def test_retry_backoff_setting_is_validated(configure: Configure) -> None:
     with pytest.raises(Exception, match="seconds separated by commas"):
         configure(retry_backoff="soon")
+
+
+def test_sending_keeps_to_the_rate_limit(configure: Configure) -> None:
+    memory_mailbox("paced").clear()
+    settings = configure(mail_url="memory://paced", rate_limit="40")
+    campaign_id = prepare(settings, 30)
+    started = time.monotonic()
+    enqueue(start_campaign, campaign_id)
+    elapsed = time.monotonic() - started
+    assert len(memory_mailbox("paced").messages) == 30
+    # 30 messages at 40/s with a burst of 4 cannot take less than (30 - 4) / 40 s.
+    assert elapsed >= (30 - 4) / 40
