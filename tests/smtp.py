@@ -39,6 +39,18 @@ class Recorder:
     # Answer the first N DATA commands with ``refuse_first_reply`` (a relay under load).
     refuse_first: int = 0
     refuse_first_reply: str = "421 4.7.0 Try again later"
+    # Advertise RFC 2920 PIPELINING, as Postfix and most relays do (aiosmtpd does not).
+    pipelining: bool = True
+    ehlo_count: int = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.ehlo_count += 1
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]

@@ -468,3 +468,56 @@ def test_a_refused_sender_does_not_fail_the_recipient_for_good(
         "MAIL FROM",
     )
     assert "not owned by user" in str(caught.value)
+
+
+# --- pipelining (RFC 2920) and the classic dialogue ------------------------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_both_dialogues_deliver_exact_bytes_and_map_refusals(
+    start_smtp: Callable[..., SmtpServer], pipelining: bool
+) -> None:
+    server = start_smtp()
+    server.handler.pipelining = pipelining
+    server.handler.refuse_rcpt = {"gone@example.org": "550 5.1.1 <gone@example.org>: unknown"}
+    transport = SmtpTransport("127.0.0.1", server.port)
+    # Base64 bodies never start a line with a dot; a hand-made message can, and the server
+    # must still receive it byte for byte (dot-stuffed on the wire, unstuffed by the server).
+    dotted = OutgoingMessage(
+        delivery_id=7,
+        envelope_from="bounces+7@example.org",
+        recipient="dot@example.org",
+        message_id="<d7@example.org>",
+        data=b"Subject: dots\r\n\r\n.starts with a dot\r\n.\r\n..two\r\nend\r\n",
+    )
+    with transport:
+        transport.send(message(1))
+        with pytest.raises(SmtpRefused) as refused:
+            transport.send(message(2, "gone@example.org"))
+        transport.send(dotted)
+        transport.send(message(3))
+    assert refused.value.permanent and refused.value.stage == "RCPT TO"
+    assert refused.value.is_hard_bounce and "gone@example.org" not in str(refused.value)
+    assert [r.rcpt_tos for r in server.handler.received] == [
+        ["subscriber1@example.com"],
+        ["dot@example.org"],
+        ["subscriber3@example.com"],
+    ]
+    assert server.handler.received[1].data == dotted.data
+    assert server.handler.connections == 1
+
+
+def test_pipelined_sender_refusal_is_reported_at_mail_from(
+    start_smtp: Callable[..., SmtpServer],
+) -> None:
+    server = start_smtp()
+    server.handler.mail_reply = "451 4.3.0 sender check failed"
+    transport = SmtpTransport("127.0.0.1", server.port)
+    with transport, pytest.raises(SmtpRefused) as refused:
+        transport.send(message(1))
+    assert refused.value.stage == "MAIL FROM" and refused.value.code == 451
+    assert not refused.value.permanent
+    server.handler.mail_reply = None
+    with transport:
+        transport.send(message(2))  # the connection was reset and serves the next message
+    assert len(server.handler.received) == 1
