@@ -130,18 +130,11 @@ def postgres_server() -> Iterator[Server | None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[Server | None]:
-    """Start redis-server on a free loopback port, no persistence, and yield its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        yield None
-        return
-    directory = Path(tempfile.mkdtemp(prefix="newsletter-redis-"))
-    port = free_port()
+def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:``port`` without persistence; returns once it listens."""
     process = subprocess.Popen(
         [
-            binary,
+            "redis-server",
             "--port",
             str(port),
             "--bind",
@@ -156,8 +149,21 @@ def redis_server() -> Iterator[Server | None]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    _wait_for_port(port)
+    return process
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[Server | None]:
+    """Start redis-server on a free loopback port, no persistence, and yield its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    directory = Path(tempfile.mkdtemp(prefix="newsletter-redis-"))
+    port = free_port()
+    process = start_redis(port, directory)
     try:
-        _wait_for_port(port)
         yield Server(f"redis://127.0.0.1:{port}/0", port, directory, process)
     finally:
         process.terminate()

@@ -29,7 +29,7 @@ from newsletter.sessions.service import import_records
 from subscribers.models import Subscriber, SubscriberStatus
 from tasks.celery_app import make_celery
 from tests.conftest import EXAMPLES, _empty_tables
-from tests.servers import redis_server
+from tests.servers import redis_server, start_redis
 from tests.smtp import SmtpServer
 
 NEWSLETTER = str(Path(sys.executable).parent / "newsletter")
@@ -223,23 +223,7 @@ def test_redis_restart_mid_campaign_still_finishes(
             first.process.wait(10)
             assert len(stack.smtp.handler.received) < PEOPLE, "finished before the restart"
             time.sleep(1.0)
-            restarted = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(tmp_path),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            restarted = start_redis(port, tmp_path)
             try:
                 assert stack.wait_until(campaign_id, {"finished"}, timeout=120) == "finished"
                 assert_everyone_once(stack, in_flight=20)
