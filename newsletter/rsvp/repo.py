@@ -1,0 +1,109 @@
+"""All SQL about answers: the per-session lock, seat counts, the waitlist, the history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from newsletter.rsvp.models import Answer, Rsvp, RsvpEvent
+from newsletter.sessions.models import SalonSession
+
+
+def lock_session(session: Session, session_id: int) -> None:
+    """Serialise answers for one session until the transaction ends.
+
+    A no-op UPDATE takes the row lock on PostgreSQL and the database write lock on SQLite
+    before anything is read, so two answers for the last seat cannot both see it free (on
+    SQLite a read-then-write transaction would instead fail with a stale snapshot).
+    """
+    session.execute(
+        update(SalonSession)
+        .where(SalonSession.id == session_id)
+        .values(revision=SalonSession.revision)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def get(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
+    """A subscriber's current answer for a session."""
+    return session.scalars(
+        select(Rsvp).where(Rsvp.session_id == session_id, Rsvp.subscriber_id == subscriber_id)
+    ).first()
+
+
+def seats_taken(session: Session, session_id: int) -> int:
+    """Seats held by confirmed "yes" answers, guests included."""
+    taken = session.scalar(
+        select(func.coalesce(func.sum(1 + Rsvp.guests), 0)).where(
+            Rsvp.session_id == session_id,
+            Rsvp.answer == Answer.yes,
+            Rsvp.waitlisted.is_(False),
+        )
+    )
+    return int(taken or 0)
+
+
+def waitlist(session: Session, session_id: int) -> list[Rsvp]:
+    """Waiting "yes" answers, first come first served."""
+    return list(
+        session.scalars(
+            select(Rsvp)
+            .where(Rsvp.session_id == session_id, Rsvp.waitlisted.is_(True))
+            .order_by(Rsvp.answered_at, Rsvp.id)
+        )
+    )
+
+
+def waitlist_position(session: Session, rsvp: Rsvp) -> int:
+    """1 for the first in line."""
+    ahead = session.scalar(
+        select(func.count()).where(
+            Rsvp.session_id == rsvp.session_id,
+            Rsvp.waitlisted.is_(True),
+            (Rsvp.answered_at < rsvp.answered_at)
+            | ((Rsvp.answered_at == rsvp.answered_at) & (Rsvp.id < rsvp.id)),
+        )
+    )
+    return int(ahead or 0) + 1
+
+
+def add_event(session: Session, rsvp: Rsvp, at: datetime) -> None:
+    """Append the answer to the history the dashboard charts."""
+    session.add(
+        RsvpEvent(
+            session_id=rsvp.session_id,
+            subscriber_id=rsvp.subscriber_id,
+            answer=rsvp.answer,
+            waitlisted=rsvp.waitlisted,
+            at=at,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Answers for one session."""
+
+    yes: int
+    maybe: int
+    no: int
+    waitlisted: int
+    seats: int  # confirmed people, guests included
+
+
+def counts(session: Session, session_id: int) -> Counts:
+    """Counts for one session in one grouped query."""
+    confirmed = (Rsvp.answer == Answer.yes) & Rsvp.waitlisted.is_(False)
+    row = session.execute(
+        select(
+            func.sum(case((confirmed, 1), else_=0)),
+            func.sum(case((Rsvp.answer == Answer.maybe, 1), else_=0)),
+            func.sum(case((Rsvp.answer == Answer.no, 1), else_=0)),
+            func.sum(case((Rsvp.waitlisted.is_(True), 1), else_=0)),
+            func.sum(case((confirmed, 1 + Rsvp.guests), else_=0)),
+        ).where(Rsvp.session_id == session_id)
+    ).one()
+    return Counts(*(int(value or 0) for value in row))

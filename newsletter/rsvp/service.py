@@ -1,0 +1,115 @@
+"""Recording answers: idempotent, capacity and waitlist, promotion on a "no", the deadline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from newsletter.db import utcnow
+from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.rsvp import repo
+from newsletter.rsvp.models import Answer, Rsvp
+from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.models import SalonSession
+
+
+class AnswersClosed(InvalidStateError):
+    """The deadline (or the session itself) has passed, or the session was cancelled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What was recorded for the person who answered, and who moved up because of it."""
+
+    answer: Answer
+    guests: int
+    waitlisted: bool
+    position: int | None  # place on the waitlist, 1 = next in line
+    changed: bool  # False when the same answer was recorded again (a scanner, a double click)
+    promoted: list[int] = field(default_factory=list)  # subscriber ids given a seat
+
+
+def closes_at(salon: SalonSession) -> datetime:
+    """When answers close: the registration deadline, else the start of the session."""
+    return salon.deadline or salon.starts_at
+
+
+def record_answer(
+    session: Session,
+    session_id: int,
+    subscriber_id: int,
+    answer: Answer,
+    *,
+    guests: int = 0,
+    now: datetime | None = None,
+) -> Recorded:
+    """Record (or change) a subscriber's answer; the caller commits.
+
+    A "yes" takes seats (one plus guests) while there are any, else joins the waitlist in
+    order of answering; a "maybe" or "no" from a confirmed "yes" frees its seats, and the
+    first on the waitlist who fit are promoted. Answering the same again changes nothing.
+    """
+    now = now or utcnow()
+    salon = sessions_repo.get_by_id(session, session_id)
+    if salon is None:
+        raise NotFoundError(f"session #{session_id} does not exist")
+    if salon.cancelled:
+        raise AnswersClosed(f"session {salon.number} was cancelled")
+    if now >= closes_at(salon):
+        raise AnswersClosed(f"answers for session {salon.number} closed at {closes_at(salon)}")
+    registration = sessions_repo.record_of(salon).registration
+    allowed = registration.plus_ones if registration else 0
+    if not 0 <= guests <= allowed:
+        raise InvalidStateError(f"session {salon.number} allows at most {allowed} guests")
+    repo.lock_session(session, session_id)
+    rsvp = repo.get(session, session_id, subscriber_id)
+    if rsvp is not None and rsvp.answer == answer and rsvp.guests == guests:
+        position = repo.waitlist_position(session, rsvp) if rsvp.waitlisted else None
+        return Recorded(answer, guests, rsvp.waitlisted, position, changed=False)
+    was_confirmed = rsvp is not None and rsvp.answer == Answer.yes and not rsvp.waitlisted
+    if rsvp is None:
+        rsvp = Rsvp(session_id=session_id, subscriber_id=subscriber_id, answered_at=now)
+        session.add(rsvp)
+    rsvp.answer, rsvp.guests, rsvp.updated_at = answer, guests, now
+    if answer == Answer.yes:
+        if not was_confirmed and not rsvp.waitlisted:
+            rsvp.answered_at = now  # a new "yes" queues behind those who said yes before
+        rsvp.waitlisted = False
+        session.flush()
+        if salon.capacity is not None and repo.seats_taken(session, session_id) > salon.capacity:
+            rsvp.waitlisted = True
+    else:
+        rsvp.waitlisted = False
+    session.flush()
+    repo.add_event(session, rsvp, now)
+    promoted = _promote(session, salon, now)
+    position = repo.waitlist_position(session, rsvp) if rsvp.waitlisted else None
+    return Recorded(answer, guests, rsvp.waitlisted, position, changed=True, promoted=promoted)
+
+
+def _promote(session: Session, salon: SalonSession, now: datetime) -> list[int]:
+    """Give free seats to the waitlist in order; someone too big for the seats left waits on."""
+    if salon.capacity is None:
+        return []
+    free = salon.capacity - repo.seats_taken(session, salon.id)
+    promoted = []
+    for waiting in repo.waitlist(session, salon.id):
+        if free <= 0:
+            break
+        needed = 1 + waiting.guests
+        if needed > free:
+            continue
+        waiting.waitlisted = False
+        waiting.updated_at = now
+        free -= needed
+        repo.add_event(session, waiting, now)
+        promoted.append(waiting.subscriber_id)
+    session.flush()
+    return promoted
+
+
+def current_answer(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
+    """The subscriber's answer, if any."""
+    return repo.get(session, session_id, subscriber_id)

@@ -1,0 +1,131 @@
+"""Answers: idempotent, capacity with a waitlist, promotion on a "no", the deadline, races."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from newsletter.db import get_sessionmaker, session_scope, utcnow
+from newsletter.rsvp import repo
+from newsletter.rsvp.models import Answer
+from newsletter.rsvp.service import AnswersClosed, Recorded, record_answer
+from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.service import import_records
+from subscribers.models import Subscriber
+from tests.conftest import _empty_tables
+
+RECORD = """\
+number: 90
+series: 机器学习开发者沙龙
+title: 容量测试
+starts_at: {starts}
+ends_at: {ends}
+venue: {{mode: offline, name: 蒙民伟楼348室}}
+registration: {{capacity: {capacity}, plus_ones: 1}}
+talks: [{{kind: paper, title: A}}]
+"""
+
+
+def setup_session(url: str, tmp_path: Path, *, capacity: int, people: int) -> tuple[int, list[int]]:
+    starts = utcnow() + timedelta(days=3)
+    path = tmp_path / "090.yaml"
+    path.write_text(
+        RECORD.format(
+            starts=starts.isoformat(),
+            ends=(starts + timedelta(hours=2)).isoformat(),
+            capacity=capacity,
+        ),
+        encoding="utf-8",
+    )
+    with session_scope(url) as session:
+        import_records(session, [path], timezone="Asia/Shanghai")
+        subscribers = [
+            Subscriber(email=f"r{i}@example.org", name=f"R{i}", created_at=utcnow())
+            for i in range(people)
+        ]
+        session.add_all(subscribers)
+        session.flush()
+        salon = sessions_repo.get_by_number(session, 90)
+        assert salon is not None
+        return salon.id, [s.id for s in subscribers]
+
+
+def answer(
+    url: str, session_id: int, subscriber_id: int, value: Answer, guests: int = 0
+) -> Recorded:
+    with session_scope(url) as session:
+        return record_answer(session, session_id, subscriber_id, value, guests=guests)
+
+
+def test_yes_past_capacity_waits_and_a_no_promotes_the_first(db_url: str, tmp_path: Path) -> None:
+    sid, people = setup_session(db_url, tmp_path, capacity=2, people=5)
+    assert not answer(db_url, sid, people[0], Answer.yes).waitlisted
+    assert not answer(db_url, sid, people[1], Answer.yes).waitlisted
+    third = answer(db_url, sid, people[2], Answer.yes)
+    fourth = answer(db_url, sid, people[3], Answer.yes)
+    assert (third.waitlisted, third.position) == (True, 1)
+    assert (fourth.waitlisted, fourth.position) == (True, 2)
+    freed = answer(db_url, sid, people[0], Answer.no)
+    assert freed.promoted == [people[2]]
+    with session_scope(db_url) as session:
+        counts = repo.counts(session, sid)
+        assert (counts.yes, counts.no, counts.waitlisted, counts.seats) == (2, 1, 1, 2)
+        waiting = repo.get(session, sid, people[3])
+        assert waiting is not None and repo.waitlist_position(session, waiting) == 1
+
+
+def test_answering_again_is_idempotent_and_changes_are_kept(db_url: str, tmp_path: Path) -> None:
+    sid, people = setup_session(db_url, tmp_path, capacity=10, people=1)
+    first = answer(db_url, sid, people[0], Answer.maybe)
+    again = answer(db_url, sid, people[0], Answer.maybe)
+    assert first.changed and not again.changed
+    changed = answer(db_url, sid, people[0], Answer.yes, guests=1)
+    assert changed.changed and changed.guests == 1
+    with session_scope(db_url) as session:
+        assert repo.counts(session, sid).seats == 2
+
+
+def test_guests_count_against_capacity_and_are_bounded(db_url: str, tmp_path: Path) -> None:
+    sid, people = setup_session(db_url, tmp_path, capacity=3, people=3)
+    assert not answer(db_url, sid, people[0], Answer.yes, guests=1).waitlisted
+    assert answer(db_url, sid, people[1], Answer.yes, guests=1).waitlisted  # 2 + 2 > 3
+    assert not answer(db_url, sid, people[2], Answer.yes).waitlisted  # 2 + 1 fits
+    with pytest.raises(Exception, match="at most 1 guests"):
+        answer(db_url, sid, people[2], Answer.yes, guests=2)
+
+
+def test_answers_close_at_the_deadline(db_url: str, tmp_path: Path) -> None:
+    sid, people = setup_session(db_url, tmp_path, capacity=3, people=1)
+    with session_scope(db_url) as session, pytest.raises(AnswersClosed, match="closed"):
+        record_answer(session, sid, people[0], Answer.yes, now=utcnow() + timedelta(days=4))
+
+
+def test_concurrent_answers_never_overfill_the_last_seat(postgres_url: str, tmp_path: Path) -> None:
+    _empty_tables(postgres_url)
+    sid, people = setup_session(postgres_url, tmp_path, capacity=5, people=40)
+    barrier = threading.Barrier(len(people))
+    errors: list[BaseException] = []
+
+    def say_yes(subscriber_id: int) -> None:
+        try:
+            barrier.wait(10)
+            answer(postgres_url, sid, subscriber_id, Answer.yes)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=say_yes, args=(p,)) for p in people]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    session: Session = get_sessionmaker(postgres_url)()
+    try:
+        counts = repo.counts(session, sid)
+    finally:
+        session.close()
+    assert (counts.yes, counts.seats, counts.waitlisted) == (5, 5, 35)
