@@ -47,6 +47,7 @@ class Purpose(StrEnum):
 
     RSVP = "rsvp"
     UNSUBSCRIBE = "unsubscribe"
+    CSRF = "csrf"  # the form on a page a link opened: bound to the same ids as the link
 
     @property
     def salt(self) -> str:

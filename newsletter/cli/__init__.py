@@ -8,6 +8,7 @@ import typer
 
 from newsletter.cli import campaign_cmd, db_cmd, demo_cmd, sessions_cmd, subscribers_cmd
 from newsletter.cli.preview_cmd import preview
+from newsletter.cli.serve_cmd import serve
 from newsletter.cli.worker_cmd import worker
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.add_typer(campaign_cmd.app, name="campaign")
 app.add_typer(db_cmd.app, name="db")
 app.command()(preview)
 app.command()(worker)
+app.command()(serve)
 app.command()(demo_cmd.demo)
 
 

@@ -1,0 +1,64 @@
+"""The FastAPI application: routes, and error handling that never answers 500 to bad input."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from newsletter.web import calendar_routes, rsvp, unsubscribe
+from newsletter.web.pages import error_page
+
+log = logging.getLogger(__name__)
+
+_TITLES = {
+    400: "请求无效",
+    403: "无法确认",
+    404: "找不到页面",
+    405: "不支持的操作",
+    409: "无法完成",
+    410: "链接已过期",
+    413: "请求过大",
+    415: "不支持的格式",
+}
+
+
+_DEFAULT_MESSAGES = {
+    404: "这个地址不存在。请检查邮件中的链接是否完整。",
+    405: "这个地址不支持这种请求。",
+}
+
+
+def create_app() -> FastAPI:
+    """The web app, configured from the process settings."""
+    app = FastAPI(
+        title="Salon invitations",
+        description="RSVP and unsubscribe pages reached through signed links; session calendars.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.include_router(rsvp.router)
+    app.include_router(unsubscribe.router)
+    app.include_router(calendar_routes.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        title = _TITLES.get(exc.status_code, "出错了")
+        detail = str(exc.detail)
+        if detail == HTTPStatus(exc.status_code).phrase:  # Starlette's own English default
+            detail = _DEFAULT_MESSAGES.get(exc.status_code, "请求无法完成。")
+        return error_page(exc.status_code, title, detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        return error_page(400, _TITLES[400], "请求中的参数不正确。请直接使用邮件中的链接。")
+
+    return app

@@ -1,0 +1,95 @@
+"""RSVP pages. GET shows the session and the answer chosen and records nothing (scanners open
+every link); a person's button press POSTs the answer with a form token bound to the link."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Query
+from fastapi.responses import HTMLResponse
+
+from newsletter.config import get_settings
+from newsletter.db import session_scope, utcnow
+from newsletter.errors import InvalidStateError
+from newsletter.rsvp.models import Answer
+from newsletter.rsvp.service import AnswersClosed, closes_at, current_answer, record_answer
+from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.models import SalonSession
+from newsletter.tokens import Purpose
+from newsletter.web.links import addressee, check_form_token, form_token, read_token
+from newsletter.web.pages import page
+from newsletter.web.session_view import session_view
+
+router = APIRouter()
+
+LABELS = {Answer.yes: "是，我会参加", Answer.maybe: "可能参加", Answer.no: "不参加"}
+
+
+def _ids(token: str) -> dict[str, int]:
+    payload = read_token(Purpose.RSVP, token, get_settings().secret_keys)
+    if set(payload) != {"s", "u"}:
+        raise HTTPException(400, "这个链接无效。")
+    return payload
+
+
+@router.get("/rsvp/{token}", response_class=HTMLResponse)
+def show(token: str, answer: Annotated[Answer | None, Query()] = None) -> HTMLResponse:
+    """The session, the answer the link chose, and one button to confirm it."""
+    ids = _ids(token)
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        who = addressee(session, ids["s"], ids["u"])
+        record = sessions_repo.record_of(who.salon)
+        current = current_answer(session, who.salon.id, who.subscriber.id)
+        view = session_view(who.salon, record, settings.base_url)
+        closed = who.salon.cancelled or _closed(who.salon)
+        registration = record.registration
+    return page(
+        "rsvp.html",
+        session=view,
+        name=who.subscriber.name,
+        chosen=answer,
+        current=current.answer if current else None,
+        current_waitlisted=bool(current and current.waitlisted),
+        labels=LABELS,
+        answers=list(Answer),
+        closed=closed,
+        plus_ones=registration.plus_ones if registration else 0,
+        form_token=form_token(ids),
+        action=f"/rsvp/{token}",
+    )
+
+
+@router.post("/rsvp/{token}", response_class=HTMLResponse)
+def confirm(
+    token: str,
+    answer: Annotated[Answer, Form()],
+    csrf: Annotated[str, Form(max_length=400)],
+    guests: Annotated[int, Form(ge=0, le=10)] = 0,
+) -> HTMLResponse:
+    """Record the answer a person confirmed; the page states what was recorded."""
+    ids = _ids(token)
+    check_form_token(csrf, ids)
+    settings = get_settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            who = addressee(session, ids["s"], ids["u"])
+            recorded = record_answer(
+                session, who.salon.id, who.subscriber.id, answer, guests=guests
+            )
+            view = session_view(who.salon, sessions_repo.record_of(who.salon), settings.base_url)
+    except AnswersClosed:
+        raise HTTPException(409, "报名已截止，无法再修改答复。") from None
+    except InvalidStateError as exc:  # e.g. more guests than the session allows
+        raise HTTPException(400, f"无法记录这个答复：{exc}") from None
+    return page(
+        "rsvp_done.html",
+        session=view,
+        recorded=recorded,
+        label=LABELS[recorded.answer],
+        change_url=f"/rsvp/{token}",
+    )
+
+
+def _closed(salon: SalonSession) -> bool:
+    return utcnow() >= closes_at(salon)

@@ -1,0 +1,249 @@
+"""The RSVP web contract over real HTTP (uvicorn on loopback): GET never records, a person's
+POST does, tampered links get a 4xx page, one-click unsubscribe answers without a redirect."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import select
+
+from newsletter.config import Settings
+from newsletter.db import session_scope, utcnow
+from newsletter.links import recipient_links
+from newsletter.migrate import upgrade
+from newsletter.rsvp.models import Rsvp
+from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.service import import_records
+from newsletter.web import create_app
+from subscribers.models import Subscriber, SubscriberStatus
+from tests.conftest import Configure
+from tests.servers import free_port
+
+RECORD = """\
+number: 95
+series: 机器学习开发者沙龙
+theme: 测试专题 <script>x</script>
+title: 容量为一的沙龙
+starts_at: {starts}
+ends_at: {ends}
+venue: {{mode: offline, name: 蒙民伟楼348室}}
+registration: {{capacity: 1, deadline: {deadline}}}
+talks: [{{kind: paper, speaker: 贾鑫康, title: 联邦学习背景下的MAML与域适应方法}}]
+"""
+
+
+class Live:
+    """A running web app and what the tests need to make links for it."""
+
+    def __init__(self, settings: Settings, base: str, session_id: int, people: list[int]) -> None:
+        self.settings = settings
+        self.client = httpx.Client(base_url=base, follow_redirects=False, timeout=10)
+        self.session_id = session_id
+        self.people = people
+
+    def links(self, person: int) -> tuple[str, str]:
+        made = recipient_links(
+            self.settings.base_url,
+            self.settings.secret_keys,
+            session_id=self.session_id,
+            session_number=95,
+            subscriber_id=self.people[person],
+            campaign_id=1,
+            unsubscribe_mailbox=None,
+        )
+        return made.rsvp_yes.removeprefix(self.settings.base_url), made.unsubscribe.removeprefix(
+            self.settings.base_url
+        )
+
+    def rsvps(self) -> list[tuple[int, str, bool]]:
+        with session_scope(self.settings.database_url) as session:
+            rows = session.execute(select(Rsvp.subscriber_id, Rsvp.answer, Rsvp.waitlisted))
+            return [(row[0], row[1], row[2]) for row in rows]
+
+
+def write_record(tmp_path: Path, *, deadline_in: timedelta) -> Path:
+    starts = utcnow() + timedelta(days=7)
+    path = tmp_path / "095.yaml"
+    path.write_text(
+        RECORD.format(
+            starts=starts.isoformat(),
+            ends=(starts + timedelta(hours=2)).isoformat(),
+            deadline=(utcnow() + deadline_in).isoformat(),
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def live(configure: Configure, tmp_path: Path) -> Iterator[Live]:
+    port = free_port()
+    settings = configure(base_url=f"http://127.0.0.1:{port}")
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        import_records(
+            session,
+            [write_record(tmp_path, deadline_in=timedelta(days=6))],
+            timezone="Asia/Shanghai",
+        )
+        people = [
+            Subscriber(email=f"w{i}@example.org", name=f"访客{i}", created_at=utcnow())
+            for i in range(3)
+        ]
+        session.add_all(people)
+        session.flush()
+        salon = sessions_repo.get_by_number(session, 95)
+        assert salon is not None
+        ids, session_id = [p.id for p in people], salon.id
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    built = Live(settings, settings.base_url, session_id, ids)
+    try:
+        yield built
+    finally:
+        built.client.close()
+        server.should_exit = True
+        thread.join(10)
+
+
+def form_token(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found
+    return found.group(1)
+
+
+def test_get_shows_the_choice_and_records_nothing(live: Live) -> None:
+    rsvp, _ = live.links(0)
+    for _ in range(3):  # a link scanner opening the link again and again
+        page = live.client.get(rsvp)
+        assert page.status_code == 200
+    assert "你选择了：<strong>是，我会参加</strong>" in page.text
+    assert "测试专题 &lt;script&gt;x&lt;/script&gt;" in page.text
+    assert "贾鑫康" in page.text and "蒙民伟楼348室" in page.text
+    assert "<form" in page.text and "确认答复" in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert "<script" not in page.text.lower()  # no page submits itself
+    assert live.rsvps() == []
+
+
+def test_post_with_the_form_token_records_and_says_what(live: Live) -> None:
+    rsvp, _ = live.links(0)
+    token = form_token(live.client.get(rsvp).text)
+    done = live.client.post(rsvp, data={"answer": "yes", "csrf": token})
+    assert done.status_code == 200
+    assert "已记录你的答复：<strong>是，我会参加</strong>" in done.text
+    assert "/sessions/95.ics" in done.text
+    again = live.client.post(rsvp, data={"answer": "yes", "csrf": token})  # idempotent
+    assert again.status_code == 200
+    assert live.rsvps() == [(live.people[0], "yes", False)]
+
+
+def test_past_capacity_joins_the_waitlist_and_a_no_promotes(live: Live) -> None:
+    first, _ = live.links(0)
+    second, _ = live.links(1)
+    live.client.post(first, data={"answer": "yes", "csrf": form_token(live.client.get(first).text)})
+    waiting = live.client.post(
+        second, data={"answer": "yes", "csrf": form_token(live.client.get(second).text)}
+    )
+    assert "候补名单第 <strong>1</strong> 位" in waiting.text
+    live.client.post(first, data={"answer": "no", "csrf": form_token(live.client.get(first).text)})
+    assert sorted(live.rsvps()) == sorted(
+        [(live.people[0], "no", False), (live.people[1], "yes", False)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        (lambda t: t[:-3] + ("aaa" if not t.endswith("aaa") else "bbb"), 400),  # tampered
+        (lambda t: t[: len(t) // 2], 400),  # cut short
+        (lambda t: "x" * 2000, 400),  # absurd
+        (lambda t: "", 404),  # nothing
+    ],
+)
+def test_bad_tokens_get_a_friendly_4xx_page(
+    live: Live, change: Callable[[str], str], status: int
+) -> None:
+    rsvp, _ = live.links(0)
+    token = rsvp.removeprefix("/rsvp/").split("?")[0]
+    response = live.client.get(f"/rsvp/{change(token)}?answer=yes")
+    assert response.status_code == status
+    assert "text/html" in response.headers["content-type"]
+    assert "请" in response.text
+
+
+def test_wrong_purpose_missing_form_token_and_bad_answer_are_refused(live: Live) -> None:
+    rsvp, unsubscribe = live.links(0)
+    unsub_token = unsubscribe.removeprefix("/unsubscribe/")
+    assert live.client.get(f"/rsvp/{unsub_token}?answer=yes").status_code == 400
+    assert live.client.post(rsvp, data={"answer": "yes", "csrf": "forged"}).status_code == 403
+    other, _ = live.links(1)
+    stolen = form_token(live.client.get(other).text)  # a form token for someone else's link
+    assert live.client.post(rsvp, data={"answer": "yes", "csrf": stolen}).status_code == 403
+    assert live.client.get(rsvp.replace("answer=yes", "answer=perhaps")).status_code == 400
+    assert live.rsvps() == []
+
+
+def test_after_the_deadline_answers_are_closed(live: Live, tmp_path: Path) -> None:
+    rsvp, _ = live.links(0)
+    token = form_token(live.client.get(rsvp).text)
+    with session_scope(live.settings.database_url) as session:
+        import_records(
+            session,
+            [write_record(tmp_path, deadline_in=timedelta(hours=-1))],
+            timezone="Asia/Shanghai",
+        )
+    page = live.client.get(rsvp)
+    assert "报名已截止" in page.text and "<form" not in page.text
+    closed = live.client.post(rsvp, data={"answer": "yes", "csrf": token})
+    assert closed.status_code == 409 and "报名已截止" in closed.text
+    assert live.rsvps() == []
+
+
+def test_one_click_unsubscribe_is_a_post_without_cookies_or_redirect(live: Live) -> None:
+    _, unsubscribe = live.links(2)
+    page = live.client.get(unsubscribe)
+    assert page.status_code == 200 and "确认退订" in page.text
+    response = live.client.post(
+        unsubscribe,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert "set-cookie" not in response.headers and "location" not in response.headers
+    with session_scope(live.settings.database_url) as session:
+        status = session.scalar(select(Subscriber.status).where(Subscriber.id == live.people[2]))
+    assert status == SubscriberStatus.unsubscribed
+
+
+def test_unsubscribe_button_needs_the_form_token(live: Live) -> None:
+    _, unsubscribe = live.links(1)
+    assert live.client.post(unsubscribe, data={"csrf": "nope"}).status_code == 403
+    token = form_token(live.client.get(unsubscribe).text)
+    done = live.client.post(unsubscribe, data={"csrf": token})
+    assert done.status_code == 200 and "已退订" in done.text
+
+
+def test_calendar_file_and_unknown_pages(live: Live) -> None:
+    ics = live.client.get("/sessions/95.ics")
+    assert ics.status_code == 200 and ics.headers["content-type"].startswith("text/calendar")
+    assert "UID:salon-95@example.org" in ics.text
+    assert live.client.get("/sessions/999.ics").status_code == 404
+    assert live.client.get("/nothing-here").status_code == 404
+    assert live.client.delete("/sessions/95.ics").status_code == 405
+    assert live.client.get("/healthz").text == "ok"
