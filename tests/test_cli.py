@@ -6,8 +6,10 @@ import csv
 import email
 import email.policy
 import os
+import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +32,7 @@ def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory in which ``newsletter demo`` has run once."""
     cwd = tmp_path_factory.mktemp("demo")
-    result = run(cwd, "demo")
+    result = run(cwd, "demo", "--no-serve")
     assert result.returncode == 0, result.stderr
     return cwd
 
@@ -50,7 +52,7 @@ def test_demo_fills_the_outbox_once_per_subscriber(demo_dir: Path) -> None:
 
 def test_demo_again_mails_nobody_twice(demo_dir: Path) -> None:
     before = sorted(p.name for p in (demo_dir / "var" / "outbox").glob("*.eml"))
-    result = run(demo_dir, "demo")
+    result = run(demo_dir, "demo", "--no-serve")
     assert result.returncode == 0, result.stderr
     assert "nobody is mailed twice" in result.stdout
     after = sorted(p.name for p in (demo_dir / "var" / "outbox").glob("*.eml"))
@@ -119,3 +121,42 @@ def test_every_command_has_help() -> None:
         result = run(ROOT, *args)
         assert result.returncode == 0, (args, result.stderr)
         assert "Usage" in result.stdout
+
+
+def test_demo_serves_the_rsvp_link_it_prints(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.servers import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env.update(NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}", COLUMNS="400")
+    log = tmp_path / "demo.log"
+    process = subprocess.Popen(
+        [NEWSLETTER, "demo"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        link = None
+        while link is None:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            found = re.search(rf"(http://127\.0\.0\.1:{port}/rsvp/\S+)", log.read_text())
+            served = "Serving the RSVP web app" in log.read_text()
+            link = found.group(1) if found and served else None
+            time.sleep(0.2)
+        for _ in range(100):
+            try:
+                page = httpx.get(link, timeout=5)
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        assert page.status_code == 200
+        assert "第 61 期" in page.text
+    finally:
+        process.terminate()
+        process.wait(15)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import typer
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from newsletter.cli.common import console, fail, handles_errors
 from newsletter.cli.preview_cmd import write_preview
 from newsletter.config import get_settings
 from newsletter.db import session_scope
+from newsletter.links import recipient_links
 from newsletter.migrate import upgrade
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.service import import_records
@@ -25,14 +27,15 @@ EXAMPLES = Path(newsletter.__file__).resolve().parent.parent / "examples"
 
 def demo(
     examples: Path = typer.Option(EXAMPLES, help="Folder with sessions/ and subscribers.csv."),
+    serve: bool = typer.Option(True, help="Serve the RSVP web app afterwards (Ctrl-C stops)."),
 ) -> None:
-    """Set up a local database, import the samples, and send the newest session's invitation
-    to the local outbox; prints where to look."""
-    _demo(examples)
+    """Set up a local database, import the samples, send the newest session's invitation to
+    the local outbox, print where to look, and serve the RSVP web app."""
+    _demo(examples, serve)
 
 
 @handles_errors
-def _demo(examples: Path) -> None:
+def _demo(examples: Path, serve: bool) -> None:
     settings = get_settings()
     url = settings.database_url
     console.print(f"[bold]1.[/] database {url}")
@@ -90,3 +93,30 @@ def _demo(examples: Path) -> None:
     console.print("  open one with a mail client, e.g. Thunderbird: File → Open → Saved Message).")
     console.print("  To see one in a browser, open:")
     console.print(f"  {preview_path.resolve().as_uri()}", soft_wrap=True)
+    if first:
+        with session_scope(url) as session:
+            salon = sessions_repo.get_by_number(session, number)
+            assert salon is not None, "imported above"
+            links = recipient_links(
+                settings.base_url,
+                settings.secret_keys,
+                session_id=salon.id,
+                session_number=number,
+                subscriber_id=first[0].id,
+                campaign_id=campaign_id,
+                unsubscribe_mailbox=None,
+            )
+        console.print(f"  {first[0].name}'s RSVP page (the 是 button of the mail):")
+        console.print(f"  {links.rsvp_yes}", soft_wrap=True)
+    if serve:
+        parsed = urlsplit(settings.base_url)
+        console.print(f"\nServing the RSVP web app on {settings.base_url} (Ctrl-C stops).")
+        import uvicorn
+
+        uvicorn.run(
+            "newsletter.web:create_app",
+            factory=True,
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 8000,
+            log_level="warning",
+        )
