@@ -17,7 +17,7 @@ VISIBILITY_TIMEOUT_S = 2 * 60 * 60
 
 def make_celery(settings: Settings) -> Celery:
     """A Celery app for ``settings``: JSON only, late acks, one task per prefetch."""
-    celery = Celery("newsletter", include=["tasks.campaigns"])
+    celery = Celery("newsletter", include=["tasks.campaigns", "tasks.rsvp"])
     eager = settings.broker_url is None
     celery.conf.update(
         broker_url=settings.broker_url or "memory://",

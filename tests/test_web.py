@@ -3,6 +3,9 @@ POST does, tampered links get a 4xx page, one-click unsubscribe answers without 
 
 from __future__ import annotations
 
+import email
+import email.message
+import email.policy
 import re
 import threading
 import time
@@ -247,3 +250,45 @@ def test_calendar_file_and_unknown_pages(live: Live) -> None:
     assert live.client.get("/nothing-here").status_code == 404
     assert live.client.delete("/sessions/95.ics").status_code == 405
     assert live.client.get("/healthz").text == "ok"
+
+
+def outbox(live: Live) -> list[email.message.EmailMessage]:
+    folder = Path(live.settings.mail_url.removeprefix("file://"))
+    messages = []
+    for path in sorted(folder.glob("*.eml")):
+        parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(parsed, email.message.EmailMessage)
+        messages.append(parsed)
+    return messages
+
+
+def test_a_yes_is_confirmed_by_mail_with_the_event_as_publish(live: Live) -> None:
+    rsvp, _ = live.links(0)
+    live.client.post(rsvp, data={"answer": "yes", "csrf": form_token(live.client.get(rsvp).text)})
+    (mail,) = outbox(live)
+    assert mail["To"].addresses[0].addr_spec == "w0@example.org"
+    assert "List-Unsubscribe" not in mail and "Precedence" not in mail
+    calendar = mail.get_body(("calendar",))
+    assert calendar is not None
+    assert calendar.get_content_type() == "text/calendar"
+    assert calendar.get_param("method") == "PUBLISH"
+    ics = calendar.get_content()
+    assert "METHOD:PUBLISH" in ics and "UID:salon-95@example.org" in ics
+    text = mail.get_body(("plain",))
+    assert text is not None and "报名已确认" in text.get_content()
+
+
+def test_a_no_frees_the_seat_and_the_first_waiting_is_told_by_mail(live: Live) -> None:
+    first, _ = live.links(0)
+    second, _ = live.links(1)
+    live.client.post(first, data={"answer": "yes", "csrf": form_token(live.client.get(first).text)})
+    live.client.post(
+        second, data={"answer": "yes", "csrf": form_token(live.client.get(second).text)}
+    )
+    assert len(outbox(live)) == 1  # the waitlisted "yes" gets no confirmation yet
+    live.client.post(first, data={"answer": "no", "csrf": form_token(live.client.get(first).text)})
+    mails = outbox(live)
+    promoted = [m for m in mails if m["To"].addresses[0].addr_spec == "w1@example.org"]
+    assert len(promoted) == 1
+    body = promoted[0].get_body(("plain",))
+    assert body is not None and "递补" in body.get_content()

@@ -156,7 +156,8 @@ def canonical_body(body: str | bytes) -> bytes:
 _date_cache: tuple[int, str] = (0, "")
 
 
-def _date_header(date: datetime | None) -> str:
+def date_header(date: datetime | None) -> str:
+    """The Date header value: ``date``, or now (formatted once per second, it is costly)."""
     global _date_cache
     if date is not None:
         if date.tzinfo is None:
@@ -281,7 +282,7 @@ class MessageFactory:
                 self._from_header,
                 address_header("To", recipient_name, recipient),
                 self._subject_header,
-                "Date: " + _date_header(date),
+                "Date: " + date_header(date),
                 "Message-ID: " + message_id,
                 "MIME-Version: 1.0",
                 self._list_id_header,

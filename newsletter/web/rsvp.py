@@ -3,6 +3,7 @@ every link); a person's button press POSTs the answer with a form token bound to
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Query
@@ -11,16 +12,24 @@ from fastapi.responses import HTMLResponse
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError
+from newsletter.rendering.session_view import session_view
 from newsletter.rsvp.models import Answer
-from newsletter.rsvp.service import AnswersClosed, closes_at, current_answer, record_answer
+from newsletter.rsvp.notices import NoticeKind
+from newsletter.rsvp.service import (
+    AnswersClosed,
+    Recorded,
+    closes_at,
+    current_answer,
+    record_answer,
+)
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from newsletter.tokens import Purpose
 from newsletter.web.links import addressee, check_form_token, form_token, read_token
 from newsletter.web.pages import page
-from newsletter.web.session_view import session_view
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 LABELS = {Answer.yes: "是，我会参加", Answer.maybe: "可能参加", Answer.no: "不参加"}
 
@@ -82,6 +91,7 @@ def confirm(
         raise HTTPException(409, "报名已截止，无法再修改答复。") from None
     except InvalidStateError as exc:  # e.g. more guests than the session allows
         raise HTTPException(400, f"无法记录这个答复：{exc}") from None
+    _notify(who.salon.id, who.subscriber.id, recorded)
     return page(
         "rsvp_done.html",
         session=view,
@@ -93,3 +103,21 @@ def confirm(
 
 def _closed(salon: SalonSession) -> bool:
     return utcnow() >= closes_at(salon)
+
+
+def _notify(session_id: int, subscriber_id: int, recorded: Recorded) -> None:
+    """Enqueue the mails this answer triggers, after its commit; a failure loses no answer."""
+    from tasks.dispatch import enqueue
+    from tasks.rsvp import send_rsvp_notice
+
+    mails = (
+        [(subscriber_id, NoticeKind.confirmed)]
+        if (recorded.changed and recorded.answer == Answer.yes and not recorded.waitlisted)
+        else []
+    )
+    mails += [(promoted, NoticeKind.promoted) for promoted in recorded.promoted]
+    for person, kind in mails:
+        try:
+            enqueue(send_rsvp_notice, session_id, person, kind.value)
+        except Exception:  # the broker is down: the answer stands, the mail is lost
+            log.exception("could not enqueue the %s mail for subscriber %s", kind, person)

@@ -1,0 +1,85 @@
+"""One-off mails to one person (an RSVP confirmation, a seat freed from the waitlist).
+
+Unlike campaign mail these are not bulk: no List-* or Precedence headers. Besides the text and
+HTML parts they can carry the event as ``text/calendar; method=PUBLISH`` (RFC 6047), with the
+same METHOD inside the .ics, so mail clients offer to add it to a calendar without treating it
+as an invitation to reply to.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from email.utils import parseaddr
+
+from newsletter.errors import ConfigurationError, DeliveryError
+from newsletter.mail.headers import addr_spec, address_header, unstructured
+from newsletter.mail.message import (
+    CRLF,
+    OutgoingMessage,
+    base64_lines,
+    canonical_body,
+    date_header,
+)
+
+
+def build_notice(
+    *,
+    from_address: str,
+    mail_domain: str,
+    recipient_name: str,
+    recipient_address: str,
+    subject: str,
+    text: str,
+    html: str,
+    calendar: bytes | None = None,
+    date: datetime | None = None,
+) -> OutgoingMessage:
+    """A finished one-off message; ``calendar`` (an .ics with METHOD:PUBLISH) is optional."""
+    from_name, sender = parseaddr(from_address)
+    try:
+        sender = addr_spec(sender)
+    except ValueError as exc:
+        raise ConfigurationError(f"the From address cannot be used to send mail: {exc}") from None
+    try:
+        recipient = addr_spec(recipient_address)
+    except ValueError as exc:
+        raise DeliveryError(f"the recipient address is unusable: {exc}", permanent=True) from None
+    unique = secrets.token_hex(8)
+    message_id = f"<n.{unique}@{mail_domain}>"
+    boundary = f"=_n{unique}.alt"
+    head = [
+        address_header("From", from_name, sender),
+        address_header("To", recipient_name, recipient),
+        unstructured("Subject", subject),
+        "Date: " + date_header(date),
+        "Message-ID: " + message_id,
+        "Auto-Submitted: auto-generated",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+        "",
+    ]
+    pieces = ["\r\n".join(head).encode("ascii")]
+    parts: list[tuple[str, bytes]] = [
+        ("text/plain; charset=utf-8", canonical_body(text)),
+        ("text/html; charset=utf-8", canonical_body(html)),
+    ]
+    if calendar is not None:
+        # Last part: clients show the richest part they understand, and a calendar-aware one
+        # shows the event with an "add" button.
+        parts.append(("text/calendar; charset=utf-8; method=PUBLISH", calendar))
+    for content_type, body in parts:
+        pieces.append(
+            f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+            "Content-Transfer-Encoding: base64\r\n".encode("ascii")
+        )
+        pieces += base64_lines(body)
+    pieces.append(f"--{boundary}--".encode("ascii"))
+    pieces.append(b"")
+    return OutgoingMessage(
+        delivery_id=0,
+        envelope_from=sender,
+        recipient=recipient,
+        message_id=message_id,
+        data=CRLF.join(pieces),
+    )

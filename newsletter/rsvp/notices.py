@@ -1,0 +1,87 @@
+"""The mails an answer triggers: a confirmation with the event attached, a seat from the
+waitlist. Built here (rendering + calendar + MIME), sent by the ``rsvp.notice`` task."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy.orm import Session
+
+from newsletter.calendar import session_calendar
+from newsletter.config import Settings
+from newsletter.db import utcnow
+from newsletter.links import recipient_links
+from newsletter.mail.message import OutgoingMessage
+from newsletter.mail.notice import build_notice
+from newsletter.rendering import render_email_template
+from newsletter.rendering.session_view import session_view
+from newsletter.sessions import repo as sessions_repo
+from subscribers import repo as subscribers_repo
+from subscribers.models import SubscriberStatus
+
+
+class NoticeKind(StrEnum):
+    """Why the mail is sent."""
+
+    confirmed = "confirmed"  # a "yes" got a seat
+    promoted = "promoted"  # someone cancelled and the first on the waitlist got the seat
+
+
+_HEADLINES = {
+    NoticeKind.confirmed: "你的报名已确认，期待与你相见！",
+    NoticeKind.promoted: "有人取消了报名，你已从候补名单递补，获得了一个名额！",
+}
+
+
+def build_rsvp_notice(
+    session: Session, settings: Settings, session_id: int, subscriber_id: int, kind: NoticeKind
+) -> OutgoingMessage | None:
+    """The mail for ``kind``, or None when it must not be sent (a bounced address, say)."""
+    salon = sessions_repo.get_by_id(session, session_id)
+    person = subscribers_repo.get_by_id(session, subscriber_id)
+    if salon is None or person is None:
+        return None
+    if person.status in (SubscriberStatus.bounced, SubscriberStatus.suppressed):
+        return None
+    record = sessions_repo.record_of(salon)
+    view = session_view(salon, record, settings.base_url)
+    links = recipient_links(
+        settings.base_url,
+        settings.secret_keys,
+        session_id=salon.id,
+        session_number=salon.number,
+        subscriber_id=person.id,
+        campaign_id=0,
+        unsubscribe_mailbox=None,
+    )
+    organizer = record.organizer or settings.organizer
+    headline = _HEADLINES[kind]
+    subject = f"{headline[:8].rstrip('，！')}：{view.heading}"
+    html, text = render_email_template(
+        "rsvp_notice",
+        subject=subject,
+        headline=headline,
+        greeting=f"{person.name}，你好！" if person.name else "你好！",
+        organizer=organizer,
+        session=view,
+        change_url=links.rsvp_yes.split("?")[0],
+    )
+    calendar = session_calendar(
+        salon,
+        record,
+        mail_domain=settings.sender_domain,
+        organizer_name=organizer,
+        organizer_address=settings.from_address,
+        page_url=view.calendar_url,
+        stamp=utcnow(),
+    )
+    return build_notice(
+        from_address=settings.from_address,
+        mail_domain=settings.sender_domain,
+        recipient_name=person.name,
+        recipient_address=person.email,
+        subject=subject,
+        text=text,
+        html=html,
+        calendar=calendar,
+    )
