@@ -292,3 +292,31 @@ def test_a_no_frees_the_seat_and_the_first_waiting_is_told_by_mail(live: Live) -
     assert len(promoted) == 1
     body = promoted[0].get_body(("plain",))
     assert body is not None and "递补" in body.get_content()
+
+
+def test_rsvp_list_shows_what_the_pages_recorded(live: Live) -> None:
+    import subprocess
+    import sys
+
+    first, _ = live.links(0)
+    second, _ = live.links(1)
+    live.client.post(first, data={"answer": "yes", "csrf": form_token(live.client.get(first).text)})
+    live.client.post(
+        second, data={"answer": "yes", "csrf": form_token(live.client.get(second).text)}
+    )
+    command = [str(Path(sys.executable).parent / "newsletter"), "rsvp", "list", "95"]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "COLUMNS": "200",
+        "NEWSLETTER_DATABASE_URL": live.settings.database_url,
+    }
+    shown = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    assert "w0@example.org" in shown.stdout and "候补 1" in shown.stdout
+    assert "是 1（座位 1/1），可能 0，否 0，候补 1" in shown.stdout
+    exported = subprocess.run(
+        [*command, "--csv"], capture_output=True, text=True, env=env, check=True
+    )
+    lines = exported.stdout.splitlines()
+    assert lines[0] == "name,email,answer,guests,waitlisted,answered_at,updated_at"
+    assert lines[1].startswith("访客0,w0@example.org,yes,0,no,")
+    assert lines[2].startswith("访客1,w1@example.org,yes,0,yes,")

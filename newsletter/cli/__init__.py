@@ -6,7 +6,14 @@ import logging
 
 import typer
 
-from newsletter.cli import campaign_cmd, db_cmd, demo_cmd, sessions_cmd, subscribers_cmd
+from newsletter.cli import (
+    campaign_cmd,
+    db_cmd,
+    demo_cmd,
+    rsvp_cmd,
+    sessions_cmd,
+    subscribers_cmd,
+)
 from newsletter.cli.preview_cmd import preview
 from newsletter.cli.serve_cmd import serve
 from newsletter.cli.worker_cmd import worker
@@ -22,6 +29,7 @@ app.add_typer(sessions_cmd.app, name="sessions")
 app.add_typer(subscribers_cmd.app, name="subscribers")
 app.add_typer(campaign_cmd.app, name="campaign")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(rsvp_cmd.app, name="rsvp")
 app.command()(preview)
 app.command()(worker)
 app.command()(serve)

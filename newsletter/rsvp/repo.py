@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.rsvp.models import Answer, Rsvp, RsvpEvent
 from newsletter.sessions.models import SalonSession
+from subscribers.models import Subscriber
 
 
 def lock_session(session: Session, session_id: int) -> None:
@@ -107,3 +108,41 @@ def counts(session: Session, session_id: int) -> Counts:
         ).where(Rsvp.session_id == session_id)
     ).one()
     return Counts(*(int(value or 0) for value in row))
+
+
+@dataclass(frozen=True, slots=True)
+class AttendeeRow:
+    """One answer with who gave it, for lists and CSV exports."""
+
+    name: str
+    email: str
+    answer: str
+    guests: int
+    waitlisted: bool
+    answered_at: datetime
+    updated_at: datetime
+
+
+def attendees(session: Session, session_id: int) -> list[AttendeeRow]:
+    """Every answer for a session: confirmed first, then the waitlist in order, then the rest."""
+    order = case(
+        ((Rsvp.answer == Answer.yes) & Rsvp.waitlisted.is_(False), 0),
+        (Rsvp.waitlisted.is_(True), 1),
+        (Rsvp.answer == Answer.maybe, 2),
+        else_=3,
+    )
+    rows = session.execute(
+        select(
+            Subscriber.name,
+            Subscriber.email,
+            Rsvp.answer,
+            Rsvp.guests,
+            Rsvp.waitlisted,
+            Rsvp.answered_at,
+            Rsvp.updated_at,
+        )
+        .join(Subscriber, Subscriber.id == Rsvp.subscriber_id)
+        .where(Rsvp.session_id == session_id)
+        .order_by(order, Rsvp.answered_at, Rsvp.id)
+    )
+    return [AttendeeRow(*row) for row in rows]
