@@ -320,3 +320,50 @@ def test_rsvp_list_shows_what_the_pages_recorded(live: Live) -> None:
     assert lines[0] == "name,email,answer,guests,waitlisted,answered_at,updated_at"
     assert lines[1].startswith("访客0,w0@example.org,yes,0,no,")
     assert lines[2].startswith("访客1,w1@example.org,yes,0,yes,")
+
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+def test_the_api_needs_the_admin_token_in_the_header(live: Live) -> None:
+    assert live.client.get("/api/sessions").status_code == 401
+    wrong = live.client.get("/api/sessions", headers={"Authorization": "Bearer guess"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert live.client.get("/api/sessions?token=test-admin-token").status_code == 401
+    ok = live.client.get("/api/sessions", headers=ADMIN)
+    assert ok.status_code == 200 and ok.json()[0]["number"] == 95
+
+
+def test_the_api_runs_a_campaign_and_reports_answers(live: Live) -> None:
+    created = live.client.post("/api/campaigns", json={"number": 95}, headers=ADMIN)
+    assert created.status_code == 201
+    campaign = created.json()
+    assert (campaign["status"], campaign["total"]) == ("draft", 3)
+    sent = live.client.post(f"/api/campaigns/{campaign['id']}/send", headers=ADMIN)
+    assert sent.status_code == 200
+    status = live.client.get(f"/api/campaigns/{campaign['id']}", headers=ADMIN).json()
+    assert (status["status"], status["sent"]) == ("finished", 3)
+    again = live.client.post(f"/api/campaigns/{campaign['id']}/pause", headers=ADMIN)
+    assert again.status_code == 409
+    rsvp, _ = live.links(0)
+    live.client.post(rsvp, data={"answer": "yes", "csrf": form_token(live.client.get(rsvp).text)})
+    answers = live.client.get("/api/sessions/95/rsvps", headers=ADMIN).json()
+    assert (answers["yes"], answers["seats"], answers["capacity"]) == (1, 1, 1)
+    assert answers["attendees"][0]["email"] == "w0@example.org"
+    exported = live.client.get("/api/sessions/95/rsvps.csv", headers=ADMIN)
+    assert exported.headers["content-type"].startswith("text/csv")
+    assert "w0@example.org,yes" in exported.text
+
+
+def test_the_api_answers_bad_requests_with_4xx_json(live: Live) -> None:
+    assert live.client.get("/api/sessions/999/rsvps", headers=ADMIN).status_code == 404
+    assert live.client.get("/api/campaigns/77", headers=ADMIN).status_code == 404
+    assert (
+        live.client.post("/api/campaigns", json={"number": 999}, headers=ADMIN).status_code == 404
+    )
+    bad = live.client.post("/api/campaigns", json={"number": "x"}, headers=ADMIN)
+    assert bad.status_code == 422 and "detail" in bad.json()
+    assert live.client.post("/api/campaigns/1/explode", headers=ADMIN).status_code == 422
+    assert live.client.get("/api/campaigns/99999999999999", headers=ADMIN).status_code == 422
+    spec = live.client.get("/openapi.json").json()
+    assert "/api/campaigns/{campaign_id}/{action}" in spec["paths"]

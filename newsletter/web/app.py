@@ -6,11 +6,12 @@ import logging
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from newsletter.web import calendar_routes, rsvp, unsubscribe
+from newsletter.web import api, calendar_routes, rsvp, unsubscribe
 from newsletter.web.pages import error_page
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def create_app() -> FastAPI:
     app.include_router(rsvp.router)
     app.include_router(unsubscribe.router)
     app.include_router(calendar_routes.router)
+    app.include_router(api.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> PlainTextResponse:
@@ -51,6 +53,10 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(
+                {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+            )
         title = _TITLES.get(exc.status_code, "出错了")
         detail = str(exc.detail)
         if detail == HTTPStatus(exc.status_code).phrase:  # Starlette's own English default
@@ -59,6 +65,11 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(
+                {"detail": jsonable_encoder(exc.errors(), exclude={"ctx", "input", "url"})},
+                status_code=422,
+            )
         return error_page(400, _TITLES[400], "请求中的参数不正确。请直接使用邮件中的链接。")
 
     return app

@@ -1,0 +1,236 @@
+"""The organizer JSON API under /api (bearer token; described at /openapi.json)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from newsletter.campaigns import repo as campaigns_repo
+from newsletter.campaigns import service as campaigns
+from newsletter.config import get_settings
+from newsletter.db import session_scope
+from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.rsvp import repo as rsvp_repo
+from newsletter.rsvp.export import attendees_csv
+from newsletter.sessions import repo as sessions_repo
+from newsletter.web.auth import require_organizer
+
+router = APIRouter(prefix="/api", tags=["organizers"], dependencies=[Depends(require_organizer)])
+
+Number = Annotated[int, Path(ge=1, le=1_000_000)]
+CampaignId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+class SessionOut(BaseModel):
+    """A session with its answer counts."""
+
+    number: int
+    series: str
+    title: str
+    starts_at: str
+    venue_mode: str | None
+    capacity: int | None
+    yes: int
+    maybe: int
+    no: int
+    waitlisted: int
+
+
+class AttendeeOut(BaseModel):
+    """One answer."""
+
+    name: str
+    email: str
+    answer: str
+    guests: int
+    waitlisted: bool
+    answered_at: datetime
+
+
+class RsvpsOut(BaseModel):
+    """Answers of a session and their counts."""
+
+    number: int
+    capacity: int | None
+    yes: int
+    maybe: int
+    no: int
+    waitlisted: int
+    seats: int
+    attendees: list[AttendeeOut]
+
+
+class CampaignIn(BaseModel):
+    """A new invitation campaign."""
+
+    number: int = Field(ge=1, le=1_000_000)
+    subject: str | None = Field(default=None, min_length=1, max_length=300)
+    tag: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class CampaignOut(BaseModel):
+    """A campaign's state and delivery counts."""
+
+    id: int
+    session_number: int
+    subject: str
+    status: str
+    status_reason: str | None
+    total: int
+    queued: int
+    inflight: int
+    sent: int
+    failed: int
+    skipped: int
+
+
+def _campaign_out(campaign_id: int) -> CampaignOut:
+    with session_scope(get_settings().database_url) as session:
+        progress = campaigns.progress(session, campaign_id)
+    return CampaignOut(
+        id=progress.id,
+        session_number=progress.session_number,
+        subject=progress.subject,
+        status=progress.status,
+        status_reason=progress.status_reason,
+        total=progress.total,
+        queued=progress.queued,
+        inflight=progress.inflight,
+        sent=progress.sent,
+        failed=progress.failed,
+        skipped=progress.skipped,
+    )
+
+
+@router.get("/sessions")
+def list_sessions() -> list[SessionOut]:
+    """Every session, newest first, with answer counts."""
+    with session_scope(get_settings().database_url) as session:
+        rows = sessions_repo.list_with_counts(session)
+    return [
+        SessionOut(
+            number=r.number,
+            series=r.series,
+            title=r.title,
+            starts_at=r.starts_at_local,
+            venue_mode=r.venue_mode,
+            capacity=r.capacity,
+            yes=r.yes,
+            maybe=r.maybe,
+            no=r.no,
+            waitlisted=r.waitlisted,
+        )
+        for r in rows
+    ]
+
+
+def _salon_id(session: Session, number: int) -> tuple[int, int | None]:
+    salon = sessions_repo.get_by_number(session, number)
+    if salon is None:
+        raise HTTPException(404, f"session {number} does not exist")
+    return salon.id, salon.capacity
+
+
+@router.get("/sessions/{number}/rsvps")
+def session_rsvps(number: Number) -> RsvpsOut:
+    """Who answered what, confirmed first, then the waitlist in order."""
+    with session_scope(get_settings().database_url) as session:
+        salon_id, capacity = _salon_id(session, number)
+        counts = rsvp_repo.counts(session, salon_id)
+        rows = rsvp_repo.attendees(session, salon_id)
+    return RsvpsOut(
+        number=number,
+        capacity=capacity,
+        yes=counts.yes,
+        maybe=counts.maybe,
+        no=counts.no,
+        waitlisted=counts.waitlisted,
+        seats=counts.seats,
+        attendees=[
+            AttendeeOut(
+                name=r.name,
+                email=r.email,
+                answer=r.answer,
+                guests=r.guests,
+                waitlisted=r.waitlisted,
+                answered_at=r.answered_at,
+            )
+            for r in rows
+        ],
+    )
+
+
+@router.get("/sessions/{number}/rsvps.csv", response_class=Response)
+def session_rsvps_csv(number: Number) -> Response:
+    """The same answers as CSV."""
+    with session_scope(get_settings().database_url) as session:
+        salon_id, _ = _salon_id(session, number)
+        rows = rsvp_repo.attendees(session, salon_id)
+    return Response(
+        attendees_csv(rows),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="rsvps-{number}.csv"'},
+    )
+
+
+@router.get("/campaigns")
+def list_campaigns() -> list[CampaignOut]:
+    """The 50 newest campaigns."""
+    with session_scope(get_settings().database_url) as session:
+        ids = [c.id for c in campaigns_repo.list_campaigns(session)]
+    return [_campaign_out(campaign_id) for campaign_id in ids]
+
+
+@router.post("/campaigns", status_code=201)
+def create_campaign(body: CampaignIn) -> CampaignOut:
+    """Create a draft campaign (recipients snapshotted now); send it with .../send."""
+    try:
+        with session_scope(get_settings().database_url) as session:
+            campaign_id = campaigns.create_campaign(
+                session, body.number, subject=body.subject, tag=body.tag
+            ).id
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except InvalidStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return _campaign_out(campaign_id)
+
+
+@router.get("/campaigns/{campaign_id}")
+def campaign_status(campaign_id: CampaignId) -> CampaignOut:
+    """State and counts, read from the delivery rows."""
+    try:
+        return _campaign_out(campaign_id)
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.post("/campaigns/{campaign_id}/{action}")
+def change_campaign(
+    campaign_id: CampaignId, action: Literal["send", "pause", "resume", "cancel"]
+) -> CampaignOut:
+    """Send (or resume), pause, or cancel a campaign."""
+    from tasks.campaigns import start_campaign
+    from tasks.dispatch import enqueue
+
+    try:
+        with session_scope(get_settings().database_url) as session:
+            current = campaigns.require_campaign(session, campaign_id)
+            if action == "pause":
+                campaigns.pause_campaign(session, campaign_id)
+            elif action == "cancel":
+                campaigns.cancel_campaign(session, campaign_id)
+            elif action == "resume" or current.status == "paused":
+                campaigns.resume_campaign(session, campaign_id)
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except InvalidStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    if action in ("send", "resume"):
+        enqueue(start_campaign, campaign_id)  # after the commit above
+    return _campaign_out(campaign_id)
