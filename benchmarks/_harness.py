@@ -77,19 +77,21 @@ class Processes:
         return process
 
     def stop(self, process: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
-        """SIGTERM the process group of ``process``; SIGKILL it after ``grace`` seconds."""
-        if process.poll() is None:
+        """SIGTERM the process group of ``process``; SIGKILL what is left after ``grace`` s.
+
+        The leader is waited for *without* being reaped, so its pid (the group id) cannot be
+        given to another process while the group is signalled; only then is it reaped.
+        """
+        if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
-        # A leader that exited may leave children behind in its group (a pool process).
+            deadline = time.monotonic() + grace
+            while not _exited(process.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        # Whatever is left of the group (the leader, or a pool child it left behind).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
     def stop_all(self) -> None:
         """Stop every process started here, newest first; never raises."""
@@ -97,6 +99,15 @@ class Processes:
             with contextlib.suppress(Exception):
                 self.stop(process)
         self._started.clear()
+
+
+def _exited(pid: int) -> bool:
+    """Whether our child ``pid`` has exited, leaving it unreaped (a zombie keeps its pid)."""
+    try:
+        found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True  # already reaped
+    return found is not None
 
 
 def run(
@@ -353,11 +364,23 @@ class Sink:
 
     BACKLOG = 256
 
-    def __init__(self, processes: Processes, directory: Path, *, dump: bool) -> None:
-        """Prepare a sink whose logs (and dumps) live under ``directory`` (tmpfs, ideally)."""
+    def __init__(
+        self,
+        processes: Processes,
+        directory: Path,
+        *,
+        dump: bool,
+        group: Callable[[bytes], str] = lambda sender: "all",
+    ) -> None:
+        """Prepare a sink whose logs (and dumps) live under ``directory`` (tmpfs, ideally).
+
+        Dumped messages are tallied by ``group(envelope sender)``: dumps are read seconds
+        after they were written, so the sender, not the time, tells which traffic they were.
+        """
         self.processes = processes
         self.directory = directory
         self.dump = dump
+        self.group = group
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.counter_path = directory / "sink-counters.log"
@@ -365,7 +388,6 @@ class Sink:
         self.dump_dir = directory / "dump"
         self._phase_starts: list[tuple[str, int]] = []
         self._dumped: dict[str, Seen] = {}
-        self._dump_phase = ""
         self._dump_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._stop_reader = threading.Event()
@@ -378,7 +400,8 @@ class Sink:
         argv = [SMTP_SINK, *user, "-c", "-v"]
         if self.dump:
             self.dump_dir.mkdir()
-            if user:
+            if user:  # the sink writes as that user: it must reach and own the dump folder
+                self.directory.chmod(0o711)
                 shutil.chown(self.dump_dir, user[1])
             argv += ["-d", f"{self.dump_dir}/%Y%m%d%H%M%S/m."]
         argv += [f"127.0.0.1:{port}", str(self.BACKLOG)]
@@ -417,9 +440,6 @@ class Sink:
     def begin(self, phase: str) -> None:
         """From now on, what the sink receives belongs to ``phase`` (call when it is quiet)."""
         self._phase_starts.append((phase, self.log_path.stat().st_size))
-        with self._dump_lock:
-            self._dump_phase = phase
-            self._dumped.setdefault(phase, Seen())
 
     def wait_quiet(self, target: int, timeout: float) -> None:
         """Wait until the counter reaches ``target`` (messages since start)."""
@@ -427,30 +447,27 @@ class Sink:
             lambda: self.count() >= target, timeout=timeout, what=f"{target} messages at the sink"
         )
 
-    def seen(self) -> dict[str, Seen]:
-        """What each phase received: from the ``-v`` log, plus the dumps in dump mode.
-
-        The ``-v`` log interleaves concurrent sessions line by line, so it tells how many
-        messages ended and which envelopes were given, not which envelope each message had;
-        the dumps tell both, one file per message.
-        """
+    def envelopes(self) -> dict[str, Seen]:
+        """What each phase received, from the ``-v`` log: messages ended ("."), and the
+        envelope senders and recipients given. The log interleaves concurrent sessions line
+        by line, so it cannot say which envelope each message had; the dumps can."""
         log = self.log_path.read_bytes()
         bounds = [start for _, start in self._phase_starts] + [len(log)]
         result: dict[str, Seen] = {}
         for (phase, _), start, end in zip(self._phase_starts, bounds, bounds[1:], strict=False):
             chunk = log[start:end]
-            seen = Seen(
+            result[phase] = Seen(
                 messages=len(_DATA_END.findall(chunk)),
                 senders=Counter(_MAIL_FROM.findall(chunk)),
                 recipients=Counter(_RCPT_TO.findall(chunk)),
             )
-            if self.dump:
-                with self._dump_lock:
-                    dumped = self._dumped.get(phase, Seen())
-                seen.message_ids = dumped.message_ids
-                seen.messages = dumped.messages
-            result[phase] = seen
         return result
+
+    def dumped(self, group: str) -> Seen:
+        """Dump mode: the messages whose envelope sender is in ``group``, one file each."""
+        self.finish_dumps()
+        with self._dump_lock:
+            return self._dumped.get(group, Seen())
 
     # The dump reader: a directory per second; a second is read once the clock is 3 s past
     # it (a transaction takes milliseconds), and whatever is left is read at the end.
@@ -479,17 +496,18 @@ class Sink:
             return
         header = head.split(b"\n\n", 1)[0]
         found = _DUMP_MESSAGE_ID.search(header)
+        sender = _DUMP_SENDER.search(header)
         with self._dump_lock:
-            seen = self._dumped.setdefault(self._dump_phase, Seen())
+            seen = self._dumped.setdefault(self.group(sender.group(1) if sender else b""), Seen())
             seen.messages += 1
             seen.message_ids[found.group(1) if found else b"(none)"] += 1
-            for sender in _DUMP_SENDER.findall(header):
-                seen.senders[sender] += 1
+            if sender:
+                seen.senders[sender.group(1)] += 1
             for rcpt in _DUMP_RCPT.findall(header):
                 seen.recipients[rcpt] += 1
 
     def finish_dumps(self) -> None:
-        """Read every dump left (after the last phase): the reader thread stops."""
+        """Read every dump left (once the sink is quiet): the reader thread stops."""
         if self._reader is not None:
             self._stop_reader.set()
             self._reader.join(30)

@@ -486,3 +486,23 @@ def test_repr_leaks_neither_address_nor_body() -> None:
 def test_delivery_id_must_be_an_integer() -> None:
     with pytest.raises(TypeError):
         build(delivery_id="1\r\nBcc: victim@example.com")  # type: ignore[arg-type]
+
+
+def test_built_messages_never_start_a_line_with_a_dot() -> None:
+    """SMTP skips dot-stuffing for messages marked dot_safe: the mark must be true."""
+    factory = MessageFactory(
+        from_address="Mo 人工智能俱乐部 <salon@example.org>",
+        subject=".开头的主题 " * 12,
+        mail_domain="example.org",
+    )
+    message = factory.build(
+        delivery_id=5,
+        recipient_name=".点开头的名字 " * 8,
+        recipient_address="a@example.org",
+        html=".\n" * 500 + "<p>.</p>",
+        text="\n.".join(["."] * 300),
+        unsubscribe_url="https://salon.example.org/unsubscribe/t",
+    )
+    assert message.dot_safe
+    assert not message.data.startswith(b".")
+    assert b"\n." not in message.data

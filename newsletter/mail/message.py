@@ -61,6 +61,9 @@ class OutgoingMessage:
     recipient: str
     message_id: str
     data: bytes
+    # True when no line of ``data`` can start with a dot (base64 parts and generated headers),
+    # so SMTP need not scan 60 KB for dots to stuff.
+    dot_safe: bool = False
 
     def __repr__(self) -> str:
         # No address and no body: a message object that ends up in a log line leaks nothing.
@@ -322,4 +325,5 @@ class MessageFactory:
             recipient=recipient,
             message_id=message_id,
             data=CRLF.join(pieces),
+            dot_safe=True,  # base64 lines and our folded headers never start with a dot
         )

@@ -82,4 +82,5 @@ def build_notice(
         recipient=recipient,
         message_id=message_id,
         data=CRLF.join(pieces),
+        dot_safe=True,
     )

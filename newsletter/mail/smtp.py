@@ -300,9 +300,11 @@ class SmtpTransport:
         only when a line does start with a dot.
         """
         size = f" SIZE={len(message.data)}" if smtp.has_extn("size") else ""
+        # The addresses were validated when the message was built (addr_spec), so they go in
+        # angle brackets as they are; smtplib.quoteaddr would parse each one again (~9 µs).
         commands = (
-            f"MAIL FROM:{smtplib.quoteaddr(message.envelope_from)}{size}\r\n"
-            f"RCPT TO:{smtplib.quoteaddr(message.recipient)}\r\n"
+            f"MAIL FROM:<{message.envelope_from}>{size}\r\n"
+            f"RCPT TO:<{message.recipient}>\r\n"
             "DATA\r\n"
         ).encode("ascii")
         handed_over = False
@@ -312,7 +314,7 @@ class SmtpTransport:
             (mail_code, mail_reply), (rcpt_code, rcpt_reply), (data_code, data_reply) = replies
             if mail_code == 250 and rcpt_code in (250, 251) and data_code == 354:
                 body = message.data
-                if body.startswith(b".") or b"\n." in body:
+                if not message.dot_safe and (body.startswith(b".") or b"\n." in body):
                     body = _stuff_dots(body)
                 ending = b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"
                 handed_over = True
