@@ -28,6 +28,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/render.py
+	$(BIN)/python benchmarks/send.py --n 100000
 
 clean:
 	rm -rf var test-artifacts .pytest_cache .mypy_cache .ruff_cache
