@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns import repo as campaigns_repo
@@ -74,7 +74,9 @@ class CampaignIn(BaseModel):
 
 
 class CampaignOut(BaseModel):
-    """A campaign's state and delivery counts."""
+    """A campaign's state and delivery counts (read from the service's CampaignProgress)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     id: int
     session_number: int
