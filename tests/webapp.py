@@ -1,0 +1,127 @@
+"""A live web app for tests: uvicorn on loopback over a migrated SQLite database holding one
+upcoming session (no. 95, one seat) and three subscribers, and links made for them."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import select
+
+from newsletter.config import Settings
+from newsletter.db import session_scope, utcnow
+from newsletter.links import recipient_links
+from newsletter.migrate import upgrade
+from newsletter.rsvp.models import Rsvp
+from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.service import import_records
+from newsletter.web import create_app
+from subscribers.models import Subscriber
+from tests.conftest import Configure
+from tests.servers import free_port
+
+RECORD = """\
+number: 95
+series: 机器学习开发者沙龙
+theme: 测试专题 <script>x</script>
+title: 容量为一的沙龙
+starts_at: {starts}
+ends_at: {ends}
+venue: {{mode: offline, name: 蒙民伟楼348室}}
+registration: {{capacity: 1, deadline: {deadline}}}
+talks: [{{kind: paper, speaker: 贾鑫康, title: 联邦学习背景下的MAML与域适应方法}}]
+"""
+
+
+class Live:
+    """A running web app and what the tests need to make links for it."""
+
+    def __init__(self, settings: Settings, base: str, session_id: int, people: list[int]) -> None:
+        self.settings = settings
+        self.client = httpx.Client(base_url=base, follow_redirects=False, timeout=10)
+        self.session_id = session_id
+        self.people = people
+
+    def links(self, person: int) -> tuple[str, str]:
+        made = recipient_links(
+            self.settings.base_url,
+            self.settings.secret_keys,
+            session_id=self.session_id,
+            session_number=95,
+            subscriber_id=self.people[person],
+            campaign_id=1,
+            unsubscribe_mailbox=None,
+        )
+        return made.rsvp_yes.removeprefix(self.settings.base_url), made.unsubscribe.removeprefix(
+            self.settings.base_url
+        )
+
+    def rsvps(self) -> list[tuple[int, str, bool]]:
+        with session_scope(self.settings.database_url) as session:
+            rows = session.execute(select(Rsvp.subscriber_id, Rsvp.answer, Rsvp.waitlisted))
+            return [(row[0], row[1], row[2]) for row in rows]
+
+
+def write_record(tmp_path: Path, *, deadline_in: timedelta) -> Path:
+    starts = utcnow() + timedelta(days=7)
+    path = tmp_path / "095.yaml"
+    path.write_text(
+        RECORD.format(
+            starts=starts.isoformat(),
+            ends=(starts + timedelta(hours=2)).isoformat(),
+            deadline=(utcnow() + deadline_in).isoformat(),
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def live(configure: Configure, tmp_path: Path) -> Iterator[Live]:
+    port = free_port()
+    settings = configure(base_url=f"http://127.0.0.1:{port}")
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        import_records(
+            session,
+            [write_record(tmp_path, deadline_in=timedelta(days=6))],
+            timezone="Asia/Shanghai",
+        )
+        people = [
+            Subscriber(email=f"w{i}@example.org", name=f"访客{i}", created_at=utcnow())
+            for i in range(3)
+        ]
+        session.add_all(people)
+        session.flush()
+        salon = sessions_repo.get_by_number(session, 95)
+        assert salon is not None
+        ids, session_id = [p.id for p in people], salon.id
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    built = Live(settings, settings.base_url, session_id, ids)
+    try:
+        yield built
+    finally:
+        built.client.close()
+        server.should_exit = True
+        thread.join(10)
+
+
+def form_token(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found
+    return found.group(1)
