@@ -1,0 +1,112 @@
+"""No input makes any route answer 500: random paths, tokens, forms and bodies over HTTP."""
+
+from __future__ import annotations
+
+import random
+import string
+from urllib.parse import quote
+
+from tests.webapp import Live, form_token, live
+
+__all__ = ["live"]  # the fixture
+
+JUNK = [
+    "",
+    "0",
+    "-1",
+    "99999999999999999999",
+    "yes",
+    "maybe",
+    "no",
+    "YES",
+    "null",
+    "[]",
+    "{}",
+    "<script>alert(1)</script>",
+    "' OR 1=1 --",
+    "../../etc/passwd",
+    "%00",
+    "\u0000",
+    "𠜎" * 50,
+    "a" * 5000,
+    "List-Unsubscribe=One-Click",
+    "=?utf-8?b?5L2g5aW9?=",
+]
+
+
+def mutate(rng: random.Random, token: str) -> str:
+    choice = rng.randrange(6)
+    if choice == 0:
+        return token[: rng.randrange(len(token))]
+    if choice == 1:
+        i = rng.randrange(len(token))
+        return token[:i] + rng.choice(string.printable) + token[i + 1 :]
+    if choice == 2:
+        return token + rng.choice(JUNK)
+    if choice == 3:
+        return "".join(rng.choice(string.ascii_letters + "-_.") for _ in range(rng.randrange(90)))
+    if choice == 4:
+        return rng.choice(JUNK)
+    return token
+
+
+def test_no_route_answers_500(live: Live) -> None:
+    rng = random.Random(20261123)
+    rsvp, unsubscribe = live.links(0)
+    rsvp_token = rsvp.removeprefix("/rsvp/").split("?")[0]
+    unsub_token = unsubscribe.removeprefix("/unsubscribe/")
+    real_csrf = form_token(live.client.get(rsvp).text)
+    headers = {"Authorization": "Bearer test-admin-token"}
+    statuses: dict[int, int] = {}
+    for _ in range(600):
+        kind = rng.randrange(8)
+        # Percent-encoded, as a browser would send it: the client refuses raw control chars.
+        token = quote(mutate(rng, rsvp_token if kind < 4 else unsub_token), safe="")
+        field = {
+            "answer": rng.choice([*JUNK, "yes", "no"]),
+            "csrf": rng.choice([real_csrf, mutate(rng, real_csrf)]),
+            "guests": rng.choice(["0", "1", "-5", "abc", "1e9", ""]),
+        }
+        if kind == 0:
+            response = live.client.get(f"/rsvp/{token}", params={"answer": rng.choice(JUNK)})
+        elif kind in (1, 2):
+            response = live.client.post(f"/rsvp/{token}", data=field)
+        elif kind == 3:
+            response = live.client.post(
+                f"/rsvp/{rsvp_token}",
+                content=rng.choice(JUNK).encode(),
+                headers={
+                    "Content-Type": rng.choice(
+                        [
+                            "application/json",
+                            "text/plain",
+                            "application/x-www-form-urlencoded",
+                            "multipart/form-data; boundary=x",
+                        ]
+                    )
+                },
+            )
+        elif kind == 4:
+            response = live.client.get(f"/unsubscribe/{token}")
+        elif kind == 5:
+            response = live.client.post(
+                f"/unsubscribe/{token}",
+                content=rng.choice(JUNK).encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        elif kind == 6:
+            path = rng.choice(["/sessions/", "/api/campaigns/", "/api/sessions/", "/"])
+            response = live.client.request(
+                rng.choice(["GET", "POST", "PUT", "DELETE"]),
+                path + quote(mutate(rng, "95.ics"), safe=""),
+                headers=headers if rng.random() < 0.5 else {},
+            )
+        else:
+            response = live.client.post(
+                "/api/campaigns",
+                content=rng.choice(JUNK).encode(),
+                headers={**headers, "Content-Type": "application/json"},
+            )
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (kind, token[:80], response.text[:200])
+    assert set(statuses) & {400, 403, 404}  # the fuzzer did reach the refusals
