@@ -1,0 +1,213 @@
+"""RSVP confirmations per second under a burst, on PostgreSQL, and proof none was lost.
+
+Starts a throwaway PostgreSQL and Redis (the broker the confirmation mails are queued on),
+imports one upcoming session (no seat limit) and N subscribers,
+serves the app with ``newsletter serve --workers W`` and, from a second process, POSTs one
+confirmation per subscriber (the request a person's button press makes, with the form token
+of the page) with C requests in flight. Prints requests/s, p50/p99 latency, and the number of
+answers the database recorded, which must equal the number of requests sent.
+
+Run: ``.venv/bin/python benchmarks/rsvp.py [--n 20000] [--concurrency 32] [--workers 2]``.
+The last line is one JSON object: ``{"sent", "recorded", "requests_per_s", "p50_ms",
+"p99_ms"}`` (plus the number of non-200 answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import func, insert, select  # noqa: E402
+
+from newsletter.db import session_scope, utcnow  # noqa: E402
+from newsletter.migrate import upgrade  # noqa: E402
+from newsletter.rsvp.models import Rsvp  # noqa: E402
+from newsletter.sessions import repo as sessions_repo  # noqa: E402
+from newsletter.sessions.service import import_records  # noqa: E402
+from newsletter.tokens import Purpose, sign  # noqa: E402
+from subscribers.models import Subscriber  # noqa: E402
+from tests.servers import free_port, postgres_server, redis_server  # noqa: E402
+
+KEYS = ["benchmark-secret-key"]
+RECORD = """\
+number: 99
+series: 机器学习开发者沙龙
+title: 压力测试
+starts_at: {starts}
+ends_at: {ends}
+venue: {{mode: offline, name: 蒙民伟楼348室}}
+talks: [{{kind: paper, title: A}}]
+"""
+
+
+def prepare(url: str, n: int, folder: Path) -> list[tuple[str, str]]:
+    """The session, N subscribers, and for each the RSVP path and its form token."""
+    upgrade(url)
+    starts = utcnow() + timedelta(days=7)
+    record = folder / "099.yaml"
+    record.write_text(
+        RECORD.format(starts=starts.isoformat(), ends=(starts + timedelta(hours=2)).isoformat()),
+        encoding="utf-8",
+    )
+    with session_scope(url) as session:
+        import_records(session, [record], timezone="Asia/Shanghai")
+        now = utcnow()
+        session.execute(
+            insert(Subscriber),
+            [
+                {
+                    "email": f"b{i}@example.org",
+                    "name": f"B{i}",
+                    "locale": "zh-CN",
+                    "status": "active",
+                    "created_at": now,
+                }
+                for i in range(n)
+            ],
+        )
+        salon = sessions_repo.get_by_number(session, 99)
+        assert salon is not None
+        ids = list(session.scalars(select(Subscriber.id).order_by(Subscriber.id)))
+        session_id = salon.id
+    requests = []
+    for subscriber_id in ids:
+        payload = {"s": session_id, "u": subscriber_id}
+        requests.append(
+            (f"/rsvp/{sign(Purpose.RSVP, payload, KEYS)}", sign(Purpose.CSRF, payload, KEYS))
+        )
+    return requests
+
+
+Results = tuple[list[float], int, float]  # latencies (s), non-200 answers, wall seconds
+
+
+def client(
+    base: str,
+    requests: list[tuple[str, str]],
+    concurrency: int,
+    out: multiprocessing.Queue[Results],
+) -> None:
+    """The load, from its own process: C requests in flight, one POST per subscriber."""
+    import httpx
+
+    async def main() -> None:
+        latencies: list[float] = []
+        failures = 0
+        queue = list(reversed(requests))
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
+
+            async def one() -> None:
+                nonlocal failures
+                while queue:
+                    path, csrf = queue.pop()
+                    started = time.perf_counter()
+                    response = await http.post(path, data={"answer": "yes", "csrf": csrf})
+                    latencies.append(time.perf_counter() - started)
+                    failures += response.status_code != 200
+
+            began = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(concurrency)))
+            out.put((latencies, failures, time.perf_counter() - began))
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    """Run the burst and print the figures, the JSON summary last."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20_000, help="confirmations to send")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    parser.add_argument("--workers", type=int, default=2, help="web server processes")
+    args = parser.parse_args()
+    with postgres_server() as pg, redis_server() as redis, tempfile.TemporaryDirectory() as tmp:
+        if pg is None or redis is None:
+            raise SystemExit("PostgreSQL and Redis are needed (apt-get install postgresql redis)")
+        requests = prepare(pg.url, args.n, Path(tmp))
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+        env.update(
+            NEWSLETTER_DATABASE_URL=pg.url,
+            NEWSLETTER_SECRET_KEY=KEYS[0],
+            NEWSLETTER_BASE_URL=f"http://127.0.0.1:{port}",
+            NEWSLETTER_MAIL_URL=f"file://{tmp}/outbox",
+        )
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "newsletter"),
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
+            cwd=tmp,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            import httpx
+
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the web app did not start") from None
+                    time.sleep(0.1)
+            results: multiprocessing.Queue[Results] = multiprocessing.Queue()
+            load = multiprocessing.Process(
+                target=client,
+                args=(f"http://127.0.0.1:{port}", requests, args.concurrency, results),
+            )
+            load.start()
+            latencies, failures, seconds = results.get(timeout=900)
+            load.join(30)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+        with session_scope(pg.url) as session:
+            recorded = int(session.scalar(select(func.count()).select_from(Rsvp)) or 0)
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    rate = len(latencies) / seconds
+    print(
+        f"{len(latencies):,} confirmations in {seconds:.1f} s with {args.concurrency} in "
+        f"flight, {args.workers} server processes: {rate:,.0f} requests/s"
+    )
+    print(f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; non-200 answers: {failures}")
+    print(f"answers recorded in PostgreSQL: {recorded:,} of {len(latencies):,} sent")
+    print(
+        json.dumps(
+            {
+                "sent": len(latencies),
+                "recorded": recorded,
+                "requests_per_s": round(rate, 1),
+                "p50_ms": round(p50, 1),
+                "p99_ms": round(p99, 1),
+                "non_200": failures,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
