@@ -3,8 +3,11 @@ waitlist. Built here (rendering + calendar + MIME), sent by the ``rsvp.notice`` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from email.utils import parseaddr
 from enum import StrEnum
 
+from markupsafe import escape
 from sqlalchemy.orm import Session
 
 from newsletter.calendar import session_calendar
@@ -14,8 +17,10 @@ from newsletter.links import recipient_links
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.notice import build_notice
 from newsletter.rendering import render_email_template
+from newsletter.rendering.personalise import RenderingError, escape_text
 from newsletter.rendering.session_view import session_view
 from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.models import SalonSession
 from subscribers import repo as subscribers_repo
 from subscribers.models import SubscriberStatus
 
@@ -33,6 +38,61 @@ _HEADLINES = {
 }
 
 
+# Placeholders for the two per-person values, filled into a notice compiled once per session
+# revision: plain words, which premailer passes through untouched (see rendering.personalise).
+_GREETING = "NoticeGreetingSlotQz7"
+_CHANGE_URL = "https://notice.invalid/NoticeChangeUrlSlotQz7"
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledNotice:
+    subject: str
+    html: str
+    text: str
+    calendar: bytes
+
+
+_compiled: dict[tuple[int, int, NoticeKind, Settings], _CompiledNotice] = {}
+
+
+def _compile(salon: SalonSession, kind: NoticeKind, settings: Settings) -> _CompiledNotice:
+    """Jinja + premailer + the .ics once per (session, revision, kind), not once per mail."""
+    key = (salon.id, salon.revision, kind, settings)
+    found = _compiled.get(key)
+    if found is not None:
+        return found
+    record = sessions_repo.record_of(salon)
+    view = session_view(salon, record, settings.base_url)
+    organizer = record.organizer or settings.organizer
+    headline = _HEADLINES[kind]
+    subject = f"{headline[:8].rstrip('，！')}：{view.heading}"
+    html, text = render_email_template(
+        "rsvp_notice",
+        subject=subject,
+        headline=headline,
+        greeting=_GREETING,
+        organizer=organizer,
+        session=view,
+        change_url=_CHANGE_URL,
+    )
+    for part in (html, text):
+        if part.count(_GREETING) != 1 or part.count(_CHANGE_URL) != 1:
+            raise RenderingError("rsvp_notice: a per-person placeholder was lost or repeated")
+    calendar = session_calendar(
+        salon,
+        record,
+        mail_domain=settings.sender_domain,
+        organizer_name=organizer,
+        organizer_address=parseaddr(settings.from_address)[1],
+        page_url=view.calendar_url,
+        stamp=utcnow(),
+    )
+    if len(_compiled) > 256:  # old revisions and sessions: start afresh rather than grow
+        _compiled.clear()
+    _compiled[key] = compiled = _CompiledNotice(subject, html, text, calendar)
+    return compiled
+
+
 def build_rsvp_notice(
     session: Session, settings: Settings, session_id: int, subscriber_id: int, kind: NoticeKind
 ) -> OutgoingMessage | None:
@@ -43,8 +103,7 @@ def build_rsvp_notice(
         return None
     if person.status in (SubscriberStatus.bounced, SubscriberStatus.suppressed):
         return None
-    record = sessions_repo.record_of(salon)
-    view = session_view(salon, record, settings.base_url)
+    compiled = _compile(salon, kind, settings)
     links = recipient_links(
         settings.base_url,
         settings.secret_keys,
@@ -54,34 +113,19 @@ def build_rsvp_notice(
         campaign_id=0,
         unsubscribe_mailbox=None,
     )
-    organizer = record.organizer or settings.organizer
-    headline = _HEADLINES[kind]
-    subject = f"{headline[:8].rstrip('，！')}：{view.heading}"
-    html, text = render_email_template(
-        "rsvp_notice",
-        subject=subject,
-        headline=headline,
-        greeting=f"{person.name}，你好！" if person.name else "你好！",
-        organizer=organizer,
-        session=view,
-        change_url=links.rsvp_yes.split("?")[0],
+    greeting = f"{person.name}，你好！" if person.name else "你好！"
+    change_url = links.rsvp_yes.split("?")[0]
+    html = compiled.html.replace(_GREETING, escape_text(greeting)).replace(
+        _CHANGE_URL, str(escape(change_url))
     )
-    calendar = session_calendar(
-        salon,
-        record,
-        mail_domain=settings.sender_domain,
-        organizer_name=organizer,
-        organizer_address=settings.from_address,
-        page_url=view.calendar_url,
-        stamp=utcnow(),
-    )
+    text = compiled.text.replace(_GREETING, greeting).replace(_CHANGE_URL, change_url)
     return build_notice(
         from_address=settings.from_address,
         mail_domain=settings.sender_domain,
         recipient_name=person.name,
         recipient_address=person.email,
-        subject=subject,
+        subject=compiled.subject,
         text=text,
         html=html,
-        calendar=calendar,
+        calendar=compiled.calendar,
     )
