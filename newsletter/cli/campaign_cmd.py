@@ -23,6 +23,8 @@ from newsletter.cli.common import console, err_console, fail, handles_errors
 from newsletter.config import get_settings
 from newsletter.db import session_scope
 from newsletter.migrate import upgrade
+from tasks.campaigns import start_campaign
+from tasks.dispatch import enqueue
 
 app = typer.Typer(help="Invitation campaigns.", no_args_is_help=True)
 
@@ -69,9 +71,6 @@ def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
     The enqueue runs in a thread because without a broker it does the sending itself; the
     bar then reads progress from the database, exactly as it does with remote workers.
     """
-    from tasks.campaigns import start_campaign
-    from tasks.dispatch import enqueue
-
     errors: list[BaseException] = []
 
     def run() -> None:

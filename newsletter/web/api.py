@@ -19,6 +19,8 @@ from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.export import attendees_csv
 from newsletter.sessions import repo as sessions_repo
 from newsletter.web.auth import require_organizer
+from tasks.campaigns import start_campaign
+from tasks.dispatch import enqueue
 
 router = APIRouter(prefix="/api", tags=["organizers"], dependencies=[Depends(require_organizer)])
 
@@ -217,9 +219,6 @@ def change_campaign(
     campaign_id: CampaignId, action: Literal["send", "pause", "resume", "cancel"]
 ) -> CampaignOut:
     """Send (or resume), pause, or cancel a campaign."""
-    from tasks.campaigns import start_campaign
-    from tasks.dispatch import enqueue
-
     try:
         with session_scope(get_settings().database_url) as session:
             current = campaigns.require_campaign(session, campaign_id)

@@ -27,6 +27,8 @@ from newsletter.sessions.models import SalonSession
 from newsletter.tokens import Purpose
 from newsletter.web.links import addressee, check_form_token, form_token, read_token
 from newsletter.web.pages import page
+from tasks.dispatch import enqueue
+from tasks.rsvp import send_rsvp_notice
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -107,9 +109,6 @@ def _closed(salon: SalonSession) -> bool:
 
 def _notify(session_id: int, subscriber_id: int, recorded: Recorded) -> None:
     """Enqueue the mails this answer triggers, after its commit; a failure loses no answer."""
-    from tasks.dispatch import enqueue
-    from tasks.rsvp import send_rsvp_notice
-
     mails = (
         [(subscriber_id, NoticeKind.confirmed)]
         if (recorded.changed and recorded.answer == Answer.yes and not recorded.waitlisted)
