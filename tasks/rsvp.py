@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from celery import Task
+
 from newsletter.config import get_settings
 from newsletter.db import session_scope
 from newsletter.errors import DeliveryError
@@ -17,7 +19,7 @@ RETRY_DELAYS = (60, 300, 900, 3600)
 
 
 @app.task(name="rsvp.notice", bind=True, acks_late=True, max_retries=len(RETRY_DELAYS))
-def send_rsvp_notice(self: object, session_id: int, subscriber_id: int, kind: str) -> None:
+def send_rsvp_notice(self: Task, session_id: int, subscriber_id: int, kind: str) -> None:
     """Protocol: builds the confirmation or promotion mail from the current rows and sends it
     over one connection. A temporary refusal is retried after 1, 5, 15 and 60 minutes (with a
     broker; in-process it is logged), a permanent one is logged. The answer itself was
@@ -31,9 +33,8 @@ def send_rsvp_notice(self: object, session_id: int, subscriber_id: int, kind: st
         with transport_from_url(settings.mail_url) as transport:
             transport.send(message)
     except DeliveryError as exc:
-        task = self  # the bound Celery task
-        retries = getattr(getattr(task, "request", None), "retries", 0) or 0
+        retries = self.request.retries or 0
         if exc.permanent or app.conf.task_always_eager or retries >= len(RETRY_DELAYS):
             log.warning("rsvp notice for subscriber %s not sent: %s", subscriber_id, exc)
             return
-        raise task.retry(countdown=RETRY_DELAYS[retries]) from None  # type: ignore[attr-defined]
+        raise self.retry(countdown=RETRY_DELAYS[retries]) from None

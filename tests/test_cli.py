@@ -59,7 +59,7 @@ def test_demo_again_mails_nobody_twice(demo_dir: Path) -> None:
     assert after == before
 
 
-def test_demo_prints_where_to_look(demo_dir: Path) -> None:
+def test_status_after_the_demo_counts_every_delivery(demo_dir: Path) -> None:
     result = run(demo_dir, "campaign", "status", "1")
     assert result.returncode == 0
     assert "finished" in result.stdout and "20 sent" in result.stdout

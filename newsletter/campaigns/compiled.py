@@ -7,10 +7,6 @@ signatures and a MIME assembly.
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
-import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,17 +20,6 @@ from newsletter.mail.message import MessageFactory, OutgoingMessage
 from newsletter.rendering import InvitationTemplate, Recipient
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
-
-log = logging.getLogger(__name__)
-
-# A transient failure (SMTP 4xx, a dropped connection, a full disk) is retried this many times
-# in all before the delivery is marked failed, so a dead relay cannot loop a campaign forever.
-MAX_ATTEMPTS = 5
-# How many sent rows are marked per UPDATE: small enough that a crash re-sends few messages,
-# large enough that marking is not a round trip per message.
-MARK_EVERY = 100
-
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,7 +254,6 @@ class Pending:
     queued: int
     inflight: int
     next_due: datetime | None  # the earliest back-off end among queued rows
-    oldest_claim: datetime | None  # the oldest heartbeat among in-flight rows
 
 
 def pending(session: Session, campaign_id: int) -> Pending:
@@ -264,13 +263,13 @@ def pending(session: Session, campaign_id: int) -> Pending:
             Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.queued
         )
     ).one()
-    inflight = session.execute(
-        select(func.count(), func.min(Delivery.claimed_at)).where(
+    inflight = session.scalar(
+        select(func.count()).where(
             Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.inflight
         )
-    ).one()
+    )
     # min() over a timestamp loses the type decorator on SQLite: restore UTC awareness.
-    return Pending(int(queued[0]), int(inflight[0]), _aware(queued[1]), _aware(inflight[1]))
+    return Pending(int(queued[0]), int(inflight or 0), _aware(queued[1]))
 
 
 def _aware(value: datetime | str | None) -> datetime | None:

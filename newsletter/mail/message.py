@@ -114,12 +114,6 @@ def delivery_id_from_message_id(message_id: str, mail_domain: str) -> int | None
     return int(found.group(1))
 
 
-def verp_address(bounce_address: str, delivery_id: int) -> str:
-    """``bounces@example.org`` → ``bounces+123@example.org``: bounces name their delivery."""
-    local, _, domain = addr_spec(bounce_address).rpartition("@")
-    return f"{local}+{delivery_id}@{domain}"
-
-
 @lru_cache(maxsize=64)
 def _rows(count: int) -> struct.Struct:
     # Unpacking "76s76s…" cuts the encoded body into lines in one C call: several times

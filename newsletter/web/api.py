@@ -7,11 +7,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns import repo as campaigns_repo
 from newsletter.campaigns import service as campaigns
+from newsletter.campaigns.service import CampaignProgress
 from newsletter.config import get_settings
 from newsletter.db import session_scope
 from newsletter.errors import InvalidStateError, NotFoundError
@@ -75,40 +76,9 @@ class CampaignIn(BaseModel):
     tag: str | None = Field(default=None, min_length=1, max_length=100)
 
 
-class CampaignOut(BaseModel):
-    """A campaign's state and delivery counts (read from the service's CampaignProgress)."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    session_number: int
-    subject: str
-    status: str
-    status_reason: str | None
-    total: int
-    queued: int
-    inflight: int
-    sent: int
-    failed: int
-    skipped: int
-
-
-def _campaign_out(campaign_id: int) -> CampaignOut:
+def _campaign_out(campaign_id: int) -> CampaignProgress:
     with session_scope(get_settings().database_url) as session:
-        progress = campaigns.progress(session, campaign_id)
-    return CampaignOut(
-        id=progress.id,
-        session_number=progress.session_number,
-        subject=progress.subject,
-        status=progress.status,
-        status_reason=progress.status_reason,
-        total=progress.total,
-        queued=progress.queued,
-        inflight=progress.inflight,
-        sent=progress.sent,
-        failed=progress.failed,
-        skipped=progress.skipped,
-    )
+        return campaigns.progress(session, campaign_id)
 
 
 @router.get("/sessions")
@@ -183,15 +153,14 @@ def session_rsvps_csv(number: Number) -> Response:
 
 
 @router.get("/campaigns")
-def list_campaigns() -> list[CampaignOut]:
+def list_campaigns() -> list[CampaignProgress]:
     """The 50 newest campaigns."""
     with session_scope(get_settings().database_url) as session:
-        ids = [c.id for c in campaigns_repo.list_campaigns(session)]
-    return [_campaign_out(campaign_id) for campaign_id in ids]
+        return [campaigns.progress(session, c.id) for c in campaigns_repo.list_campaigns(session)]
 
 
 @router.post("/campaigns", status_code=201)
-def create_campaign(body: CampaignIn) -> CampaignOut:
+def create_campaign(body: CampaignIn) -> CampaignProgress:
     """Create a draft campaign (recipients snapshotted now); send it with .../send."""
     try:
         with session_scope(get_settings().database_url) as session:
@@ -206,7 +175,7 @@ def create_campaign(body: CampaignIn) -> CampaignOut:
 
 
 @router.get("/campaigns/{campaign_id}")
-def campaign_status(campaign_id: CampaignId) -> CampaignOut:
+def campaign_status(campaign_id: CampaignId) -> CampaignProgress:
     """State and counts, read from the delivery rows."""
     try:
         return _campaign_out(campaign_id)
@@ -217,7 +186,7 @@ def campaign_status(campaign_id: CampaignId) -> CampaignOut:
 @router.post("/campaigns/{campaign_id}/{action}")
 def change_campaign(
     campaign_id: CampaignId, action: Literal["send", "pause", "resume", "cancel"]
-) -> CampaignOut:
+) -> CampaignProgress:
     """Send (or resume), pause, or cancel a campaign."""
     try:
         with session_scope(get_settings().database_url) as session:
