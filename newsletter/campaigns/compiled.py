@@ -1,8 +1,9 @@
-"""A campaign's invitation compiled once per process, and each recipient's finished message.
+"""A campaign's mail compiled once per process, and each recipient's finished message.
 
-The compiled invitation (Jinja + premailer, the slow part) is built once per campaign per
-process and cached, so each message costs only a join of precomputed chunks, two token
-signatures and a MIME assembly.
+The compiled mail (Jinja + premailer, the slow part) is built once per campaign per process
+and cached, so each message costs only a join of precomputed chunks, two token signatures and
+a MIME assembly. The campaign's kind picks the template (:data:`TEMPLATE_OF`); invitations and
+reminders share everything else, headers included.
 """
 
 from __future__ import annotations
@@ -13,13 +14,21 @@ from functools import lru_cache
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns import repo
+from newsletter.campaigns.models import CampaignKind
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.links import RecipientLinks, recipient_links
 from newsletter.mail.message import MessageFactory, OutgoingMessage
-from newsletter.rendering import InvitationTemplate, Recipient
+from newsletter.rendering import INVITATION, REMINDER, InvitationTemplate, Recipient
 from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.archive import ArchiveRow
 from newsletter.sessions.models import SalonSession
+
+#: The template each kind of campaign mails.
+TEMPLATE_OF: dict[CampaignKind, str] = {
+    CampaignKind.invitation: INVITATION,
+    CampaignKind.reminder: REMINDER,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +49,26 @@ def compile_invitation(
     subject: str | None,
     campaign_id: int,
     settings: Settings,
+    kind: str = CampaignKind.invitation,
 ) -> CompiledCampaign:
-    """Compile the invitation of ``salon`` (Jinja + premailer, once) and its header factory."""
+    """Compile the mail of ``salon`` for a campaign of ``kind`` (Jinja + premailer, once) and
+    its header factory."""
     record = sessions_repo.record_of(salon)
-    archive = sessions_repo.archive_before(session, salon.number)
+    kind = CampaignKind(kind)
+    # Only the invitation shows the archive table (the query reads every earlier session);
+    # a reminder goes to people who are coming and keeps to this session.
+    archive: list[ArchiveRow] = (
+        sessions_repo.archive_before(session, salon.number)
+        if kind is CampaignKind.invitation
+        else []
+    )
     template = InvitationTemplate.build(
         record,
         archive,
         subject=subject,
         organizer=record.organizer or settings.organizer,
         timezone=salon.timezone,
+        template=TEMPLATE_OF[kind],
     )
     factory = MessageFactory(
         from_address=settings.from_address,
@@ -70,7 +89,12 @@ def _compiled(url: str, campaign_id: int, revision: int, settings: Settings) -> 
         salon = sessions_repo.get_by_id(session, campaign.session_id)
         assert salon is not None, "campaigns reference sessions by foreign key"
         return compile_invitation(
-            session, salon, subject=campaign.subject, campaign_id=campaign_id, settings=settings
+            session,
+            salon,
+            subject=campaign.subject,
+            campaign_id=campaign_id,
+            settings=settings,
+            kind=campaign.kind,
         )
 
 
@@ -86,7 +110,7 @@ def compile_campaign(session: Session, campaign_id: int, settings: Settings) -> 
 def recipient_for(
     compiled: CompiledCampaign, subscriber_id: int, name: str, settings: Settings, keys: list[str]
 ) -> tuple[RecipientLinks, Recipient]:
-    """One recipient's signed links, and the values the invitation template fills in."""
+    """One recipient's signed links, and the values the campaign's template fills in."""
     links = recipient_links(
         settings.base_url,
         keys,

@@ -1,4 +1,5 @@
-"""All SQL about campaigns and deliveries. Each query says why it looks the way it does.
+"""All SQL about campaigns and deliveries (who gets one: :mod:`.recipients`). Each query
+says why it looks the way it does.
 
 Progress lives in ``deliveries`` rows: a worker claims a batch by flipping rows from
 ``queued`` to ``inflight`` in one statement, sends, then marks them ``sent``. Nothing about
@@ -18,7 +19,6 @@ from sqlalchemy import (
     Result,
     and_,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -28,43 +28,12 @@ from sqlalchemy.orm import Session
 
 from newsletter.campaigns.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
 from newsletter.db import is_postgresql, utcnow
-from subscribers.models import Subscriber, SubscriberStatus, Tag, subscriber_tags
+from subscribers.models import Subscriber
 
 
 def _affected(result: Result[Any]) -> int:
     """Rows an UPDATE changed (session.execute types its result as the generic Result)."""
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
-
-
-def snapshot_recipients(session: Session, campaign: Campaign) -> int:
-    """Create one queued delivery per active subscriber (optionally with the campaign's tag).
-
-    A single INSERT … SELECT: the recipient list never passes through Python, so a campaign
-    of a million subscribers is created in one statement inside the caller's transaction.
-    """
-    audience = select(
-        literal(campaign.id), Subscriber.id, literal(DeliveryStatus.queued.value), literal(0)
-    ).where(Subscriber.status == SubscriberStatus.active)
-    if campaign.tag:
-        audience = audience.where(
-            Subscriber.id.in_(
-                select(subscriber_tags.c.subscriber_id)
-                .join(Tag, Tag.id == subscriber_tags.c.tag_id)
-                .where(Tag.name == campaign.tag)
-            )
-        )
-    session.execute(
-        insert(Delivery).from_select(
-            ["campaign_id", "subscriber_id", "status", "attempts"], audience
-        )
-    )
-    # Counted afterwards (an index-only scan): psycopg reports no rowcount for INSERT … SELECT.
-    return int(
-        session.scalar(
-            select(func.count()).select_from(Delivery).where(Delivery.campaign_id == campaign.id)
-        )
-        or 0
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,19 @@
-"""Campaign lifecycle: create (snapshot recipients), start, pause, resume, cancel, status."""
+"""Campaign lifecycle: create (snapshot recipients), start, pause, resume, cancel, status.
+
+Two kinds of campaign: the invitation (:func:`create_campaign`, every active subscriber or a
+tag) and the reminder (:func:`create_reminder`, those holding a confirmed seat). Both are
+sent, paused and watched the same way.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import repo
+from newsletter.campaigns import recipients, repo
 from newsletter.campaigns.models import (
     Campaign,
     CampaignKind,
@@ -16,7 +22,8 @@ from newsletter.campaigns.models import (
 )
 from newsletter.db import utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
-from newsletter.rendering import default_subject
+from newsletter.rendering import default_subject, reminder_subject
+from newsletter.rendering.environment import cn_datetime_range
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.service import require_session
 from subscribers.validation import normalise_tag
@@ -33,23 +40,73 @@ def create_campaign(
     """Create a draft campaign for session ``number`` with one queued delivery per recipient.
 
     The recipient snapshot is taken in the caller's transaction, so the campaign and all its
-    deliveries appear together or not at all.
+    deliveries appear together or not at all. Reminders have their own audience: make them
+    with :func:`create_reminder`.
     """
+    if kind == CampaignKind.reminder:
+        raise ValueError("reminders go to confirmed attendees only: use create_reminder()")
     salon = require_session(session, number)
     record = sessions_repo.record_of(salon)
-    if record.cancelled and kind == CampaignKind.invitation:
+    if record.cancelled:
         raise InvalidStateError(f"session {number} is cancelled; no invitation can be sent")
-    campaign = Campaign(
-        session_id=salon.id,
-        kind=kind,
+    campaign = _draft(
+        session,
+        salon.id,
+        kind,
         subject=(subject or default_subject(record)).strip(),
         tag=normalise_tag(tag) if tag else None,
+    )
+    campaign.recipient_count = recipients.snapshot_recipients(session, campaign)
+    return campaign
+
+
+def create_reminder(session: Session, number: int, *, subject: str | None = None) -> Campaign:
+    """Create a draft reminder for session ``number``: one queued delivery per active
+    subscriber with a confirmed seat ("yes", not waitlisted).
+
+    Refused with :class:`InvalidStateError` when the session is cancelled, already over, or
+    nobody has confirmed; :class:`NotFoundError` for an unknown number. Creating another
+    reminder later is allowed (a second reminder); each campaign mails each person once.
+    The subject defaults to ``提醒：第 N 期… · <local start time>``.
+    """
+    salon = require_session(session, number)
+    if salon.cancelled:
+        raise InvalidStateError(f"session {number} is cancelled; there is nothing to remind of")
+    if salon.ends_at <= utcnow():
+        held = cn_datetime_range(salon.starts_at, salon.ends_at, ZoneInfo(salon.timezone))
+        raise InvalidStateError(f"session {number} is over (it was held {held}); no reminder")
+    # Checked before anything is written, so a refusal leaves no empty campaign behind.
+    if recipients.count_confirmed(session, salon.id) == 0:
+        raise InvalidStateError(
+            f"nobody has a confirmed seat for session {number} yet; a reminder goes only to "
+            "those who answered yes (see `newsletter rsvp list`)"
+        )
+    record = sessions_repo.record_of(salon)
+    campaign = _draft(
+        session,
+        salon.id,
+        CampaignKind.reminder,
+        subject=(subject or "").strip() or reminder_subject(record, salon.timezone),
+        tag=None,
+    )
+    campaign.recipient_count = recipients.snapshot_confirmed(session, campaign)
+    return campaign
+
+
+def _draft(
+    session: Session, session_id: int, kind: CampaignKind, *, subject: str, tag: str | None
+) -> Campaign:
+    """A new draft campaign row, flushed so its id exists for the recipient snapshot."""
+    campaign = Campaign(
+        session_id=session_id,
+        kind=kind,
+        subject=subject,
+        tag=tag,
         status=CampaignStatus.draft,
         created_at=utcnow(),
     )
     session.add(campaign)
     session.flush()
-    campaign.recipient_count = repo.snapshot_recipients(session, campaign)
     return campaign
 
 
@@ -169,6 +226,7 @@ class CampaignProgress:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    kind: str = CampaignKind.invitation
 
     @property
     def done(self) -> int:
@@ -196,4 +254,5 @@ def progress(session: Session, campaign_id: int) -> CampaignProgress:
         created_at=campaign.created_at,
         started_at=campaign.started_at,
         finished_at=campaign.finished_at,
+        kind=campaign.kind,
     )

@@ -1,4 +1,4 @@
-"""``newsletter campaign``: create, send, watch, pause, resume, cancel, list."""
+"""``newsletter campaign``: create, send, remind, watch, pause, resume, cancel, list."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from newsletter.migrate import upgrade
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 
-app = typer.Typer(help="Invitation campaigns.", no_args_is_help=True)
+app = typer.Typer(help="Invitation and reminder campaigns.", no_args_is_help=True)
 
 FINAL = {CampaignStatus.finished, CampaignStatus.cancelled, CampaignStatus.paused}
 
@@ -144,6 +144,11 @@ def send(
         current = service.require_campaign(session, campaign_id)
         if current.status == CampaignStatus.paused:
             service.resume_campaign(session, campaign_id)
+    _send_and_report(campaign_id, wait=wait)
+
+
+def _send_and_report(campaign_id: int, *, wait: bool) -> None:
+    """Send, print the counts, and exit non-zero if the campaign paused or lost deliveries."""
     result = send_and_watch(campaign_id, wait=wait)
     console.print(progress_line(result))
     if result.status == CampaignStatus.paused or result.failed:
@@ -152,6 +157,30 @@ def send(
             + (f": {result.status_reason}" if result.status_reason else "")
             + (f"; {result.failed} deliveries failed" if result.failed else "")
         )
+
+
+@app.command()
+@handles_errors
+def remind(
+    number: int = typer.Argument(..., help="The session number."),
+    subject: str | None = typer.Option(
+        None, help="Subject line (default: 提醒：第 N 期… · the start time)."
+    ),
+    wait: bool = typer.Option(
+        False, "--wait/--no-wait", help="Show a progress bar until it is done."
+    ),
+) -> None:
+    """Remind those who answered yes (a confirmed seat, not the waitlist) and send it now.
+
+    Each run is a new reminder campaign; within one, nobody is mailed twice.
+    """
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        campaign = service.create_reminder(session, number, subject=subject)
+        campaign_id, count = campaign.id, campaign.recipient_count
+    err_console.print(f"reminder campaign {campaign_id}: {count} recipients")
+    _send_and_report(campaign_id, wait=wait)
 
 
 @app.command()

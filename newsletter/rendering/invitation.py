@@ -3,6 +3,9 @@
 :func:`render_invitation` runs Jinja and premailer for one recipient; it is the reference that
 :class:`~newsletter.rendering.personalise.InvitationTemplate` (compile once, fill in per
 recipient) must match byte for byte, and what a preview uses.
+
+Campaign mails other than the invitation (the reminder) are the same machinery with another
+template name: :data:`MAIL_TEMPLATES`. They see the same context and the same slots ``r``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from newsletter.rendering.environment import (
+    cn_date,
     cn_datetime_range,
     cn_deadline,
     get_environment,
+    hm,
     template_source,
 )
 from newsletter.rendering.inline import inline_css
@@ -25,6 +30,10 @@ from newsletter.sessions.archive import ArchiveRow
 from newsletter.sessions.schema import SessionRecord, VenueMode
 
 INVITATION = "email/invitation"
+#: The reminder to those who confirmed a seat: no RSVP buttons, no archive table.
+REMINDER = "email/reminder"
+#: Every template a campaign can mail, each compiled and personalised the same way.
+MAIL_TEMPLATES = (INVITATION, REMINDER)
 CLUB_PROFILE = "email/_club.md"
 
 
@@ -144,6 +153,23 @@ def default_subject(record: SessionRecord) -> str:
     return f"【已取消】{subject}" if record.cancelled else subject
 
 
+def reminder_subject(record: SessionRecord, timezone: str) -> str:
+    """``提醒：第 61 期机器学习学术沙龙 · 10月25日（周日）19:30``: which session and when it
+    starts, in the session's zone (``timezone`` is the default for a record without one)."""
+    tz = session_zone(record, timezone)
+    when = f"{cn_date(record.starts_at, tz)}{hm(record.starts_at, tz)}"
+    return f"提醒：第 {record.number} 期{record.series} · {when}"
+
+
+def subject_for(template: str, record: SessionRecord, timezone: str) -> str:
+    """The default subject of a mail made from ``template`` (one of :data:`MAIL_TEMPLATES`)."""
+    if template == REMINDER:
+        return reminder_subject(record, timezone)
+    if template == INVITATION:
+        return default_subject(record)
+    raise ValueError(f"{template!r} is not a campaign mail template ({', '.join(MAIL_TEMPLATES)})")
+
+
 def session_zone(record: SessionRecord, default: str) -> ZoneInfo:
     """The zone the session's times are shown in: the record's own, else the configured one."""
     return ZoneInfo(record.timezone or default)
@@ -233,19 +259,21 @@ def render_invitation(
     subject: str | None = None,
     organizer: str,
     timezone: str,
+    template: str = INVITATION,
 ) -> RenderedInvitation:
-    """Render one invitation in full: Jinja with the recipient's values, then premailer.
+    """Render one invitation (or another mail of :data:`MAIL_TEMPLATES`) in full: Jinja with
+    the recipient's values, then premailer.
 
     Milliseconds per call; campaigns use :class:`InvitationTemplate` instead, which gives the
     same bytes in microseconds. ``organizer`` and ``timezone`` are the configured defaults for a
     record that names neither.
     """
-    final_subject = subject or default_subject(record)
+    final_subject = subject or subject_for(template, record, timezone)
     context = invitation_context(
         record, archive, subject=final_subject, organizer=organizer, timezone=timezone
     )
     context["r"] = Slots.of(slot_values(recipient))
-    html, text = render_parts(INVITATION, context)
+    html, text = render_parts(template, context)
     return RenderedInvitation(subject=final_subject, html=html, text=text)
 
 

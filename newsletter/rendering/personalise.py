@@ -38,9 +38,9 @@ from newsletter.rendering.invitation import (
     Recipient,
     RenderedInvitation,
     Slots,
-    default_subject,
     invitation_context,
     slot_values,
+    subject_for,
 )
 from newsletter.sessions.archive import ArchiveRow
 from newsletter.sessions.schema import SessionRecord
@@ -92,6 +92,8 @@ class InvitationTemplate:
 
     template = InvitationTemplate.build(record, archive, organizer=..., timezone=...)
     template.personalise(recipient)  # == render_invitation(record, archive, recipient, ...)
+
+    Other campaign mails (``template=REMINDER``) are compiled and personalised the same way.
     """
 
     __slots__ = ("_html", "_text", "subject")
@@ -110,12 +112,13 @@ class InvitationTemplate:
         subject: str | None = None,
         organizer: str,
         timezone: str,
+        template: str = INVITATION,
     ) -> InvitationTemplate:
-        """Render the invitation once with sentinels, inline its CSS once, and cut it into
-        chunks and slots. ``organizer`` and ``timezone`` are the configured defaults for a
-        record that names neither. Raises :class:`RenderingError` if a sentinel did not
-        survive rendering intact."""
-        final_subject = subject or default_subject(record)
+        """Render the invitation (or ``template``, one of ``MAIL_TEMPLATES``) once with
+        sentinels, inline its CSS once, and cut it into chunks and slots. ``organizer`` and
+        ``timezone`` are the configured defaults for a record that names neither. Raises
+        :class:`RenderingError` if a sentinel did not survive rendering intact."""
+        final_subject = subject or subject_for(template, record, timezone)
         context = invitation_context(
             record, archive, subject=final_subject, organizer=organizer, timezone=timezone
         )
@@ -124,8 +127,8 @@ class InvitationTemplate:
         sentinels = tuple(f"SLOT{nonce}X{index}Z" for index in range(len(SLOT_FIELDS)))
         context["r"] = Slots.of(sentinels)
         environment = get_environment()
-        rendered_html = environment.get_template(f"{INVITATION}.html").render(context)
-        text = environment.get_template(f"{INVITATION}.txt").render(context)
+        rendered_html = environment.get_template(f"{template}.html").render(context)
+        text = environment.get_template(f"{template}.txt").render(context)
         html = inline_css(rendered_html)
         _check_survived(rendered_html, html, sentinels, nonce)
         return cls(

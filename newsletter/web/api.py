@@ -76,6 +76,12 @@ class CampaignIn(BaseModel):
     tag: str | None = Field(default=None, min_length=1, max_length=100)
 
 
+class ReminderIn(BaseModel):
+    """A reminder to those with a confirmed seat; every field is optional."""
+
+    subject: str | None = Field(default=None, min_length=1, max_length=300)
+
+
 def _campaign_out(campaign_id: int) -> CampaignProgress:
     with session_scope(get_settings().database_url) as session:
         return campaigns.progress(session, campaign_id)
@@ -150,6 +156,25 @@ def session_rsvps_csv(number: Number) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="rsvps-{number}.csv"'},
     )
+
+
+@router.post("/sessions/{number}/reminders", status_code=201)
+def create_reminder(number: Number, body: ReminderIn | None = None) -> CampaignProgress:
+    """Remind those who answered yes (confirmed, not waitlisted) and start sending at once.
+
+    404 for an unknown session; 409 when it is cancelled, over, or nobody has confirmed.
+    """
+    try:
+        with session_scope(get_settings().database_url) as session:
+            campaign_id = campaigns.create_reminder(
+                session, number, subject=body.subject if body else None
+            ).id
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except InvalidStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    enqueue(start_campaign, campaign_id)  # after the commit above
+    return _campaign_out(campaign_id)
 
 
 @router.get("/campaigns")
