@@ -7,11 +7,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.db import get_sessionmaker, session_scope, utcnow
 from newsletter.rsvp import repo
-from newsletter.rsvp.models import Answer
+from newsletter.rsvp.models import Answer, Rsvp, RsvpEvent
 from newsletter.rsvp.service import AnswersClosed, Recorded, record_answer
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.service import import_records
@@ -30,14 +31,16 @@ talks: [{{kind: paper, title: A}}]
 """
 
 
-def setup_session(url: str, tmp_path: Path, *, capacity: int, people: int) -> tuple[int, list[int]]:
+def setup_session(
+    url: str, tmp_path: Path, *, capacity: int | None, people: int
+) -> tuple[int, list[int]]:
     starts = utcnow() + timedelta(days=3)
     path = tmp_path / "090.yaml"
     path.write_text(
         RECORD.format(
             starts=starts.isoformat(),
             ends=(starts + timedelta(hours=2)).isoformat(),
-            capacity=capacity,
+            capacity="null" if capacity is None else capacity,
         ),
         encoding="utf-8",
     )
@@ -129,3 +132,63 @@ def test_concurrent_answers_never_overfill_the_last_seat(postgres_url: str, tmp_
     finally:
         session.close()
     assert (counts.yes, counts.seats, counts.waitlisted) == (5, 5, 35)
+
+
+def _history(url: str, session_id: int) -> list[tuple[int, str]]:
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(RsvpEvent.subscriber_id, RsvpEvent.answer)
+            .where(RsvpEvent.session_id == session_id)
+            .order_by(RsvpEvent.id)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+
+def test_without_a_seat_limit_each_change_is_kept_once(db_url: str, tmp_path: Path) -> None:
+    sid, people = setup_session(db_url, tmp_path, capacity=None, people=2)
+    assert answer(db_url, sid, people[0], Answer.maybe).changed
+    assert not answer(db_url, sid, people[0], Answer.maybe).changed
+    with session_scope(db_url) as session:
+        before = repo.get(session, sid, people[0])
+        assert before is not None
+        first_answered = before.answered_at
+    yes = answer(db_url, sid, people[0], Answer.yes, guests=1)
+    assert (yes.changed, yes.waitlisted, yes.position, yes.guests) == (True, False, None, 1)
+    assert not answer(db_url, sid, people[0], Answer.yes, guests=1).changed
+    assert answer(db_url, sid, people[1], Answer.no).changed
+    with session_scope(db_url) as session:
+        counts = repo.counts(session, sid)
+        assert (counts.yes, counts.maybe, counts.no, counts.seats) == (1, 0, 1, 2)
+        now = repo.get(session, sid, people[0])
+        assert now is not None and now.answered_at > first_answered  # a new "yes" queues anew
+    assert _history(db_url, sid) == [
+        (people[0], "maybe"),
+        (people[0], "yes"),
+        (people[1], "no"),
+    ]
+
+
+def test_racing_clicks_of_one_person_record_one_answer(db_url: str, tmp_path: Path) -> None:
+    sid, people = setup_session(db_url, tmp_path, capacity=None, people=1)
+    clicks = 12
+    barrier = threading.Barrier(clicks)
+    results: list[Recorded] = []
+    errors: list[BaseException] = []
+
+    def click() -> None:
+        try:
+            barrier.wait(10)
+            results.append(answer(db_url, sid, people[0], Answer.yes))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=click) for _ in range(clicks)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(result.changed for result in results) == 1
+    with session_scope(db_url) as session:
+        assert session.scalar(select(func.count()).select_from(Rsvp)) == 1
+    assert _history(db_url, sid) == [(people[0], "yes")]

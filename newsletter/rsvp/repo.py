@@ -4,28 +4,146 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
+from typing import cast
 
-from sqlalchemy import case, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, bindparam, case, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.sql.expression import Executable
 
+from newsletter.db import UtcDateTime, is_postgresql
 from newsletter.rsvp.models import Answer, Rsvp, RsvpEvent
 from newsletter.sessions.models import SalonSession
 from subscribers.models import Subscriber
 
+# Built once: on the answer path, building these statements cost more CPU than running them.
+_ADDRESSEE = (
+    select(SalonSession, Subscriber)
+    .join(Subscriber, Subscriber.id == bindparam("subscriber_id"))
+    .where(SalonSession.id == bindparam("session_id"))
+    .options(lazyload(Subscriber.tags))  # not the model's eager load: links never need tags
+)
+
+
+def addressee_rows(
+    session: Session, session_id: int, subscriber_id: int
+) -> tuple[SalonSession, Subscriber] | None:
+    """The session and the subscriber a link names, in one round trip; None if either is gone."""
+    row = session.execute(
+        _ADDRESSEE, {"session_id": session_id, "subscriber_id": subscriber_id}
+    ).first()
+    return (row[0], row[1]) if row else None
+
 
 def lock_session(session: Session, session_id: int) -> None:
-    """Serialise answers for one session until the transaction ends.
+    """Serialise answers for one session until the transaction ends (sessions with seats).
 
-    A no-op UPDATE takes the row lock on PostgreSQL and the database write lock on SQLite
-    before anything is read, so two answers for the last seat cannot both see it free (on
-    SQLite a read-then-write transaction would instead fail with a stale snapshot).
+    PostgreSQL: ``SELECT … FOR UPDATE`` on the session row. SQLite: a no-op UPDATE, which
+    takes the database write lock before anything is read, so the reads that follow see the
+    latest answers (a read-then-write transaction would instead fail with a stale snapshot).
+    Either way two answers for the last seat cannot both see it free.
     """
+    if is_postgresql(session):
+        session.execute(
+            select(SalonSession.id).where(SalonSession.id == session_id).with_for_update()
+        )
+        return
     session.execute(
         update(SalonSession)
         .where(SalonSession.id == session_id)
         .values(revision=SalonSession.revision)
         .execution_options(synchronize_session=False)
     )
+
+
+@lru_cache(maxsize=2)
+def _unlimited_answer_statement(dialect: str) -> Executable:
+    """The upsert of an answer without a seat limit (see save_unlimited_answer), per dialect.
+
+    Parameters: session_id, subscriber_id, answer, guests, now.
+    """
+    # Core tables, not the ORM classes: with a parameter dict the ORM would take these for
+    # "bulk" inserts, which support neither ON CONFLICT nor RETURNING from a CTE.
+    rsvps, events = cast(Table, Rsvp.__table__), cast(Table, RsvpEvent.__table__)
+    now = bindparam("now", type_=UtcDateTime())
+    new = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(rsvps).values(
+        session_id=bindparam("session_id"),
+        subscriber_id=bindparam("subscriber_id"),
+        answer=bindparam("answer"),
+        guests=bindparam("guests"),
+        waitlisted=False,
+        answered_at=now,
+        updated_at=now,
+    )
+    upsert = new.on_conflict_do_update(
+        index_elements=[rsvps.c.session_id, rsvps.c.subscriber_id],
+        set_={
+            "answer": new.excluded.answer,
+            "guests": new.excluded.guests,
+            "waitlisted": False,
+            "updated_at": new.excluded.updated_at,
+            # A new "yes" queues behind earlier ones, should a seat limit come later.
+            "answered_at": case(
+                (
+                    (new.excluded.answer == Answer.yes.value)
+                    & (rsvps.c.answer != Answer.yes.value),
+                    new.excluded.answered_at,
+                ),
+                else_=rsvps.c.answered_at,
+            ),
+        },
+        where=(rsvps.c.answer != new.excluded.answer)
+        | (rsvps.c.guests != new.excluded.guests)
+        | rsvps.c.waitlisted.is_(True),
+    ).returning(rsvps.c.session_id, rsvps.c.subscriber_id, rsvps.c.answer)
+    if dialect != "postgresql":
+        return upsert
+    # PostgreSQL appends the history row in the same statement (a data-modifying CTE).
+    changed = upsert.cte("changed")
+    return (
+        insert(events)
+        .from_select(
+            ["session_id", "subscriber_id", "answer", "waitlisted", "at"],
+            select(
+                changed.c.session_id,
+                changed.c.subscriber_id,
+                changed.c.answer,
+                literal(False),
+                now,
+            ),
+        )
+        .returning(events.c.id)
+    )
+
+
+def save_unlimited_answer(
+    session: Session,
+    session_id: int,
+    subscriber_id: int,
+    answer: Answer,
+    guests: int,
+    now: datetime,
+) -> bool:
+    """Insert or change an answer for a session without a seat limit; True if it changed.
+
+    Nobody waits for a seat, so no lock is needed: one upsert (``ON CONFLICT … DO UPDATE …
+    WHERE`` something differs) decides atomically, even when the same person's two clicks
+    race. This is the path a burst of confirmations right after a send takes, so on
+    PostgreSQL it is a single round trip that also appends the history row.
+    """
+    dialect = session.get_bind().dialect.name
+    values = {
+        "session_id": session_id,
+        "subscriber_id": subscriber_id,
+        "answer": answer.value,
+        "guests": guests,
+        "now": now,
+    }
+    changed = session.execute(_unlimited_answer_statement(dialect), values).first() is not None
+    if changed and dialect != "postgresql":
+        add_event_row(session, session_id, subscriber_id, answer, waitlisted=False, at=now)
+    return changed
 
 
 def get(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
@@ -73,12 +191,24 @@ def waitlist_position(session: Session, rsvp: Rsvp) -> int:
 
 def add_event(session: Session, rsvp: Rsvp, at: datetime) -> None:
     """Append the answer to the history the dashboard charts."""
+    add_event_row(session, rsvp.session_id, rsvp.subscriber_id, rsvp.answer, rsvp.waitlisted, at)
+
+
+def add_event_row(
+    session: Session,
+    session_id: int,
+    subscriber_id: int,
+    answer: str,
+    waitlisted: bool,
+    at: datetime,
+) -> None:
+    """Append one answer to the history, by ids."""
     session.add(
         RsvpEvent(
-            session_id=rsvp.session_id,
-            subscriber_id=rsvp.subscriber_id,
-            answer=rsvp.answer,
-            waitlisted=rsvp.waitlisted,
+            session_id=session_id,
+            subscriber_id=subscriber_id,
+            answer=answer,
+            waitlisted=waitlisted,
             at=at,
         )
     )

@@ -63,6 +63,11 @@ def record_answer(
     allowed = registration.plus_ones if registration else 0
     if not 0 <= guests <= allowed:
         raise InvalidStateError(f"session {salon.number} allows at most {allowed} guests")
+    if salon.capacity is None:
+        changed = repo.save_unlimited_answer(
+            session, session_id, subscriber_id, answer, guests, now
+        )
+        return Recorded(answer, guests, waitlisted=False, position=None, changed=changed)
     repo.lock_session(session, session_id)
     rsvp = repo.get(session, session_id, subscriber_id)
     if rsvp is not None and rsvp.answer == answer and rsvp.guests == guests:

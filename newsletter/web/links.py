@@ -8,10 +8,9 @@ from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
-from newsletter.sessions import repo as sessions_repo
+from newsletter.rsvp import repo as rsvp_repo
 from newsletter.sessions.models import SalonSession
 from newsletter.tokens import Purpose, TokenExpired, TokenInvalid, sign, verify
-from subscribers import repo as subscribers_repo
 from subscribers.models import Subscriber
 
 # A confirm form is good for this long after its page was opened.
@@ -38,21 +37,29 @@ def form_token(payload: dict[str, int]) -> str:
     return sign(Purpose.CSRF, payload, get_settings().secret_keys)
 
 
-def check_form_token(value: str, payload: dict[str, int]) -> None:
-    """403 unless ``value`` came from our own page for these very ids, recently."""
+_FORM_REFUSED = "页面已过期或请求不是从本站页面发出的。请重新打开邮件中的链接再确认。"
+
+
+def check_form_token(
+    value: str,
+    payload: dict[str, int],
+    *,
+    max_age_seconds: int = FORM_MAX_AGE_S,
+    refusal: str = _FORM_REFUSED,
+) -> None:
+    """403 (with ``refusal`` as the page's message) unless ``value`` came from our own page
+    for these very ids, within ``max_age_seconds``."""
     try:
         signed = verify(
             Purpose.CSRF,
             value[:MAX_TOKEN_LENGTH],
             get_settings().secret_keys,
-            max_age_seconds=FORM_MAX_AGE_S,
+            max_age_seconds=max_age_seconds,
         )
     except (TokenInvalid, TokenExpired):
         signed = None
     if signed != payload:
-        raise HTTPException(
-            403, "页面已过期或请求不是从本站页面发出的。请重新打开邮件中的链接再确认。"
-        )
+        raise HTTPException(403, refusal)
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,7 @@ class Addressee:
 
 def addressee(session: Session, session_id: int, subscriber_id: int) -> Addressee:
     """Both rows, or a 404 page (the session was deleted, the subscriber purged)."""
-    salon = sessions_repo.get_by_id(session, session_id)
-    subscriber = subscribers_repo.get_by_id(session, subscriber_id)
-    if salon is None or subscriber is None:
+    rows = rsvp_repo.addressee_rows(session, session_id, subscriber_id)
+    if rows is None:
         raise HTTPException(404, "这个链接对应的活动或订阅者已不存在。")
-    return Addressee(salon, subscriber)
+    return Addressee(*rows)
