@@ -48,6 +48,7 @@ class Purpose(StrEnum):
     RSVP = "rsvp"
     UNSUBSCRIBE = "unsubscribe"
     CSRF = "csrf"  # the form on a page a link opened: bound to the same ids as the link
+    ADMIN_SESSION = "admin-session"  # the organizer dashboard's login cookie
 
     @property
     def salt(self) -> str:

@@ -18,10 +18,14 @@ from newsletter import config as config_module
 from newsletter.config import Settings
 from newsletter.db import Base, get_engine, get_sessionmaker
 from newsletter.migrate import upgrade
+from tests.browser import browser
 from tests.servers import Server, postgres_server, redis_server
 from tests.smtp import start_smtp
 
-__all__ = ["start_smtp"]  # a fixture, shared by every test module
+# Fixtures shared by every test module. The browser is defined here once: a session fixture
+# imported into two test modules would be two fixtures, and a second Playwright instance
+# cannot start inside the first one's event loop.
+__all__ = ["browser", "start_smtp"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -110,3 +110,65 @@ def test_no_route_answers_500(live: Live) -> None:
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (kind, token[:80], response.text[:200])
     assert set(statuses) & {400, 403, 404}  # the fuzzer did reach the refusals
+
+
+def test_no_admin_route_answers_500(live: Live) -> None:
+    """The dashboard, logged in and out, with junk paths, forms, cookies and form tokens."""
+    rng = random.Random(20261124)
+    # The first campaign of the fixture's database, so some actions reach a real row.
+    from newsletter.campaigns import service as campaigns
+    from newsletter.db import session_scope
+
+    with session_scope(live.settings.database_url) as session:
+        campaign_id = campaigns.create_campaign(session, 95).id
+    assert live.client.post("/admin/login", data={"token": "test-admin-token"}).status_code == 303
+    good_cookie = live.client.cookies["newsletter_admin"]
+    real_csrf = form_token(live.client.get("/admin").text)
+    paths = [
+        "/admin",
+        "/admin/login",
+        "/admin/logout",
+        "/admin/sessions/{}",
+        "/admin/sessions/{}/rsvps.csv",
+        "/admin/sessions/{}/remind",
+        "/admin/campaigns/{}",
+        "/admin/campaigns/{}/pause",
+        "/admin/campaigns/{}/resume",
+        "/admin/campaigns/{}/send",
+        "/admin/campaigns/{}/{}",
+        "/admin/{}",
+    ]
+    statuses: dict[int, int] = {}
+    for _ in range(400):
+        template = rng.choice(paths)
+        pieces = [
+            quote(
+                rng.choice([*JUNK, "95", "95", "95", str(campaign_id), str(campaign_id)]), safe=""
+            )
+            for _ in range(template.count("{}"))
+        ]
+        path = template.format(*pieces)
+        # Quoted: a client cannot send raw control characters in a header either.
+        mutated = quote(mutate(rng, good_cookie), safe="-_.")
+        cookie = rng.choice([good_cookie, good_cookie, mutated, None])
+        live.client.cookies.clear()
+        if cookie is not None:
+            live.client.cookies.set("newsletter_admin", cookie, domain="127.0.0.1", path="/admin")
+        data = {
+            "csrf": rng.choice([real_csrf, mutate(rng, real_csrf)]),
+            "token": rng.choice([*JUNK, "test-admin-token"]),
+        }
+        method = rng.choices(["GET", "POST", "PUT", "DELETE"], weights=[9, 9, 1, 1])[0]
+        if method == "POST" and rng.random() < 0.3:
+            response = live.client.post(
+                path,
+                content=rng.choice(JUNK).encode(),
+                headers={"Content-Type": "multipart/form-data; boundary=x"},
+            )
+        elif method == "POST":
+            response = live.client.post(path, data=data)
+        else:
+            response = live.client.request(method, path)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (method, path[:80], response.text[:200])
+    assert {200, 303, 400, 403, 404} <= set(statuses), statuses

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from tests.browser import DESKTOP, PHONE, browser, screenshot_path
+from tests.browser import DESKTOP, PHONE, screenshot_path
 from tests.webapp import Live, live
 
-__all__ = ["browser", "live"]  # fixtures used below
+__all__ = ["live"]  # the fixture (the browser comes from conftest)
 
 WIDTHS = {"phone": PHONE, "desktop": DESKTOP}
 

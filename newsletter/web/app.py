@@ -11,8 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from newsletter.web import api, calendar_routes, rsvp, unsubscribe
-from newsletter.web.pages import error_page
+from newsletter.web import api, calendar_routes, dashboard, dashboard_login, rsvp, unsubscribe
+from newsletter.web.admin_session import LOGIN_PATH, LoginRequired, csrf_token, current_login
+from newsletter.web.dashboard_login import redirect
+from newsletter.web.pages import error_page, page
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,21 @@ _DEFAULT_MESSAGES = {
 }
 
 
+def _admin_path(request: Request) -> bool:
+    path = request.url.path
+    return path == "/admin" or path.startswith("/admin/")
+
+
+def _admin_error(request: Request, status_code: int, title: str, detail: str) -> Response:
+    """An error under /admin: the login form for someone not logged in (so nothing about the
+    dashboard's routes or data shows before login), else the dashboard's own error page."""
+    login = current_login(request)
+    if login is None and request.url.path != LOGIN_PATH:
+        return redirect(LOGIN_PATH)
+    csrf = csrf_token(login) if login else None
+    return page("admin_error.html", status_code, title=title, message=detail, csrf=csrf)
+
+
 def create_app() -> FastAPI:
     """The web app, configured from the process settings."""
     app = FastAPI(
@@ -46,6 +63,8 @@ def create_app() -> FastAPI:
     app.include_router(unsubscribe.router)
     app.include_router(calendar_routes.router)
     app.include_router(api.router)
+    app.include_router(dashboard_login.router)
+    app.include_router(dashboard.router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> PlainTextResponse:
@@ -61,7 +80,13 @@ def create_app() -> FastAPI:
         detail = str(exc.detail)
         if detail == HTTPStatus(exc.status_code).phrase:  # Starlette's own English default
             detail = _DEFAULT_MESSAGES.get(exc.status_code, "请求无法完成。")
+        if _admin_path(request):
+            return _admin_error(request, exc.status_code, title, detail)
         return error_page(exc.status_code, title, detail)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        return redirect(LOGIN_PATH)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
@@ -70,6 +95,8 @@ def create_app() -> FastAPI:
                 {"detail": jsonable_encoder(exc.errors(), exclude={"ctx", "input", "url"})},
                 status_code=422,
             )
+        if _admin_path(request):
+            return _admin_error(request, 400, _TITLES[400], "请求中的参数不正确。")
         return error_page(400, _TITLES[400], "请求中的参数不正确。请直接使用邮件中的链接。")
 
     return app

@@ -17,13 +17,20 @@ from newsletter.config import get_settings
 _bearer = HTTPBearer(auto_error=False, description="NEWSLETTER_ADMIN_TOKEN")
 
 
+def is_admin_token(given: str) -> bool:
+    """Whether ``given`` is the admin token, compared in constant time (no timing oracle).
+
+    Shared by the bearer API and the dashboard's login form.
+    """
+    expected = get_settings().admin_bearer_token.encode("utf-8")
+    return secrets.compare_digest(given.encode("utf-8", "replace"), expected)
+
+
 def require_organizer(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """401 unless the request carries ``Authorization: Bearer <admin token>``."""
-    expected = get_settings().admin_bearer_token.encode("utf-8")
-    given = credentials.credentials.encode("utf-8", "replace") if credentials else b""
-    if not credentials or not secrets.compare_digest(given, expected):
+    if not credentials or not is_admin_token(credentials.credentials):
         raise HTTPException(
             401, "organizer token missing or wrong", headers={"WWW-Authenticate": "Bearer"}
         )

@@ -1,0 +1,92 @@
+"""Answer counts over time, replayed from the append-only ``rsvp_events`` history.
+
+Each event sets one person's current state (confirmed, waitlisted, maybe or no); replaying the
+events in order and counting states after each gives the step series the dashboard charts.
+The replay is the same rule the service applies, so its last point equals today's counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from newsletter.rsvp import history_repo
+from newsletter.rsvp.history_repo import EventRow
+from newsletter.rsvp.models import Answer
+
+# The four states a person can be in; a chart line each.
+STATES = ("yes", "waitlisted", "maybe", "no")
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """The counts right after everything that happened at ``at``."""
+
+    at: datetime
+    yes: int  # confirmed "yes" (seats held), not counting guests
+    waitlisted: int
+    maybe: int
+    no: int
+
+    def count(self, state: str) -> int:
+        """The count of one of :data:`STATES`."""
+        value: int = getattr(self, state)
+        return value
+
+
+def _state(event: EventRow) -> str:
+    if event.answer == Answer.yes:
+        return "waitlisted" if event.waitlisted else "yes"
+    return "maybe" if event.answer == Answer.maybe else "no"
+
+
+def replay(events: Iterable[EventRow]) -> list[Point]:
+    """One point per distinct event time, with the counts after all events of that time.
+
+    Events sharing a timestamp (a "no" and the promotion it triggers) collapse into one point:
+    the intermediate state never existed for anyone looking.
+    """
+    current: dict[int, str] = {}
+    tally = dict.fromkeys(STATES, 0)
+    points: list[Point] = []
+    for event in events:
+        new = _state(event)
+        old = current.get(event.subscriber_id)
+        if old is not None:
+            tally[old] -= 1
+        tally[new] += 1
+        current[event.subscriber_id] = new
+        point = Point(at=event.at, **tally)
+        if points and points[-1].at == event.at:
+            points[-1] = point
+        else:
+            points.append(point)
+    return points
+
+
+def history(session: Session, session_id: int) -> list[Point]:
+    """The counts of session ``session_id`` over time, oldest first."""
+    return replay(history_repo.events(session, session_id))
+
+
+def thin(points: Sequence[Point], max_points: int) -> list[Point]:
+    """At most about ``max_points`` points: the last of each equal slice of time.
+
+    A burst right after a send can make thousands of points; the chart and its table need a
+    few hundred. Keeping the *last* point of each slice keeps every value the counts settled
+    on, and the first and last points are always kept so the series starts and ends exactly.
+    """
+    if len(points) <= max_points or max_points < 2:
+        return list(points)
+    first, last = points[0].at, points[-1].at
+    span = (last - first).total_seconds()
+    if span <= 0:
+        return [points[-1]]
+    buckets: dict[int, Point] = {}
+    for point in points[1:-1]:
+        slot = int((point.at - first).total_seconds() / span * (max_points - 2))
+        buckets[slot] = point  # later points overwrite: the slice's final state
+    return [points[0], *(buckets[k] for k in sorted(buckets)), points[-1]]
