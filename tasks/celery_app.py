@@ -35,6 +35,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep": {"task": "campaigns.sweep", "schedule": settings.sweep_interval},
+            # Mails of answers whose sender was never asked for (the broker was down).
+            "rsvp-notices": {"task": "rsvp.notices", "schedule": settings.sweep_interval},
         },
     )
     return celery

@@ -1,40 +1,81 @@
-"""RSVP tasks: the mails an answer triggers."""
+"""RSVP tasks: sending the mails answers trigger, from the notice outbox."""
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 
-from celery import Task
-
-from newsletter.config import get_settings
+from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
 from newsletter.errors import DeliveryError
-from newsletter.mail.transports import transport_from_url
-from newsletter.rsvp.notices import NoticeKind, build_rsvp_notice
+from newsletter.mail.transports import Transport, transport_from_url
+from newsletter.rsvp import outbox
 from tasks.celery_app import app
+from tasks.dispatch import enqueue
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAYS = (60, 300, 900, 3600)
+# With a broker, answers to one session within this many seconds share one sender task.
+KICK_DELAY_S = 1.0
+_last_kick: dict[int, float] = {}
 
 
-@app.task(name="rsvp.notice", bind=True, acks_late=True, max_retries=len(RETRY_DELAYS))
-def send_rsvp_notice(self: Task, session_id: int, subscriber_id: int, kind: str) -> None:
-    """Protocol: builds the confirmation or promotion mail from the current rows and sends it
-    over one connection. A temporary refusal is retried after 1, 5, 15 and 60 minutes (with a
-    broker; in-process it is logged), a permanent one is logged. The answer itself was
-    committed before this task was enqueued, so a mail problem never loses an answer."""
-    settings = get_settings()
-    with session_scope(settings.database_url) as session:
-        message = build_rsvp_notice(session, settings, session_id, subscriber_id, NoticeKind(kind))
-    if message is None:
+def notify_answers(session_id: int) -> None:
+    """After an answer with a mail was committed: see that a sender goes through the outbox.
+
+    In-process (no broker) the mails go out now. With a broker, a burst of answers right
+    after a send would otherwise put one task per answer on Redis; instead each web process
+    asks for one sender per session per second, delayed by that second, so the sender sees
+    every answer committed before it runs. A lost request costs only time: beat's sweep
+    sends whatever is still due.
+    """
+    if app.conf.task_always_eager:
+        enqueue(send_rsvp_notices, session_id)
         return
+    now = time.monotonic()
+    if now - _last_kick.get(session_id, -math.inf) < KICK_DELAY_S:
+        return
+    _last_kick[session_id] = now
+    enqueue(send_rsvp_notices, session_id, countdown=KICK_DELAY_S)
+
+
+@app.task(name="rsvp.notices", acks_late=True)
+def send_rsvp_notices(session_id: int | None = None) -> None:
+    """Protocol: sends every due notice (of one session, or all when run by beat's sweep) in
+    batches over one connection each, recording after each batch what was sent, what waits
+    for a retry and what was given up. Idempotent: concurrent senders lease different rows."""
+    settings = get_settings()
+    while True:
+        with session_scope(settings.database_url) as session:
+            batch = outbox.claim(session, settings, session_id=session_id)
+        if not batch:
+            return
+        outcomes = _deliver(batch, settings)
+        with session_scope(settings.database_url) as session:
+            outbox.record(session, outcomes)
+
+
+def _deliver(batch: list[outbox.PreparedNotice], settings: Settings) -> list[outbox.Outcome]:
+    outcomes = [outbox.Outcome(p.ids, error=p.reason) for p in batch if p.message is None]
+    mails = [p for p in batch if p.message is not None]
+    handed_over = 0
     try:
         with transport_from_url(settings.mail_url) as transport:
-            transport.send(message)
+            for notice in mails:
+                outcomes.append(_send(transport, notice))
+                handed_over += 1
+    except DeliveryError as exc:  # no connection at all: every mail not yet sent waits
+        log.warning("rsvp notices: the mail relay is unavailable: %s", exc)
+        outcomes += [outbox.after_failure(notice, exc) for notice in mails[handed_over:]]
+    return outcomes
+
+
+def _send(transport: Transport, notice: outbox.PreparedNotice) -> outbox.Outcome:
+    assert notice.message is not None, "only built mails are sent"
+    try:
+        transport.send(notice.message)
     except DeliveryError as exc:
-        retries = self.request.retries or 0
-        if exc.permanent or app.conf.task_always_eager or retries >= len(RETRY_DELAYS):
-            log.warning("rsvp notice for subscriber %s not sent: %s", subscriber_id, exc)
-            return
-        raise self.retry(countdown=RETRY_DELAYS[retries]) from None
+        log.warning("rsvp notice for subscriber %s: %s", notice.subscriber_id, exc)
+        return outbox.after_failure(notice, exc)
+    return outbox.Outcome(notice.ids)

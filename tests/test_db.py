@@ -11,7 +11,7 @@ from subscribers.models import Subscriber
 
 
 def test_migrations_reach_head(db_url: str) -> None:
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == "0003"
 
 
 def test_timestamps_round_trip_aware_in_utc(db: Session) -> None:

@@ -10,7 +10,8 @@ from email.message import EmailMessage
 from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
 from newsletter.migrate import upgrade
-from newsletter.rsvp.notices import NoticeKind, build_rsvp_notice
+from newsletter.rsvp.models import NoticeKind
+from newsletter.rsvp.notices import build_rsvp_notice
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.service import import_records
 from subscribers.models import Subscriber

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from newsletter.db import Base, UtcDateTime
@@ -17,6 +17,13 @@ class Answer(StrEnum):
     yes = "yes"
     maybe = "maybe"
     no = "no"
+
+
+class NoticeKind(StrEnum):
+    """The mail an answer triggers."""
+
+    confirmed = "confirmed"  # a "yes" got a seat
+    promoted = "promoted"  # someone cancelled and the first on the waitlist got the seat
 
 
 class Rsvp(Base):
@@ -37,7 +44,12 @@ class Rsvp(Base):
 
 
 class RsvpEvent(Base):
-    """Every answer ever recorded, append-only: the dashboard charts counts over time from it."""
+    """Every answer ever recorded, append-only: the dashboard charts counts over time from it.
+
+    It is also the outbox of the mail an answer triggers: the row that records a confirmed
+    seat carries its notice, committed with the answer, and a worker sends it. A broker that
+    is down or a worker that dies delays that mail; it cannot lose it.
+    """
 
     __tablename__ = "rsvp_events"
 
@@ -49,3 +61,8 @@ class RsvpEvent(Base):
     answer: Mapped[str] = mapped_column(String(8))
     waitlisted: Mapped[bool] = mapped_column(default=False)
     at: Mapped[datetime] = mapped_column(UtcDateTime)
+    notice: Mapped[str | None] = mapped_column(String(16))  # a NoticeKind, or no mail
+    # When the notice is next due; NULL once it was sent or given up (see notice_error).
+    notice_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    notice_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    notice_error: Mapped[str | None] = mapped_column(Text)

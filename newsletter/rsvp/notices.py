@@ -1,11 +1,10 @@
 """The mails an answer triggers: a confirmation with the event attached, a seat from the
-waitlist. Built here (rendering + calendar + MIME), sent by the ``rsvp.notice`` task."""
+waitlist. Built here (rendering + calendar + MIME), sent from the outbox by ``rsvp.notices``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from email.utils import parseaddr
-from enum import StrEnum
 
 from markupsafe import escape
 from sqlalchemy.orm import Session
@@ -19,18 +18,11 @@ from newsletter.mail.notice import build_notice
 from newsletter.rendering import render_email_template
 from newsletter.rendering.personalise import RenderingError, escape_text
 from newsletter.rendering.session_view import session_view
+from newsletter.rsvp.models import NoticeKind
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from subscribers import repo as subscribers_repo
 from subscribers.models import SubscriberStatus
-
-
-class NoticeKind(StrEnum):
-    """Why the mail is sent."""
-
-    confirmed = "confirmed"  # a "yes" got a seat
-    promoted = "promoted"  # someone cancelled and the first on the waitlist got the seat
-
 
 _HEADLINES = {
     NoticeKind.confirmed: "你的报名已确认，期待与你相见！",

@@ -7,13 +7,13 @@ from datetime import datetime
 from functools import lru_cache
 from typing import cast
 
-from sqlalchemy import Table, bindparam, case, func, insert, literal, select, update
+from sqlalchemy import Table, bindparam, case, func, insert, literal, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, lazyload
 from sqlalchemy.sql.expression import Executable
 
 from newsletter.db import UtcDateTime, is_postgresql
-from newsletter.rsvp.models import Answer, Rsvp, RsvpEvent
+from newsletter.rsvp.models import Answer, NoticeKind, Rsvp, RsvpEvent
 from newsletter.sessions.models import SalonSession
 from subscribers.models import Subscriber
 
@@ -100,17 +100,29 @@ def _unlimited_answer_statement(dialect: str) -> Executable:
     if dialect != "postgresql":
         return upsert
     # PostgreSQL appends the history row in the same statement (a data-modifying CTE).
+    # A "yes" here always has a seat, so it carries its confirmation mail.
     changed = upsert.cte("changed")
+    confirmed = changed.c.answer == Answer.yes.value
     return (
         insert(events)
         .from_select(
-            ["session_id", "subscriber_id", "answer", "waitlisted", "at"],
+            [
+                "session_id",
+                "subscriber_id",
+                "answer",
+                "waitlisted",
+                "at",
+                "notice",
+                "notice_due_at",
+            ],
             select(
                 changed.c.session_id,
                 changed.c.subscriber_id,
                 changed.c.answer,
                 literal(False),
                 now,
+                case((confirmed, NoticeKind.confirmed.value), else_=null()),
+                case((confirmed, now), else_=null()),
             ),
         )
         .returning(events.c.id)
@@ -142,7 +154,8 @@ def save_unlimited_answer(
     }
     changed = session.execute(_unlimited_answer_statement(dialect), values).first() is not None
     if changed and dialect != "postgresql":
-        add_event_row(session, session_id, subscriber_id, answer, waitlisted=False, at=now)
+        notice = NoticeKind.confirmed if answer == Answer.yes else None
+        add_event_row(session, session_id, subscriber_id, answer, False, now, notice)
     return changed
 
 
@@ -189,9 +202,11 @@ def waitlist_position(session: Session, rsvp: Rsvp) -> int:
     return int(ahead or 0) + 1
 
 
-def add_event(session: Session, rsvp: Rsvp, at: datetime) -> None:
-    """Append the answer to the history the dashboard charts."""
-    add_event_row(session, rsvp.session_id, rsvp.subscriber_id, rsvp.answer, rsvp.waitlisted, at)
+def add_event(session: Session, rsvp: Rsvp, at: datetime, notice: NoticeKind | None = None) -> None:
+    """Append the answer to the history the dashboard charts, with the mail it triggers."""
+    add_event_row(
+        session, rsvp.session_id, rsvp.subscriber_id, rsvp.answer, rsvp.waitlisted, at, notice
+    )
 
 
 def add_event_row(
@@ -201,8 +216,9 @@ def add_event_row(
     answer: str,
     waitlisted: bool,
     at: datetime,
+    notice: NoticeKind | None,
 ) -> None:
-    """Append one answer to the history, by ids."""
+    """Append one answer to the history, by ids; a notice is due at once."""
     session.add(
         RsvpEvent(
             session_id=session_id,
@@ -210,6 +226,8 @@ def add_event_row(
             answer=answer,
             waitlisted=waitlisted,
             at=at,
+            notice=notice.value if notice else None,
+            notice_due_at=at if notice else None,
         )
     )
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from newsletter.db import utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.rsvp import repo
-from newsletter.rsvp.models import Answer, Rsvp
+from newsletter.rsvp.models import Answer, NoticeKind, Rsvp
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 
@@ -88,7 +88,8 @@ def record_answer(
     else:
         rsvp.waitlisted = False
     session.flush()
-    repo.add_event(session, rsvp, now)
+    confirmed = answer == Answer.yes and not rsvp.waitlisted
+    repo.add_event(session, rsvp, now, NoticeKind.confirmed if confirmed else None)
     promoted = _promote(session, salon, now)
     position = repo.waitlist_position(session, rsvp) if rsvp.waitlisted else None
     return Recorded(answer, guests, rsvp.waitlisted, position, changed=True, promoted=promoted)
@@ -109,7 +110,7 @@ def _promote(session: Session, salon: SalonSession, now: datetime) -> list[int]:
         waiting.waitlisted = False
         waiting.updated_at = now
         free -= needed
-        repo.add_event(session, waiting, now)
+        repo.add_event(session, waiting, now, NoticeKind.promoted)
         promoted.append(waiting.subscriber_id)
     session.flush()
     return promoted

@@ -14,7 +14,6 @@ from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError
 from newsletter.rendering.session_view import session_view
 from newsletter.rsvp.models import Answer
-from newsletter.rsvp.notices import NoticeKind
 from newsletter.rsvp.service import (
     AnswersClosed,
     Recorded,
@@ -27,8 +26,7 @@ from newsletter.sessions.models import SalonSession
 from newsletter.tokens import Purpose
 from newsletter.web.links import addressee, check_form_token, form_token, read_token
 from newsletter.web.pages import page
-from tasks.dispatch import enqueue
-from tasks.rsvp import send_rsvp_notice
+from tasks.rsvp import notify_answers
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -93,7 +91,7 @@ def confirm(
         raise HTTPException(409, "报名已截止，无法再修改答复。") from None
     except InvalidStateError as exc:  # e.g. more guests than the session allows
         raise HTTPException(400, f"无法记录这个答复：{exc}") from None
-    _notify(who.salon.id, who.subscriber.id, recorded)
+    _notify(who.salon.id, recorded)
     return page(
         "rsvp_done.html",
         session=view,
@@ -107,16 +105,13 @@ def _closed(salon: SalonSession) -> bool:
     return utcnow() >= closes_at(salon)
 
 
-def _notify(session_id: int, subscriber_id: int, recorded: Recorded) -> None:
-    """Enqueue the mails this answer triggers, after its commit; a failure loses no answer."""
-    mails = (
-        [(subscriber_id, NoticeKind.confirmed)]
-        if (recorded.changed and recorded.answer == Answer.yes and not recorded.waitlisted)
-        else []
-    )
-    mails += [(promoted, NoticeKind.promoted) for promoted in recorded.promoted]
-    for person, kind in mails:
-        try:
-            enqueue(send_rsvp_notice, session_id, person, kind.value)
-        except Exception:  # the broker is down: the answer stands, the mail is lost
-            log.exception("could not enqueue the %s mail for subscriber %s", kind, person)
+def _notify(session_id: int, recorded: Recorded) -> None:
+    """After the commit: have the mails this answer triggers sent (they wait in the outbox
+    with the answer, so a broker that is down delays them and loses nothing)."""
+    confirmed = recorded.answer == Answer.yes and not recorded.waitlisted
+    if not recorded.changed or not (confirmed or recorded.promoted):
+        return
+    try:
+        notify_answers(session_id)
+    except Exception:  # the broker is down: beat's sweep sends the mails later
+        log.exception("could not ask for the mails of session %s to be sent", session_id)

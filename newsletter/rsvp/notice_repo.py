@@ -1,0 +1,95 @@
+"""All SQL of the notice outbox: leasing due notices to a sender, recording what became of them.
+
+A notice is due while its history row's ``notice_due_at`` is set and not in the future.
+Claiming pushes that time forward by a lease: a sender that dies before recording the outcome
+leaves the notice to the next sender once the lease runs out (at least once, never lost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from newsletter.rsvp.models import NoticeKind, RsvpEvent
+
+
+@dataclass(frozen=True, slots=True)
+class DueNotice:
+    """One notice leased to the caller."""
+
+    id: int
+    session_id: int
+    subscriber_id: int
+    kind: NoticeKind
+    attempts: int  # including this one
+
+
+def claim_due(
+    session: Session,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    session_id: int | None = None,
+    limit: int = 100,
+) -> list[DueNotice]:
+    """Lease up to ``limit`` due notices (of one session, or all), oldest first.
+
+    PostgreSQL skips rows another sender holds (``SKIP LOCKED``); on SQLite the UPDATE runs
+    under the database write lock and re-checks the due time, so a row is never leased twice.
+    """
+    due = RsvpEvent.notice_due_at <= now
+    candidates = select(RsvpEvent.id).where(due).order_by(RsvpEvent.id).limit(limit)
+    if session_id is not None:
+        candidates = candidates.where(RsvpEvent.session_id == session_id)
+    ids = list(session.scalars(candidates.with_for_update(skip_locked=True)))
+    if not ids:
+        return []
+    rows = session.execute(
+        update(RsvpEvent)
+        .where(RsvpEvent.id.in_(ids), due)
+        .values(notice_due_at=lease_until, notice_attempts=RsvpEvent.notice_attempts + 1)
+        .returning(
+            RsvpEvent.id,
+            RsvpEvent.session_id,
+            RsvpEvent.subscriber_id,
+            RsvpEvent.notice,
+            RsvpEvent.notice_attempts,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    # Only rows with a notice ever get a due time, so row[3] is never NULL here.
+    claimed = [DueNotice(row[0], row[1], row[2], NoticeKind(str(row[3])), row[4]) for row in rows]
+    return sorted(claimed, key=lambda notice: notice.id)
+
+
+def finish(session: Session, ids: list[int], *, error: str | None = None) -> None:
+    """The notices were sent (``error`` None) or will never be (``error`` says why)."""
+    if ids:
+        session.execute(
+            update(RsvpEvent)
+            .where(RsvpEvent.id.in_(ids))
+            .values(notice_due_at=None, notice_error=error)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def retry_at(session: Session, ids: list[int], due: datetime, error: str) -> None:
+    """A temporary failure: try these notices again at ``due``."""
+    if ids:
+        session.execute(
+            update(RsvpEvent)
+            .where(RsvpEvent.id.in_(ids))
+            .values(notice_due_at=due, notice_error=error)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def pending_count(session: Session, session_id: int | None = None) -> int:
+    """Notices not yet sent nor given up (for status output and tests)."""
+    query = select(func.count()).where(RsvpEvent.notice_due_at.is_not(None))
+    if session_id is not None:
+        query = query.where(RsvpEvent.session_id == session_id)
+    return int(session.scalar(query) or 0)
