@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,8 @@ def test_demo_fills_the_outbox_once_per_subscriber(demo_dir: Path) -> None:
     sent_to = Counter(m["To"].addresses[0].addr_spec.lower() for m in messages)
     assert set(sent_to) == expected
     assert set(sent_to.values()) == {1}
-    assert all("第 61 期" in str(m["Subject"]) for m in messages)
+    # The demo's own upcoming session, numbered after the newest sample (no. 61).
+    assert all("第 62 期" in str(m["Subject"]) for m in messages)
 
 
 def test_demo_again_mails_nobody_twice(demo_dir: Path) -> None:
@@ -68,7 +70,7 @@ def test_status_after_the_demo_counts_every_delivery(demo_dir: Path) -> None:
 def test_sessions_list_shows_the_examples(demo_dir: Path) -> None:
     result = run(demo_dir, "sessions", "list")
     assert result.returncode == 0, result.stderr
-    assert "联邦学习的鲁棒性" in result.stdout and "58 sessions" in result.stdout
+    assert "联邦学习的鲁棒性" in result.stdout and "59 sessions" in result.stdout  # 58 + demo
 
 
 def test_preview_writes_html_and_eml(demo_dir: Path) -> None:
@@ -123,7 +125,9 @@ def test_every_command_has_help() -> None:
         assert "Usage" in result.stdout
 
 
-def test_demo_serves_the_rsvp_link_it_prints(tmp_path: Path) -> None:
+def test_demo_serves_the_rsvp_link_it_prints(tmp_path: Path, browser: Any) -> None:
+    """The issue's "done": the demo prints a link; opening it in a browser and pressing the
+    button records an answer that ``newsletter rsvp list`` shows."""
     import httpx
 
     from tests.servers import free_port
@@ -156,7 +160,18 @@ def test_demo_serves_the_rsvp_link_it_prints(tmp_path: Path) -> None:
             except httpx.ConnectError:
                 time.sleep(0.1)
         assert page.status_code == 200
-        assert "第 61 期" in page.text
+        assert "第 62 期" in page.text and "报名已截止" not in page.text
+        tab = browser.new_page(viewport={"width": 375, "height": 800})
+        try:
+            tab.goto(link)
+            tab.get_by_role("button", name="确认答复").click()
+            tab.wait_for_load_state()
+            assert tab.get_by_text("已记录你的答复").is_visible()
+        finally:
+            tab.close()
     finally:
         process.terminate()
         process.wait(15)
+    listed = run(tmp_path, "rsvp", "list", "62")
+    assert listed.returncode == 0, listed.stderr
+    assert "张伟" in listed.stdout and "是 1（座位 1/30）" in listed.stdout

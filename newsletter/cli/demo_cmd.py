@@ -13,9 +13,10 @@ from newsletter.campaigns import service as campaigns
 from newsletter.campaigns.models import Campaign, CampaignKind
 from newsletter.cli.campaign_cmd import progress_line, send_and_watch
 from newsletter.cli.common import console, fail, handles_errors
+from newsletter.cli.demo_session import upcoming_demo_record
 from newsletter.cli.preview_cmd import write_preview
 from newsletter.config import get_settings
-from newsletter.db import session_scope
+from newsletter.db import session_scope, utcnow
 from newsletter.links import recipient_links
 from newsletter.migrate import upgrade
 from newsletter.sessions import repo as sessions_repo
@@ -29,8 +30,8 @@ def demo(
     examples: Path = typer.Option(EXAMPLES, help="Folder with sessions/ and subscribers.csv."),
     serve: bool = typer.Option(True, help="Serve the RSVP web app afterwards (Ctrl-C stops)."),
 ) -> None:
-    """Set up a local database, import the samples, send the newest session's invitation to
-    the local outbox, print where to look, and serve the RSVP web app."""
+    """Set up a local database, import the samples and an upcoming demo session, send its
+    invitation to the local outbox, print where to look, and serve the RSVP web app."""
     _demo(examples, serve)
 
 
@@ -46,9 +47,27 @@ def _demo(examples: Path, serve: bool) -> None:
         )
     if sessions_report.errors:
         raise fail("\n".join(sessions_report.errors))
+    samples = sessions_report.created + sessions_report.updated + sessions_report.unchanged
+    if not samples:
+        raise fail(f"no session records in {examples / 'sessions'}")
     console.print(
         f"[bold]2.[/] sessions: {len(sessions_report.created)} created, "
         f"{len(sessions_report.updated)} updated, {len(sessions_report.unchanged)} unchanged"
+    )
+    upcoming = upcoming_demo_record(
+        examples / "sessions",
+        settings.var_dir / "demo-sessions",
+        number=max(samples) + 1,
+        now=utcnow(),
+    )
+    with session_scope(url) as session:
+        demo_report = import_records(session, [upcoming], timezone=settings.timezone)
+    if demo_report.errors:
+        raise fail("\n".join(demo_report.errors))
+    number = max(samples) + 1
+    console.print(
+        f"    and session {number}, still ahead, for trying the RSVP pages: {upcoming}",
+        soft_wrap=True,
     )
     with session_scope(url) as session:
         people = import_csv(session, examples / "subscribers.csv")
@@ -57,10 +76,8 @@ def _demo(examples: Path, serve: bool) -> None:
         f"{people.unchanged} unchanged"
     )
     with session_scope(url) as session:
-        salon = sessions_repo.newest(session)
-        if salon is None:
-            raise fail(f"no session records in {examples / 'sessions'}")
-        number = salon.number
+        salon = sessions_repo.get_by_number(session, number)
+        assert salon is not None, "imported above"
         # Running the demo again resumes the same campaign instead of mailing everyone anew.
         existing = session.scalars(
             select(Campaign)
