@@ -86,6 +86,11 @@ def get_engine(url: str) -> Engine:
     return _engine(_absolute(url))
 
 
+# Connections each process keeps open to PostgreSQL (the web app runs this many handler
+# threads; see web/app.py). Up to 10 more are opened for a moment under a peak.
+POOL_SIZE = 10
+
+
 @lru_cache(maxsize=8)
 def _engine(url: str) -> Engine:
     parsed = make_url(url)
@@ -95,7 +100,7 @@ def _engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=10)
 
 
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
