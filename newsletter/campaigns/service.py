@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
@@ -206,6 +207,23 @@ def cancel_campaign(session: Session, campaign_id: int) -> Campaign:
     campaign.finished_at = utcnow()
     repo.skip_queued(session, campaign_id, "campaign cancelled")
     return campaign
+
+
+OrganizerAction = Literal["send", "pause", "resume", "cancel"]
+
+
+def apply_organizer_action(session: Session, campaign_id: int, action: OrganizerAction) -> bool:
+    """What an organizer's send / pause / resume / cancel does (API and dashboard alike);
+    True when the caller must enqueue the sending after the commit. "send" on a paused
+    campaign resumes it; on a draft or sending one it (re)starts it, which is harmless."""
+    current = require_campaign(session, campaign_id)
+    if action == "pause":
+        pause_campaign(session, campaign_id)
+    elif action == "cancel":
+        cancel_campaign(session, campaign_id)
+    elif action == "resume" or current.status == CampaignStatus.paused:
+        resume_campaign(session, campaign_id)
+    return action in ("send", "resume")
 
 
 @dataclass(frozen=True, slots=True)

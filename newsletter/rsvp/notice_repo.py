@@ -65,24 +65,16 @@ def claim_due(
     return sorted(claimed, key=lambda notice: notice.id)
 
 
-def finish(session: Session, ids: list[int], *, error: str | None = None) -> None:
-    """The notices were sent (``error`` None) or will never be (``error`` says why)."""
+def settle(
+    session: Session, ids: list[int], *, error: str | None, retry_at: datetime | None = None
+) -> None:
+    """Record an outcome: sent (no error), given up (``error`` says why) or, with
+    ``retry_at``, a temporary failure to try again then."""
     if ids:
         session.execute(
             update(RsvpEvent)
             .where(RsvpEvent.id.in_(ids))
-            .values(notice_due_at=None, notice_error=error)
-            .execution_options(synchronize_session=False)
-        )
-
-
-def retry_at(session: Session, ids: list[int], due: datetime, error: str) -> None:
-    """A temporary failure: try these notices again at ``due``."""
-    if ids:
-        session.execute(
-            update(RsvpEvent)
-            .where(RsvpEvent.id.in_(ids))
-            .values(notice_due_at=due, notice_error=error)
+            .values(notice_due_at=retry_at, notice_error=error)
             .execution_options(synchronize_session=False)
         )
 

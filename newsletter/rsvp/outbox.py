@@ -91,7 +91,4 @@ def after_failure(notice: PreparedNotice, error: DeliveryError) -> Outcome:
 def record(session: Session, outcomes: list[Outcome]) -> None:
     """Store the outcomes of a batch; the caller commits."""
     for outcome in outcomes:
-        if outcome.retry_at is not None:
-            notice_repo.retry_at(session, outcome.ids, outcome.retry_at, outcome.error or "")
-        else:
-            notice_repo.finish(session, outcome.ids, error=outcome.error)
+        notice_repo.settle(session, outcome.ids, error=outcome.error, retry_at=outcome.retry_at)

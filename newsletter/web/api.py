@@ -215,17 +215,11 @@ def change_campaign(
     """Send (or resume), pause, or cancel a campaign."""
     try:
         with session_scope(get_settings().database_url) as session:
-            current = campaigns.require_campaign(session, campaign_id)
-            if action == "pause":
-                campaigns.pause_campaign(session, campaign_id)
-            elif action == "cancel":
-                campaigns.cancel_campaign(session, campaign_id)
-            elif action == "resume" or current.status == "paused":
-                campaigns.resume_campaign(session, campaign_id)
+            start = campaigns.apply_organizer_action(session, campaign_id, action)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from None
     except InvalidStateError as exc:
         raise HTTPException(409, str(exc)) from None
-    if action in ("send", "resume"):
+    if start:
         enqueue(start_campaign, campaign_id)  # after the commit above
     return _campaign_out(campaign_id)

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from newsletter.campaigns import repo as campaigns_repo
 from newsletter.campaigns import service as campaigns
-from newsletter.campaigns.models import CampaignStatus
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
@@ -212,17 +211,11 @@ def change_campaign(
     check_csrf(csrf, login)
     try:
         with session_scope(get_settings().database_url) as session:
-            current = campaigns.require_campaign(session, campaign_id)
-            if action == "pause":
-                campaigns.pause_campaign(session, campaign_id)
-            elif action == "cancel":
-                campaigns.cancel_campaign(session, campaign_id)
-            elif action == "resume" or current.status == CampaignStatus.paused:
-                campaigns.resume_campaign(session, campaign_id)
+            start = campaigns.apply_organizer_action(session, campaign_id, action)
     except NotFoundError:
         raise HTTPException(404, f"发送任务 {campaign_id} 不存在。") from None
     except InvalidStateError as exc:  # e.g. pausing a finished campaign (a stale page)
         return _campaign_page(login, campaign_id, status_code=409, problem=f"无法执行：{exc}")
-    if action in ("send", "resume") and not _start(campaign_id):
+    if start and not _start(campaign_id):
         return _campaign_page(login, campaign_id, status_code=503, problem=_NOT_QUEUED)
     return redirect(f"/admin/campaigns/{campaign_id}")
