@@ -1,7 +1,7 @@
 """RSVP confirmations per second under a burst, on PostgreSQL, and proof none was lost.
 
 Starts a throwaway PostgreSQL and Redis (the broker the confirmation mails are queued on),
-imports one upcoming session (no seat limit) and N subscribers,
+imports one upcoming session (no seat limit, or --capacity seats) and N subscribers,
 serves the app with ``newsletter serve --workers W`` and, from a second process, POSTs one
 confirmation per subscriber (the request a person's button press makes, with the form token
 of the page) with C requests in flight. Prints requests/s, p50/p99 latency, and the number of
@@ -50,16 +50,20 @@ starts_at: {starts}
 ends_at: {ends}
 venue: {{mode: offline, name: 蒙民伟楼348室}}
 talks: [{{kind: paper, title: A}}]
-"""
+{registration}"""
 
 
-def prepare(url: str, n: int, folder: Path) -> list[tuple[str, str]]:
+def prepare(url: str, n: int, folder: Path, capacity: int | None = None) -> list[tuple[str, str]]:
     """The session, N subscribers, and for each the RSVP path and its form token."""
     upgrade(url)
     starts = utcnow() + timedelta(days=7)
     record = folder / "099.yaml"
     record.write_text(
-        RECORD.format(starts=starts.isoformat(), ends=(starts + timedelta(hours=2)).isoformat()),
+        RECORD.format(
+            starts=starts.isoformat(),
+            ends=(starts + timedelta(hours=2)).isoformat(),
+            registration=f"registration: {{capacity: {capacity}}}\n" if capacity else "",
+        ),
         encoding="utf-8",
     )
     with session_scope(url) as session:
@@ -167,11 +171,14 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=4, help="web server processes (2 per core measured best)"
     )
+    parser.add_argument(
+        "--capacity", type=int, default=None, help="seats (default: no limit, no waitlist)"
+    )
     args = parser.parse_args()
     with postgres_server() as pg, redis_server() as redis, tempfile.TemporaryDirectory() as tmp:
         if pg is None or redis is None:
             raise SystemExit("PostgreSQL and Redis are needed (apt-get install postgresql redis)")
-        requests = prepare(pg.url, args.n, Path(tmp))
+        requests = prepare(pg.url, args.n, Path(tmp), args.capacity)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
         env.update(

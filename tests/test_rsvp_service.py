@@ -192,3 +192,21 @@ def test_racing_clicks_of_one_person_record_one_answer(db_url: str, tmp_path: Pa
     with session_scope(db_url) as session:
         assert session.scalar(select(func.count()).select_from(Rsvp)) == 1
     assert _history(db_url, sid) == [(people[0], "yes")]
+
+
+def test_a_long_waitlist_keeps_its_order_and_a_bigger_room_promotes(
+    db_url: str, tmp_path: Path
+) -> None:
+    sid, people = setup_session(db_url, tmp_path, capacity=1, people=62)
+    results = [answer(db_url, sid, person, Answer.yes) for person in people]
+    assert [r.waitlisted for r in results] == [False] + [True] * 61
+    assert [r.position for r in results[1:]] == list(range(1, 62))
+    freed = answer(db_url, sid, people[0], Answer.no)
+    assert freed.promoted == [people[1]]  # the first in line, not anyone further back
+    assert answer(db_url, sid, people[61], Answer.yes).position == 60  # unchanged, moved up
+    setup_session(db_url, tmp_path, capacity=3, people=0)  # the room grew: re-imported
+    anyone = answer(db_url, sid, people[0], Answer.maybe)
+    assert anyone.promoted == [people[2], people[3]]
+    with session_scope(db_url) as session:
+        counts = repo.counts(session, sid)
+    assert (counts.yes, counts.waitlisted, counts.seats) == (3, 58, 3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from newsletter.db import Base, UtcDateTime
@@ -30,7 +30,12 @@ class Rsvp(Base):
     """A subscriber's current answer for a session; answering again updates this row."""
 
     __tablename__ = "rsvps"
-    __table_args__ = (UniqueConstraint("session_id", "subscriber_id"),)
+    __table_args__ = (
+        UniqueConstraint("session_id", "subscriber_id"),
+        # Seats taken, the waitlist in order and a place in it are read under the session's
+        # lock on every answer to a session with a seat limit.
+        Index("ix_rsvps_session_waitlist", "session_id", "waitlisted", "answered_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))

@@ -7,7 +7,18 @@ from datetime import datetime
 from functools import lru_cache
 from typing import cast
 
-from sqlalchemy import Table, bindparam, case, func, insert, literal, null, select, update
+from sqlalchemy import (
+    ScalarResult,
+    Table,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, lazyload
 from sqlalchemy.sql.expression import Executable
@@ -178,19 +189,20 @@ def seats_taken(session: Session, session_id: int) -> int:
     return int(taken or 0)
 
 
-def waitlist(session: Session, session_id: int) -> list[Rsvp]:
-    """Waiting "yes" answers, first come first served."""
-    return list(
-        session.scalars(
-            select(Rsvp)
-            .where(Rsvp.session_id == session_id, Rsvp.waitlisted.is_(True))
-            .order_by(Rsvp.answered_at, Rsvp.id)
-        )
+def waitlist(session: Session, session_id: int) -> ScalarResult[Rsvp]:
+    """Waiting "yes" answers, first come first served, fetched 50 at a time as iterated;
+    close the result when done with it."""
+    return session.scalars(
+        select(Rsvp)
+        .where(Rsvp.session_id == session_id, Rsvp.waitlisted.is_(True))
+        .order_by(Rsvp.answered_at, Rsvp.id)
+        .execution_options(yield_per=50)
     )
 
 
 def waitlist_position(session: Session, rsvp: Rsvp) -> int:
     """1 for the first in line."""
+    session.flush()  # a new answer needs its id to be placed among equal times
     ahead = session.scalar(
         select(func.count()).where(
             Rsvp.session_id == rsvp.session_id,

@@ -68,50 +68,70 @@ def record_answer(
             session, session_id, subscriber_id, answer, guests, now
         )
         return Recorded(answer, guests, waitlisted=False, position=None, changed=changed)
-    repo.lock_session(session, session_id)
-    rsvp = repo.get(session, session_id, subscriber_id)
+    return _record_with_seats(session, salon, subscriber_id, answer, guests, now)
+
+
+def _record_with_seats(
+    session: Session,
+    salon: SalonSession,
+    subscriber_id: int,
+    answer: Answer,
+    guests: int,
+    now: datetime,
+) -> Recorded:
+    """An answer for a session with a seat limit, under the session's lock.
+
+    Every statement here runs while all other answers for the session wait, so the seats are
+    counted once, the fit is decided in Python, and the waitlist is read only when seats are
+    free (after a "no", or when the room grew): this path is what a burst of answers for an
+    offline session queues on.
+    """
+    assert salon.capacity is not None, "sessions without a limit take the upsert path"
+    repo.lock_session(session, salon.id)
+    rsvp = repo.get(session, salon.id, subscriber_id)
     if rsvp is not None and rsvp.answer == answer and rsvp.guests == guests:
         position = repo.waitlist_position(session, rsvp) if rsvp.waitlisted else None
         return Recorded(answer, guests, rsvp.waitlisted, position, changed=False)
     was_confirmed = rsvp is not None and rsvp.answer == Answer.yes and not rsvp.waitlisted
+    held = 1 + rsvp.guests if rsvp is not None and was_confirmed else 0
+    taken_by_others = repo.seats_taken(session, salon.id) - held
     if rsvp is None:
-        rsvp = Rsvp(session_id=session_id, subscriber_id=subscriber_id, answered_at=now)
+        rsvp = Rsvp(session_id=salon.id, subscriber_id=subscriber_id, answered_at=now)
         session.add(rsvp)
     rsvp.answer, rsvp.guests, rsvp.updated_at = answer, guests, now
     if answer == Answer.yes:
         if not was_confirmed and not rsvp.waitlisted:
             rsvp.answered_at = now  # a new "yes" queues behind those who said yes before
-        rsvp.waitlisted = False
-        session.flush()
-        if salon.capacity is not None and repo.seats_taken(session, session_id) > salon.capacity:
-            rsvp.waitlisted = True
+        rsvp.waitlisted = taken_by_others + 1 + guests > salon.capacity
     else:
         rsvp.waitlisted = False
-    session.flush()
     confirmed = answer == Answer.yes and not rsvp.waitlisted
     repo.add_event(session, rsvp, now, NoticeKind.confirmed if confirmed else None)
-    promoted = _promote(session, salon, now)
+    free = salon.capacity - taken_by_others - (1 + guests if confirmed else 0)
+    promoted = _promote(session, salon.id, free, now) if free > 0 else []
     position = repo.waitlist_position(session, rsvp) if rsvp.waitlisted else None
     return Recorded(answer, guests, rsvp.waitlisted, position, changed=True, promoted=promoted)
 
 
-def _promote(session: Session, salon: SalonSession, now: datetime) -> list[int]:
-    """Give free seats to the waitlist in order; someone too big for the seats left waits on."""
-    if salon.capacity is None:
-        return []
-    free = salon.capacity - repo.seats_taken(session, salon.id)
+def _promote(session: Session, session_id: int, free: int, now: datetime) -> list[int]:
+    """Give ``free`` seats to the waitlist in order; someone too big for the seats left waits
+    on. The waitlist is read in pages and only until the seats are gone."""
     promoted = []
-    for waiting in repo.waitlist(session, salon.id):
-        if free <= 0:
-            break
-        needed = 1 + waiting.guests
-        if needed > free:
-            continue
-        waiting.waitlisted = False
-        waiting.updated_at = now
-        free -= needed
-        repo.add_event(session, waiting, now, NoticeKind.promoted)
-        promoted.append(waiting.subscriber_id)
+    waiting_list = repo.waitlist(session, session_id)
+    try:
+        for waiting in waiting_list:
+            needed = 1 + waiting.guests
+            if needed > free:
+                continue
+            waiting.waitlisted = False
+            waiting.updated_at = now
+            free -= needed
+            repo.add_event(session, waiting, now, NoticeKind.promoted)
+            promoted.append(waiting.subscriber_id)
+            if free <= 0:
+                break
+    finally:
+        waiting_list.close()
     session.flush()
     return promoted
 

@@ -1,4 +1,5 @@
-"""The mail an answer triggers is kept with the answer's history row until it is sent.
+"""The mail an answer triggers is kept with the answer's history row until it is sent;
+an index for seat counts and the waitlist.
 
 Revision ID: 0003
 Revises: 0002
@@ -25,9 +26,15 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("notice_error", sa.Text(), nullable=True))
         batch_op.create_index("ix_rsvp_events_notice_due_at", ["notice_due_at"])
+    with op.batch_alter_table("rsvps") as batch_op:
+        batch_op.create_index(
+            "ix_rsvps_session_waitlist", ["session_id", "waitlisted", "answered_at", "id"]
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("rsvps") as batch_op:
+        batch_op.drop_index("ix_rsvps_session_waitlist")
     with op.batch_alter_table("rsvp_events") as batch_op:
         batch_op.drop_index("ix_rsvp_events_notice_due_at")
         batch_op.drop_column("notice_error")
