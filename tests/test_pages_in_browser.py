@@ -3,13 +3,16 @@ and works, the text is right (Chinese rendered with real fonts), screenshots are
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from newsletter.db import session_scope
+from newsletter.sessions.service import import_records
 from tests.browser import DESKTOP, PHONE, screenshot_path
-from tests.webapp import Live, live
+from tests.webapp import Live, live, write_record
 
 __all__ = ["live"]  # the fixture (the browser comes from conftest)
 
@@ -91,3 +94,44 @@ def test_invitation_renders_in_chromium(
         page.screenshot(path=str(screenshot_path(f"invitation-61-{width}")), full_page=True)
     finally:
         page.close()
+
+
+@pytest.mark.parametrize("width", ["phone", "desktop"])
+def test_full_room_puts_the_second_yes_on_the_waitlist_page(
+    live: Live, browser: Any, width: str
+) -> None:
+    page = browser.new_page(viewport=WIDTHS[width])
+    try:
+        for person in (0, 1):  # session 95 has one seat
+            rsvp, _ = live.links(person)
+            page.goto(live.settings.base_url + rsvp)
+            page.get_by_role("button", name="确认答复").click()
+            page.wait_for_load_state()
+        assert page.get_by_text("名额已满，你在候补名单第").is_visible()
+        assert page.locator(".banner strong").inner_text() == "1"
+        page.screenshot(path=str(screenshot_path(f"rsvp-waitlist-{width}")), full_page=True)
+    finally:
+        page.close()
+    assert sorted(live.rsvps()) == [(live.people[0], "yes", False), (live.people[1], "yes", True)]
+
+
+@pytest.mark.parametrize("width", ["phone", "desktop"])
+def test_after_the_deadline_the_page_says_closed_and_offers_no_button(
+    live: Live, browser: Any, width: str, tmp_path: Path
+) -> None:
+    with session_scope(live.settings.database_url) as session:
+        import_records(
+            session,
+            [write_record(tmp_path, deadline_in=timedelta(hours=-1))],
+            timezone="Asia/Shanghai",
+        )
+    rsvp, _ = live.links(0)
+    page = browser.new_page(viewport=WIDTHS[width])
+    try:
+        page.goto(live.settings.base_url + rsvp)
+        assert page.get_by_text("报名已截止，答复不能再修改。").is_visible()
+        assert page.get_by_role("button", name="确认答复").count() == 0
+        page.screenshot(path=str(screenshot_path(f"rsvp-closed-{width}")), full_page=True)
+    finally:
+        page.close()
+    assert live.rsvps() == []
