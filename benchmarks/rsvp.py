@@ -7,7 +7,7 @@ confirmation per subscriber (the request a person's button press makes, with the
 of the page) with C requests in flight. Prints requests/s, p50/p99 latency, and the number of
 answers the database recorded, which must equal the number of requests sent.
 
-Run: ``.venv/bin/python benchmarks/rsvp.py [--n 20000] [--concurrency 32] [--workers 4]``.
+Run: ``.venv/bin/python benchmarks/rsvp.py [--n 20000] [--concurrency 32] [--workers 2]``.
 The last line is one JSON object: ``{"sent", "recorded", "requests_per_s", "p50_ms",
 "p99_ms"}`` (plus the number of non-200 answers).
 """
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="confirmations to send")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument(
-        "--workers", type=int, default=4, help="web server processes (2 per core measured best)"
+        "--workers", type=int, default=2, help="web server processes (one per core measured best)"
     )
     parser.add_argument(
         "--capacity", type=int, default=None, help="seats (default: no limit, no waitlist)"

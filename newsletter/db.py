@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Dialect, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # Named constraints keep Alembic migrations identical on SQLite and PostgreSQL.
@@ -125,6 +127,43 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+T = TypeVar("T")
+
+
+async def run_unit(url: str, work: Callable[[Session], T]) -> T:
+    """Run ``work(session)`` as one unit of work (committed at the end, rolled back if it
+    raises) from async code, without blocking the event loop.
+
+    PostgreSQL: on an asyncio connection, through SQLAlchemy's greenlet bridge
+    (``AsyncSession.run_sync``): the same synchronous service code, with no hand-off to a
+    thread. Under a burst of RSVP confirmations those hand-offs, and the threads taking turns
+    at the GIL, cost more than the answer itself. SQLite (no asyncio driver): ``work`` runs in
+    a worker thread inside :func:`session_scope`.
+    """
+    absolute = _absolute(url)
+    if make_url(absolute).get_backend_name() != "postgresql":
+        return await asyncio.to_thread(_run_in_scope, absolute, work)
+    factory = _async_sessionmaker(absolute, asyncio.get_running_loop())
+    async with factory() as session, session.begin():
+        return await session.run_sync(work)
+
+
+def _run_in_scope(url: str, work: Callable[[Session], T]) -> T:
+    with session_scope(url) as session:
+        return work(session)
+
+
+# Keyed by the event loop too: an asyncio connection belongs to the loop that opened it (a
+# test suite starts many servers, each with its own loop; a server process has one).
+@lru_cache(maxsize=8)
+def _async_sessionmaker(
+    url: str, _loop: asyncio.AbstractEventLoop
+) -> async_sessionmaker[AsyncSession]:
+    # No overflow: with the synchronous pool beside it, a web process holds at most 36.
+    engine = create_async_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=0)
+    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 def is_postgresql(session: Session) -> bool:

@@ -21,6 +21,11 @@ KICK_DELAY_S = 1.0
 _last_kick: dict[int, float] = {}
 
 
+def sends_in_process() -> bool:
+    """Whether notify_answers sends the mails itself (no broker), which takes a while."""
+    return bool(app.conf.task_always_eager)
+
+
 def notify_answers(session_id: int) -> None:
     """After an answer with a mail was committed: see that a sender goes through the outbox.
 
@@ -30,7 +35,7 @@ def notify_answers(session_id: int) -> None:
     every answer committed before it runs. A lost request costs only time: beat's sweep
     sends whatever is still due.
     """
-    if app.conf.task_always_eager:
+    if sends_in_process():
         enqueue(send_rsvp_notices, session_id)
         return
     now = time.monotonic()

@@ -7,8 +7,10 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -35,7 +37,7 @@ title: 容量为一的沙龙
 starts_at: {starts}
 ends_at: {ends}
 venue: {{mode: offline, name: 蒙民伟楼348室}}
-registration: {{capacity: 1, deadline: {deadline}}}
+registration: {{capacity: {capacity}, deadline: {deadline}}}
 talks: [{{kind: paper, speaker: 贾鑫康, title: 联邦学习背景下的MAML与域适应方法}}]
 """
 
@@ -69,7 +71,7 @@ class Live:
             return [(row[0], row[1], row[2]) for row in rows]
 
 
-def write_record(tmp_path: Path, *, deadline_in: timedelta) -> Path:
+def write_record(tmp_path: Path, *, deadline_in: timedelta, capacity: int = 1) -> Path:
     starts = utcnow() + timedelta(days=7)
     path = tmp_path / "095.yaml"
     path.write_text(
@@ -77,34 +79,38 @@ def write_record(tmp_path: Path, *, deadline_in: timedelta) -> Path:
             starts=starts.isoformat(),
             ends=(starts + timedelta(hours=2)).isoformat(),
             deadline=(utcnow() + deadline_in).isoformat(),
+            capacity=capacity,
         ),
         encoding="utf-8",
     )
     return path
 
 
-@pytest.fixture
-def live(configure: Configure, tmp_path: Path) -> Iterator[Live]:
-    port = free_port()
-    settings = configure(base_url=f"http://127.0.0.1:{port}")
+@contextmanager
+def serve_live(
+    settings: Settings, tmp_path: Path, *, people: int = 3, capacity: int = 1
+) -> Iterator[Live]:
+    """Session no. 95 (``capacity`` seats) and ``people`` subscribers in the settings'
+    database, and the app serving them on the port of ``settings.base_url``."""
     upgrade(settings.database_url)
     with session_scope(settings.database_url) as session:
         import_records(
             session,
-            [write_record(tmp_path, deadline_in=timedelta(days=6))],
+            [write_record(tmp_path, deadline_in=timedelta(days=6), capacity=capacity)],
             timezone="Asia/Shanghai",
         )
-        people = [
+        subscribers = [
             Subscriber(email=f"w{i}@example.org", name=f"访客{i}", created_at=utcnow())
-            for i in range(3)
+            for i in range(people)
         ]
-        session.add_all(people)
+        session.add_all(subscribers)
         session.flush()
         salon = sessions_repo.get_by_number(session, 95)
         assert salon is not None
-        ids, session_id = [p.id for p in people], salon.id
+        ids, session_id = [p.id for p in subscribers], salon.id
+    port = urlsplit(settings.base_url).port
     server = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(), host="127.0.0.1", port=port or 80, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -119,6 +125,14 @@ def live(configure: Configure, tmp_path: Path) -> Iterator[Live]:
         built.client.close()
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def live(configure: Configure, tmp_path: Path) -> Iterator[Live]:
+    """The app on SQLite (the embedded default): one seat, three people."""
+    settings = configure(base_url=f"http://127.0.0.1:{free_port()}")
+    with serve_live(settings, tmp_path) as built:
+        yield built
 
 
 def form_token(html: str) -> str:

@@ -55,11 +55,11 @@ def _admin_error(request: Request, status_code: int, title: str, detail: str) ->
     return page("admin_error.html", status_code, title=title, message=detail, csrf=csrf)
 
 
-# Threads that run the (synchronous) route handlers of one process. Measured under a burst
-# of confirmations on two cores: 4 threads per process beat 10 (they only take turns at the
-# GIL, which lengthens every request); more throughput comes from more processes
-# (``newsletter serve --workers``). Never more than the database pool holds (db.POOL_SIZE):
-# a thread beyond it would open and close a PostgreSQL connection per request.
+# Threads that run the synchronous route handlers of one process (the RSVP confirmation runs
+# on the event loop instead, see web/rsvp.py). Measured under a burst of confirmations on two
+# cores: 4 threads per process beat 10, which only take turns at the GIL and lengthen every
+# request. Never more than the database pool holds (db.POOL_SIZE): a thread beyond it would
+# open and close a PostgreSQL connection per request.
 HANDLER_THREADS = min(4, POOL_SIZE)
 
 

@@ -1,0 +1,59 @@
+"""The RSVP pages on PostgreSQL, where confirmations reach the database through the asyncio
+driver (db.run_unit): parallel requests for the last seats never over-fill them, and every
+answer is recorded, and each seat gets exactly one confirmation mail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from newsletter.db import session_scope
+from newsletter.rsvp import notice_repo
+from newsletter.rsvp.models import RsvpEvent
+from tests.conftest import Configure, _empty_tables
+from tests.servers import free_port
+from tests.webapp import Live, form_token, serve_live
+
+PEOPLE, SEATS = 40, 5
+
+
+@pytest.fixture
+def live_postgres(configure: Configure, postgres_url: str, tmp_path: Path) -> Iterator[Live]:
+    _empty_tables(postgres_url)
+    settings = configure(
+        database_url=postgres_url,
+        base_url=f"http://127.0.0.1:{free_port()}",
+        mail_url=f"file://{tmp_path / 'outbox'}",
+    )
+    with serve_live(settings, tmp_path, people=PEOPLE, capacity=SEATS) as built:
+        yield built
+
+
+def test_parallel_yes_for_the_last_seats_over_http(live_postgres: Live) -> None:
+    live = live_postgres
+    forms = []
+    for person in range(PEOPLE):
+        rsvp, _ = live.links(person)
+        forms.append((rsvp, form_token(live.client.get(rsvp).text)))
+
+    def press(form: tuple[str, str]) -> int:
+        with httpx.Client(base_url=live.settings.base_url, timeout=30) as client:
+            return client.post(form[0], data={"answer": "yes", "csrf": form[1]}).status_code
+
+    with ThreadPoolExecutor(max_workers=PEOPLE) as pool:
+        statuses = list(pool.map(press, forms))
+    assert statuses == [200] * PEOPLE
+    answers = live.rsvps()
+    assert len(answers) == PEOPLE
+    assert sum(1 for _, _, waitlisted in answers if not waitlisted) == SEATS
+    with session_scope(live.settings.database_url) as session:
+        assert notice_repo.pending_count(session) == 0
+        events = session.scalar(select(func.count()).select_from(RsvpEvent))
+    assert events == PEOPLE
+    outbox = Path(live.settings.mail_url.removeprefix("file://"))
+    assert len(list(outbox.glob("*.eml"))) == SEATS  # in-process mode: sent with the answer
