@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session, defer, lazyload
 from sqlalchemy.sql.expression import Executable
 
 from newsletter.db import UtcDateTime, is_postgresql
@@ -33,7 +33,9 @@ _ADDRESSEE = (
     select(SalonSession, Subscriber)
     .join(Subscriber, Subscriber.id == bindparam("subscriber_id"))
     .where(SalonSession.id == bindparam("session_id"))
-    .options(lazyload(Subscriber.tags))  # not the model's eager load: links never need tags
+    # Not the tags' eager load (links never need them), and not the record's JSON: pages
+    # take the parsed record from sessions.repo.record_of's cache, which loads it on a miss.
+    .options(lazyload(Subscriber.tags), defer(SalonSession.record))
 )
 
 

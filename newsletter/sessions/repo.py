@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
@@ -98,8 +99,24 @@ def upsert(
 
 
 def record_of(row: SalonSession) -> SessionRecord:
-    """The validated record a stored session was imported from."""
-    return SessionRecord.model_validate(row.record)
+    """The validated record a stored session was imported from.
+
+    Kept per process by (id, revision, time of import), which every import that changes the
+    record moves: pages read the record on every request, and validating it, or even
+    loading its JSON (see the deferred column in ``rsvp.repo``), costs more than the rest of
+    the row. Records are immutable (frozen pydantic models), so sharing one is safe.
+    """
+    key = (row.id, row.revision, row.updated_at)
+    found = _records.get(key)
+    if found is None:
+        if len(_records) >= _RECORDS_KEPT:  # old revisions: start afresh rather than grow
+            _records.clear()
+        found = _records[key] = SessionRecord.model_validate(row.record)
+    return found
+
+
+_RECORDS_KEPT = 256
+_records: dict[tuple[int, int, datetime], SessionRecord] = {}
 
 
 @dataclass(frozen=True, slots=True)
