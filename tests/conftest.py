@@ -135,3 +135,13 @@ def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Confi
 def settings(configure: Configure) -> Settings:
     """The embedded defaults (SQLite and outbox under ./var of a temp dir), as process settings."""
     return configure()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_login_throttle() -> Iterator[None]:
+    """Each test starts with no wrong admin tokens counted (the count lives in the process)."""
+    from newsletter.web.login_throttle import throttle
+
+    throttle.clear()
+    yield
+    throttle.clear()

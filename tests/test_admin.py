@@ -27,6 +27,7 @@ from newsletter.sessions.service import import_records
 from newsletter.tokens import Purpose, sign
 from newsletter.web import admin_session
 from newsletter.web.dashboard_chart import NARROW, WIDE, build_chart
+from newsletter.web.login_throttle import LoginThrottle
 from subscribers.models import Subscriber
 from tests.conftest import Configure
 from tests.webapp import Live, form_token, live, write_record
@@ -437,3 +438,24 @@ def test_chart_axes_pick_round_ticks(span: timedelta, expected: re.Pattern[str])
         assert xs == sorted(xs) and chart.plot_left <= xs[0] and xs[-1] <= chart.plot_right
         assert chart.y_ticks[0].label == "0" and int(chart.y_ticks[-1].label) >= 7
     assert build_chart([], end=start, zone=zone, geometry=WIDE) is None
+
+
+def test_ten_wrong_tokens_pause_that_address_even_for_the_right_one(live: Live) -> None:
+    for _ in range(10):
+        assert live.client.post("/admin/login", data={"token": "guess"}).status_code == 401
+    paused = live.client.post("/admin/login", data={"token": TOKEN})
+    assert paused.status_code == 429 and "错误次数过多" in paused.text
+    assert 0 < int(paused.headers["retry-after"]) <= 15 * 60
+    assert "set-cookie" not in paused.headers
+
+
+def test_the_pause_ends_with_the_window_and_a_right_token_clears_the_count() -> None:
+    throttle = LoginThrottle(max_failures=3, window_s=60)
+    for second in range(3):
+        throttle.failed("198.51.100.7", now=1000.0 + second)
+    assert throttle.retry_after("198.51.100.7", now=1010.0) == 51
+    assert throttle.retry_after("203.0.113.9", now=1010.0) == 0  # another address
+    assert throttle.retry_after("198.51.100.7", now=1061.0) == 0  # the first failure expired
+    throttle.failed("198.51.100.7", now=1062.0)
+    throttle.succeeded("198.51.100.7")
+    assert throttle.retry_after("198.51.100.7", now=1062.0) == 0

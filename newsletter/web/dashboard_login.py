@@ -19,6 +19,7 @@ from newsletter.web.admin_session import (
     set_login_cookie,
 )
 from newsletter.web.auth import is_admin_token
+from newsletter.web.login_throttle import throttle
 from newsletter.web.pages import SECURITY_HEADERS, page
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -42,15 +43,27 @@ def login_form(request: Request) -> Response:
 
 
 @router.post(LOGIN_PATH.removeprefix("/admin"), response_class=HTMLResponse)
-def login(token: Annotated[str, Form()] = "") -> Response:
+def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
     """Check the admin token (constant time) and set the login cookie.
 
     A wrong token gets the form again with 401 and one message for every cause: nothing tells
-    a guesser whether the token was close, empty or of the wrong length.
+    a guesser whether the token was close, empty or of the wrong length. After 10 wrong
+    tokens from one address in 15 minutes, that address gets 429 until the window moves on,
+    whatever it sends (see login_throttle).
     """
+    address = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(address)
+    if wait:
+        log.warning("dashboard login refused: too many wrong tokens from one address")
+        minutes = (wait + 59) // 60
+        refused = page("admin_login.html", 429, problem=f"错误次数过多，请 {minutes} 分钟后再试。")
+        refused.headers["Retry-After"] = str(wait)
+        return refused
     if not token or len(token) > MAX_TOKEN_FIELD or not is_admin_token(token.strip()):
+        throttle.failed(address)
         log.info("dashboard login refused")  # never the token itself
         return page("admin_login.html", 401, problem="管理令牌不正确，请重新输入。")
+    throttle.succeeded(address)
     response = redirect("/admin")
     set_login_cookie(response, new_login_cookie())
     log.info("dashboard login")
