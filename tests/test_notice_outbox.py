@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from email.message import EmailMessage
@@ -22,6 +23,7 @@ from tests.conftest import Configure
 from tests.servers import free_port
 from tests.smtp import SmtpServer
 from tests.test_rsvp_service import answer, setup_session
+from tests.webapp import serve_live
 
 StartSmtp = Callable[..., SmtpServer]
 
@@ -124,3 +126,23 @@ def test_a_dead_relay_loses_no_notice_and_the_sweep_sends_it(
     send_rsvp_notices(None)  # what beat's sweep runs: every session's due notices
     assert recipients(relay) == sorted(address(db_url, person) for person in people)
     assert pending(db_url) == 0
+
+
+def test_without_a_broker_the_web_process_sends_due_notices_itself(
+    configure: Configure, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "outbox"
+    settings = configure(
+        base_url=f"http://127.0.0.1:{free_port()}",
+        mail_url=f"file://{outbox}",
+        sweep_interval="0.2",
+    )
+    with serve_live(settings, tmp_path, people=1) as live:
+        # Recorded with no request for a sender (as after a crash, or a relay that refused).
+        answer(settings.database_url, live.session_id, live.people[0], Answer.yes)
+        assert pending(settings.database_url) == 1
+        deadline = time.monotonic() + 10
+        while pending(settings.database_url) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert pending(settings.database_url) == 0
+    assert len(list(outbox.glob("*.eml"))) == 1

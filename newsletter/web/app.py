@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,11 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from newsletter.config import get_settings
 from newsletter.db import POOL_SIZE
 from newsletter.web import api, calendar_routes, dashboard, dashboard_login, rsvp, unsubscribe
 from newsletter.web.admin_session import LOGIN_PATH, LoginRequired, csrf_token, current_login
 from newsletter.web.dashboard_login import redirect
 from newsletter.web.pages import error_page, page
+from tasks.rsvp import send_rsvp_notices, sends_in_process
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,25 @@ HANDLER_THREADS = min(4, POOL_SIZE)
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = HANDLER_THREADS
-    yield
+    if not sends_in_process():  # a broker: beat's sweep retries the mails of answers
+        yield
+        return
+    # No broker, hence no beat: this process retries the mails of answers that a relay
+    # refused for a while, or that a crash left unsent.
+    sweeper = asyncio.create_task(_sweep_notices(get_settings().sweep_interval))
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+
+
+async def _sweep_notices(interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await anyio.to_thread.run_sync(send_rsvp_notices)
+        except Exception:  # a bad moment of the database or relay: try again next round
+            log.exception("sending due rsvp notices failed; retrying in %s s", interval_s)
 
 
 def create_app() -> FastAPI:
