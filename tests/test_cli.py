@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import email
+import email.message
 import email.policy
 import os
 import re
@@ -84,6 +85,27 @@ def test_preview_writes_html_and_eml(demo_dir: Path) -> None:
         policy=email.policy.default,
     )
     assert message.get_content_type() == "multipart/alternative"
+
+
+def test_preview_of_the_reminder(demo_dir: Path) -> None:
+    result = run(demo_dir, "preview", "62", "--reminder", "--out", "r62.eml")
+    assert result.returncode == 0, result.stderr
+    message = email.message_from_bytes(
+        (demo_dir / "r62.eml").read_bytes(), policy=email.policy.default
+    )
+    assert str(message["Subject"]).startswith("提醒：")
+    assert isinstance(message, email.message.EmailMessage)
+    text = message.get_body(("plain",))
+    assert text is not None and "你已报名参加" in text.get_content()
+    invitation = run(demo_dir, "preview", "62", "--out", "i62.eml")
+    assert invitation.returncode == 0, invitation.stderr
+    invited = email.message_from_bytes(
+        (demo_dir / "i62.eml").read_bytes(), policy=email.policy.default
+    )
+    assert isinstance(invited, email.message.EmailMessage)
+    invitation_text = invited.get_body(("plain",))
+    assert invitation_text is not None and "沙龙回顾" in invitation_text.get_content()
+    assert "沙龙回顾" not in text.get_content()  # the invitation's archive is not in it
 
 
 def test_bad_record_exits_non_zero_with_file_and_field(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``newsletter preview``: one invitation, rendered exactly as it would be sent."""
+"""``newsletter preview``: one invitation (or reminder), rendered exactly as it would be sent."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from newsletter.campaigns.compiled import build_message, compile_invitation, recipient_for
+from newsletter.campaigns.models import CampaignKind
 from newsletter.cli.common import console, err_console, fail, handles_errors
 from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
@@ -24,11 +25,15 @@ def preview(
         None, "--out", help="Write FILE.html (the HTML part) or FILE.eml (the whole message)."
     ),
     subject: str | None = typer.Option(None, help="Subject line (default: from the record)."),
+    reminder: bool = typer.Option(
+        False, "--reminder", help="The reminder that `campaign remind` sends, not the invitation."
+    ),
 ) -> None:
-    """Render one invitation exactly as a campaign would send it."""
+    """Render one invitation (or reminder) exactly as a campaign would send it."""
     settings = get_settings()
     upgrade(settings.database_url)
-    path, size = write_preview(settings, number, to=to, out=out, subject=subject)
+    kind = CampaignKind.reminder if reminder else CampaignKind.invitation
+    path, size = write_preview(settings, number, to=to, out=out, subject=subject, kind=kind)
     console.print(f"wrote {path} ({size:,} bytes as a message)")
 
 
@@ -39,8 +44,10 @@ def write_preview(
     to: str | None = None,
     out: Path | None = None,
     subject: str | None = None,
+    kind: CampaignKind = CampaignKind.invitation,
 ) -> tuple[Path, int]:
-    """Write session ``number``'s invitation for ``to`` (or a sample reader) to ``out``.
+    """Write session ``number``'s invitation (or reminder) for ``to`` (or a sample reader)
+    to ``out``.
 
     Returns the path written and the size of the whole message in bytes.
     """
@@ -59,7 +66,7 @@ def write_preview(
             else:
                 name, subscriber_id = person.name, person.id
         compiled = compile_invitation(
-            session, salon, subject=subject, campaign_id=0, settings=settings
+            session, salon, subject=subject, campaign_id=0, settings=settings, kind=kind
         )
     keys = settings.secret_keys
     message = build_message(compiled, 0, subscriber_id, name, address, settings, keys)
