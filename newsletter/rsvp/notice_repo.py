@@ -80,7 +80,7 @@ def settle(
 
 
 def pending_count(session: Session, session_id: int | None = None) -> int:
-    """Notices not yet sent nor given up (for status output and tests)."""
+    """Notices not yet sent nor given up (for the tests and for checks by hand)."""
     query = select(func.count()).where(RsvpEvent.notice_due_at.is_not(None))
     if session_id is not None:
         query = query.where(RsvpEvent.session_id == session_id)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns import repo as campaigns_repo
@@ -32,10 +35,12 @@ CampaignId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 class SessionOut(BaseModel):
     """A session with its answer counts."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     number: int
     series: str
     title: str
-    starts_at: str
+    starts_at: str = Field(validation_alias="starts_at_local")  # in the session's zone
     venue_mode: str | None
     capacity: int | None
     yes: int
@@ -46,6 +51,8 @@ class SessionOut(BaseModel):
 
 class AttendeeOut(BaseModel):
     """One answer."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     name: str
     email: str
@@ -82,6 +89,17 @@ class ReminderIn(BaseModel):
     subject: str | None = Field(default=None, min_length=1, max_length=300)
 
 
+@contextmanager
+def _refusals_as_http() -> Iterator[None]:
+    """404 for what does not exist, 409 for what its state forbids, with the service's words."""
+    try:
+        yield
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except InvalidStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
 def _campaign_out(campaign_id: int) -> CampaignProgress:
     with session_scope(get_settings().database_url) as session:
         return campaigns.progress(session, campaign_id)
@@ -92,21 +110,7 @@ def list_sessions() -> list[SessionOut]:
     """Every session, newest first, with answer counts."""
     with session_scope(get_settings().database_url) as session:
         rows = sessions_repo.list_with_counts(session)
-    return [
-        SessionOut(
-            number=r.number,
-            series=r.series,
-            title=r.title,
-            starts_at=r.starts_at_local,
-            venue_mode=r.venue_mode,
-            capacity=r.capacity,
-            yes=r.yes,
-            maybe=r.maybe,
-            no=r.no,
-            waitlisted=r.waitlisted,
-        )
-        for r in rows
-    ]
+    return [SessionOut.model_validate(row) for row in rows]
 
 
 def _salon_id(session: Session, number: int) -> tuple[int, int | None]:
@@ -126,22 +130,8 @@ def session_rsvps(number: Number) -> RsvpsOut:
     return RsvpsOut(
         number=number,
         capacity=capacity,
-        yes=counts.yes,
-        maybe=counts.maybe,
-        no=counts.no,
-        waitlisted=counts.waitlisted,
-        seats=counts.seats,
-        attendees=[
-            AttendeeOut(
-                name=r.name,
-                email=r.email,
-                answer=r.answer,
-                guests=r.guests,
-                waitlisted=r.waitlisted,
-                answered_at=r.answered_at,
-            )
-            for r in rows
-        ],
+        attendees=[AttendeeOut.model_validate(row) for row in rows],
+        **asdict(counts),
     )
 
 
@@ -164,15 +154,10 @@ def create_reminder(number: Number, body: ReminderIn | None = None) -> CampaignP
 
     404 for an unknown session; 409 when it is cancelled, over, or nobody has confirmed.
     """
-    try:
-        with session_scope(get_settings().database_url) as session:
-            campaign_id = campaigns.create_reminder(
-                session, number, subject=body.subject if body else None
-            ).id
-    except NotFoundError as exc:
-        raise HTTPException(404, str(exc)) from None
-    except InvalidStateError as exc:
-        raise HTTPException(409, str(exc)) from None
+    with _refusals_as_http(), session_scope(get_settings().database_url) as session:
+        campaign_id = campaigns.create_reminder(
+            session, number, subject=body.subject if body else None
+        ).id
     enqueue(start_campaign, campaign_id)  # after the commit above
     return _campaign_out(campaign_id)
 
@@ -187,25 +172,18 @@ def list_campaigns() -> list[CampaignProgress]:
 @router.post("/campaigns", status_code=201)
 def create_campaign(body: CampaignIn) -> CampaignProgress:
     """Create a draft campaign (recipients snapshotted now); send it with .../send."""
-    try:
-        with session_scope(get_settings().database_url) as session:
-            campaign_id = campaigns.create_campaign(
-                session, body.number, subject=body.subject, tag=body.tag
-            ).id
-    except NotFoundError as exc:
-        raise HTTPException(404, str(exc)) from None
-    except InvalidStateError as exc:
-        raise HTTPException(409, str(exc)) from None
+    with _refusals_as_http(), session_scope(get_settings().database_url) as session:
+        campaign_id = campaigns.create_campaign(
+            session, body.number, subject=body.subject, tag=body.tag
+        ).id
     return _campaign_out(campaign_id)
 
 
 @router.get("/campaigns/{campaign_id}")
 def campaign_status(campaign_id: CampaignId) -> CampaignProgress:
     """State and counts, read from the delivery rows."""
-    try:
+    with _refusals_as_http():
         return _campaign_out(campaign_id)
-    except NotFoundError as exc:
-        raise HTTPException(404, str(exc)) from None
 
 
 @router.post("/campaigns/{campaign_id}/{action}")
@@ -213,13 +191,8 @@ def change_campaign(
     campaign_id: CampaignId, action: Literal["send", "pause", "resume", "cancel"]
 ) -> CampaignProgress:
     """Send (or resume), pause, or cancel a campaign."""
-    try:
-        with session_scope(get_settings().database_url) as session:
-            start = campaigns.apply_organizer_action(session, campaign_id, action)
-    except NotFoundError as exc:
-        raise HTTPException(404, str(exc)) from None
-    except InvalidStateError as exc:
-        raise HTTPException(409, str(exc)) from None
+    with _refusals_as_http(), session_scope(get_settings().database_url) as session:
+        start = campaigns.apply_organizer_action(session, campaign_id, action)
     if start:
         enqueue(start_campaign, campaign_id)  # after the commit above
     return _campaign_out(campaign_id)
