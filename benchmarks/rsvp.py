@@ -9,7 +9,7 @@ answers the database recorded, which must equal the number of requests sent.
 
 Run: ``.venv/bin/python benchmarks/rsvp.py [--n 20000] [--concurrency 32] [--workers 2]``.
 The last line is one JSON object: ``{"sent", "recorded", "requests_per_s", "p50_ms",
-"p99_ms"}`` (plus the number of non-200 answers).
+"p99_ms"}`` (plus the number of non-200 answers and of confirmation mails queued).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from sqlalchemy import func, insert, select  # noqa: E402
 
 from newsletter.db import session_scope, utcnow  # noqa: E402
 from newsletter.migrate import upgrade  # noqa: E402
-from newsletter.rsvp.models import Rsvp  # noqa: E402
+from newsletter.rsvp.models import NoticeKind, Rsvp, RsvpEvent  # noqa: E402
 from newsletter.sessions import repo as sessions_repo  # noqa: E402
 from newsletter.sessions.service import import_records  # noqa: E402
 from newsletter.tokens import Purpose, sign  # noqa: E402
@@ -228,6 +228,13 @@ def main() -> None:
             server.wait(30)
         with session_scope(pg.url) as session:
             recorded = int(session.scalar(select(func.count()).select_from(Rsvp)) or 0)
+            # Each confirmed seat's mail waits in the outbox, committed with its answer.
+            mails = int(
+                session.scalar(
+                    select(func.count()).where(RsvpEvent.notice == NoticeKind.confirmed.value)
+                )
+                or 0
+            )
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
@@ -238,6 +245,7 @@ def main() -> None:
     )
     print(f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; non-200 answers: {failures}")
     print(f"answers recorded in PostgreSQL: {recorded:,} of {len(latencies):,} sent")
+    print(f"confirmation mails queued with them: {mails:,}")
     print(
         json.dumps(
             {
@@ -247,6 +255,7 @@ def main() -> None:
                 "p50_ms": round(p50, 1),
                 "p99_ms": round(p99, 1),
                 "non_200": failures,
+                "mails_queued": mails,
             }
         )
     )

@@ -1,11 +1,12 @@
 """The RSVP pages on PostgreSQL, where confirmations reach the database through the asyncio
-driver (db.run_unit): parallel requests for the last seats never over-fill them, and every
-answer is recorded, and each seat gets exactly one confirmation mail."""
+driver (one statement, or db.run_unit for seats): parallel requests for the last seats never
+over-fill them, every answer is recorded, and each seat gets exactly one confirmation mail."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -15,9 +16,10 @@ from sqlalchemy import func, select
 from newsletter.db import session_scope
 from newsletter.rsvp import notice_repo
 from newsletter.rsvp.models import RsvpEvent
+from newsletter.sessions.service import import_records
 from tests.conftest import Configure, _empty_tables
 from tests.servers import free_port
-from tests.webapp import Live, form_token, serve_live
+from tests.webapp import Live, form_token, serve_live, write_record
 
 PEOPLE, SEATS = 40, 5
 
@@ -57,3 +59,54 @@ def test_parallel_yes_for_the_last_seats_over_http(live_postgres: Live) -> None:
     assert events == PEOPLE
     outbox = Path(live.settings.mail_url.removeprefix("file://"))
     assert len(list(outbox.glob("*.eml"))) == SEATS  # in-process mode: sent with the answer
+
+
+@pytest.fixture
+def live_unlimited(configure: Configure, postgres_url: str, tmp_path: Path) -> Iterator[Live]:
+    _empty_tables(postgres_url)
+    settings = configure(
+        database_url=postgres_url,
+        base_url=f"http://127.0.0.1:{free_port()}",
+        mail_url=f"file://{tmp_path / 'outbox'}",
+    )
+    with serve_live(settings, tmp_path, people=PEOPLE, capacity=None) as built:
+        yield built
+
+
+def test_a_burst_without_a_seat_limit_records_every_answer_once(
+    live_unlimited: Live, tmp_path: Path
+) -> None:
+    """The one-statement path: every answer, one history row and one mail each; pressing
+    again records nothing more; the page follows a re-imported record."""
+    live = live_unlimited
+    forms = []
+    for person in range(PEOPLE):
+        rsvp, _ = live.links(person)
+        forms.append((rsvp, form_token(live.client.get(rsvp).text)))
+
+    def press(form: tuple[str, str]) -> httpx.Response:
+        with httpx.Client(base_url=live.settings.base_url, timeout=30) as client:
+            return client.post(form[0], data={"answer": "yes", "csrf": form[1]})
+
+    with ThreadPoolExecutor(max_workers=PEOPLE) as pool:
+        pages = list(pool.map(press, forms))
+    assert [page.status_code for page in pages] == [200] * PEOPLE
+    assert all("已记录你的答复：<strong>是，我会参加</strong>" in page.text for page in pages)
+    assert sorted(live.rsvps()) == sorted((p, "yes", False) for p in live.people)
+    again = press(forms[0])  # a double click
+    assert again.status_code == 200 and "是，我会参加" in again.text
+    with session_scope(live.settings.database_url) as session:
+        events = session.scalar(select(func.count()).select_from(RsvpEvent))
+    assert events == PEOPLE
+    outbox = Path(live.settings.mail_url.removeprefix("file://"))
+    assert len(list(outbox.glob("*.eml"))) == PEOPLE
+
+    with session_scope(live.settings.database_url) as session:  # the organizer edits it
+        import_records(
+            session,
+            [write_record(tmp_path, deadline_in=timedelta(days=6), capacity=None, theme="新专题")],
+            timezone="Asia/Shanghai",
+        )
+    changed = live.client.post(forms[1][0], data={"answer": "no", "csrf": forms[1][1]})
+    assert changed.status_code == 200 and "新专题" in changed.text
+    assert "已记录你的答复：<strong>不参加</strong>" in changed.text

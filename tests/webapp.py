@@ -32,7 +32,7 @@ from tests.servers import free_port
 RECORD = """\
 number: 95
 series: 机器学习开发者沙龙
-theme: 测试专题 <script>x</script>
+theme: {theme} <script>x</script>
 title: 容量为一的沙龙
 starts_at: {starts}
 ends_at: {ends}
@@ -71,7 +71,9 @@ class Live:
             return [(row[0], row[1], row[2]) for row in rows]
 
 
-def write_record(tmp_path: Path, *, deadline_in: timedelta, capacity: int = 1) -> Path:
+def write_record(
+    tmp_path: Path, *, deadline_in: timedelta, capacity: int | None = 1, theme: str = "测试专题"
+) -> Path:
     starts = utcnow() + timedelta(days=7)
     path = tmp_path / "095.yaml"
     path.write_text(
@@ -79,7 +81,8 @@ def write_record(tmp_path: Path, *, deadline_in: timedelta, capacity: int = 1) -
             starts=starts.isoformat(),
             ends=(starts + timedelta(hours=2)).isoformat(),
             deadline=(utcnow() + deadline_in).isoformat(),
-            capacity=capacity,
+            capacity="null" if capacity is None else capacity,
+            theme=theme,
         ),
         encoding="utf-8",
     )
@@ -88,10 +91,10 @@ def write_record(tmp_path: Path, *, deadline_in: timedelta, capacity: int = 1) -
 
 @contextmanager
 def serve_live(
-    settings: Settings, tmp_path: Path, *, people: int = 3, capacity: int = 1
+    settings: Settings, tmp_path: Path, *, people: int = 3, capacity: int | None = 1
 ) -> Iterator[Live]:
-    """Session no. 95 (``capacity`` seats) and ``people`` subscribers in the settings'
-    database, and the app serving them on the port of ``settings.base_url``."""
+    """Session no. 95 (``capacity`` seats, None for no limit) and ``people`` subscribers in
+    the settings' database, and the app serving them on the port of ``settings.base_url``."""
     upgrade(settings.database_url)
     with session_scope(settings.database_url) as session:
         import_records(

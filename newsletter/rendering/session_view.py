@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from newsletter.rendering.environment import cn_datetime_range, cn_deadline
 from newsletter.sessions.models import SalonSession
+from newsletter.sessions.repo import record_of
 from newsletter.sessions.schema import SessionRecord, VenueMode
 
 
@@ -73,3 +75,26 @@ def session_view(salon: SalonSession, record: SessionRecord, base_url: str) -> S
         cancelled=salon.cancelled,
         calendar_url=f"{base_url}/sessions/{record.number}.ics",
     )
+
+
+def view_of(salon: SalonSession, base_url: str) -> SessionView:
+    """:func:`session_view` of the stored session, kept per version of the session (as the
+    record is, see ``sessions.repo.record_of``): every RSVP page shows it."""
+    key = (salon.id, salon.revision, salon.updated_at, base_url)
+    found = _views.get(key)
+    if found is None:
+        if len(_views) >= _VIEWS_KEPT:  # old revisions: start afresh rather than grow
+            _views.clear()
+        found = _views[key] = session_view(salon, record_of(salon), base_url)
+    return found
+
+
+def known_view(
+    session_id: int, revision: int, updated_at: datetime, base_url: str
+) -> SessionView | None:
+    """The view of this version of the session if a page showed it before, else None."""
+    return _views.get((session_id, revision, updated_at, base_url))
+
+
+_VIEWS_KEPT = 256
+_views: dict[tuple[int, int, datetime, str], SessionView] = {}

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
-from typing import cast
 
 from sqlalchemy import (
     ScalarResult,
-    Table,
     bindparam,
     case,
     func,
-    insert,
-    literal,
-    null,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, defer, lazyload
-from sqlalchemy.sql.expression import Executable
 
-from newsletter.db import UtcDateTime, is_postgresql
+from newsletter.db import is_postgresql
 from newsletter.rsvp.models import Answer, NoticeKind, Rsvp, RsvpEvent
 from newsletter.sessions.models import SalonSession
 from subscribers.models import Subscriber
@@ -68,108 +60,6 @@ def lock_session(session: Session, session_id: int) -> None:
         .values(revision=SalonSession.revision)
         .execution_options(synchronize_session=False)
     )
-
-
-@lru_cache(maxsize=2)
-def _unlimited_answer_statement(dialect: str) -> Executable:
-    """The upsert of an answer without a seat limit (see save_unlimited_answer), per dialect.
-
-    Parameters: session_id, subscriber_id, answer, guests, now.
-    """
-    # Core tables, not the ORM classes: with a parameter dict the ORM would take these for
-    # "bulk" inserts, which support neither ON CONFLICT nor RETURNING from a CTE.
-    rsvps, events = cast(Table, Rsvp.__table__), cast(Table, RsvpEvent.__table__)
-    now = bindparam("now", type_=UtcDateTime())
-    new = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(rsvps).values(
-        session_id=bindparam("session_id"),
-        subscriber_id=bindparam("subscriber_id"),
-        answer=bindparam("answer"),
-        guests=bindparam("guests"),
-        waitlisted=False,
-        answered_at=now,
-        updated_at=now,
-    )
-    upsert = new.on_conflict_do_update(
-        index_elements=[rsvps.c.session_id, rsvps.c.subscriber_id],
-        set_={
-            "answer": new.excluded.answer,
-            "guests": new.excluded.guests,
-            "waitlisted": False,
-            "updated_at": new.excluded.updated_at,
-            # A new "yes" queues behind earlier ones, should a seat limit come later.
-            "answered_at": case(
-                (
-                    (new.excluded.answer == Answer.yes.value)
-                    & (rsvps.c.answer != Answer.yes.value),
-                    new.excluded.answered_at,
-                ),
-                else_=rsvps.c.answered_at,
-            ),
-        },
-        where=(rsvps.c.answer != new.excluded.answer)
-        | (rsvps.c.guests != new.excluded.guests)
-        | rsvps.c.waitlisted.is_(True),
-    ).returning(rsvps.c.session_id, rsvps.c.subscriber_id, rsvps.c.answer)
-    if dialect != "postgresql":
-        return upsert
-    # PostgreSQL appends the history row in the same statement (a data-modifying CTE).
-    # A "yes" here always has a seat, so it carries its confirmation mail.
-    changed = upsert.cte("changed")
-    confirmed = changed.c.answer == Answer.yes.value
-    return (
-        insert(events)
-        .from_select(
-            [
-                "session_id",
-                "subscriber_id",
-                "answer",
-                "waitlisted",
-                "at",
-                "notice",
-                "notice_due_at",
-            ],
-            select(
-                changed.c.session_id,
-                changed.c.subscriber_id,
-                changed.c.answer,
-                literal(False),
-                now,
-                case((confirmed, NoticeKind.confirmed.value), else_=null()),
-                case((confirmed, now), else_=null()),
-            ),
-        )
-        .returning(events.c.id)
-    )
-
-
-def save_unlimited_answer(
-    session: Session,
-    session_id: int,
-    subscriber_id: int,
-    answer: Answer,
-    guests: int,
-    now: datetime,
-) -> bool:
-    """Insert or change an answer for a session without a seat limit; True if it changed.
-
-    Nobody waits for a seat, so no lock is needed: one upsert (``ON CONFLICT … DO UPDATE …
-    WHERE`` something differs) decides atomically, even when the same person's two clicks
-    race. This is the path a burst of confirmations right after a send takes, so on
-    PostgreSQL it is a single round trip that also appends the history row.
-    """
-    dialect = session.get_bind().dialect.name
-    values = {
-        "session_id": session_id,
-        "subscriber_id": subscriber_id,
-        "answer": answer.value,
-        "guests": guests,
-        "now": now,
-    }
-    changed = session.execute(_unlimited_answer_statement(dialect), values).first() is not None
-    if changed and dialect != "postgresql":
-        notice = NoticeKind.confirmed if answer == Answer.yes else None
-        add_event_row(session, session_id, subscriber_id, answer, False, now, notice)
-    return changed
 
 
 def get(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:

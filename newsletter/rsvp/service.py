@@ -11,6 +11,7 @@ from newsletter.db import utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.rsvp import repo
 from newsletter.rsvp.models import Answer, NoticeKind, Rsvp
+from newsletter.rsvp.unlimited import save_unlimited_answer
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 
@@ -64,9 +65,9 @@ def record_answer(
     if not 0 <= guests <= allowed:
         raise InvalidStateError(f"session {salon.number} allows at most {allowed} guests")
     if salon.capacity is None:
-        changed = repo.save_unlimited_answer(
-            session, session_id, subscriber_id, answer, guests, now
-        )
+        changed = save_unlimited_answer(session, session_id, subscriber_id, answer, guests, now)
+        if changed is None:  # cancelled or closed since it was read above
+            raise AnswersClosed(f"answers for session {salon.number} are closed")
         return Recorded(answer, guests, waitlisted=False, position=None, changed=changed)
     return _record_with_seats(session, salon, subscriber_id, answer, guests, now)
 

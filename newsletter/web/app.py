@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from newsletter.config import get_settings
-from newsletter.db import POOL_SIZE
+from newsletter.db import POOL_SIZE, close_async_connections
 from newsletter.web import api, calendar_routes, dashboard, dashboard_login, rsvp, unsubscribe
 from newsletter.web.admin_session import LOGIN_PATH, LoginRequired, csrf_token, current_login
 from newsletter.web.dashboard_login import redirect
@@ -69,16 +69,17 @@ HANDLER_THREADS = min(4, POOL_SIZE)
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = HANDLER_THREADS
-    if not sends_in_process():  # a broker: beat's sweep retries the mails of answers
-        yield
-        return
     # No broker, hence no beat: this process retries the mails of answers that a relay
-    # refused for a while, or that a crash left unsent.
-    sweeper = asyncio.create_task(_sweep_notices(get_settings().sweep_interval))
+    # refused for a while, or that a crash left unsent. With a broker beat's sweep does.
+    sweeper = None
+    if sends_in_process():
+        sweeper = asyncio.create_task(_sweep_notices(get_settings().sweep_interval))
     try:
         yield
     finally:
-        sweeper.cancel()
+        if sweeper is not None:
+            sweeper.cancel()
+        await close_async_connections()
 
 
 async def _sweep_notices(interval_s: float) -> None:

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from newsletter.config import get_settings
 from newsletter.db import run_unit, session_scope, utcnow
 from newsletter.errors import InvalidStateError
-from newsletter.rendering.session_view import SessionView, session_view
+from newsletter.rendering.session_view import SessionView, known_view, view_of
 from newsletter.rsvp.models import Answer
 from newsletter.rsvp.service import (
     AnswersClosed,
@@ -23,6 +23,7 @@ from newsletter.rsvp.service import (
     current_answer,
     record_answer,
 )
+from newsletter.rsvp.unlimited import answer_open_session
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from newsletter.tokens import Purpose
@@ -52,7 +53,7 @@ def show(token: str, answer: Annotated[Answer | None, Query()] = None) -> HTMLRe
         who = addressee(session, ids["s"], ids["u"])
         record = sessions_repo.record_of(who.salon)
         current = current_answer(session, who.salon.id, who.subscriber.id)
-        view = session_view(who.salon, record, settings.base_url)
+        view = view_of(who.salon, settings.base_url)
         closed = who.salon.cancelled or _closed(who.salon)
         registration = record.registration
     return page(
@@ -85,16 +86,8 @@ async def confirm(
     """
     ids = _ids(token)
     check_form_token(csrf, ids)
-    settings = get_settings()
-
-    def work(session: Session) -> tuple[Recorded, SessionView]:
-        who = addressee(session, ids["s"], ids["u"])
-        recorded = record_answer(session, who.salon.id, who.subscriber.id, answer, guests=guests)
-        record = sessions_repo.record_of(who.salon)
-        return recorded, session_view(who.salon, record, settings.base_url)
-
     try:
-        recorded, view = await run_unit(settings.database_url, work)
+        recorded, view = await _record(ids["s"], ids["u"], answer, guests)
     except AnswersClosed:
         raise HTTPException(409, "报名已截止，无法再修改答复。") from None
     except InvalidStateError as exc:  # e.g. more guests than the session allows
@@ -107,6 +100,37 @@ async def confirm(
         label=LABELS[recorded.answer],
         change_url=f"/rsvp/{token}",
     )
+
+
+async def _record(
+    session_id: int, subscriber_id: int, answer: Answer, guests: int
+) -> tuple[Recorded, SessionView]:
+    """Record the answer; what was recorded, and the session as the page shows it.
+
+    Most answers of a burst are decided by one statement (see rsvp.unlimited); the others
+    (seat limits, guests, SQLite, a closed session or a link to nobody) take the service's
+    full path, which also raises what is wrong.
+    """
+    settings = get_settings()
+    url, base_url = settings.database_url, settings.base_url
+    quick = await answer_open_session(url, session_id, subscriber_id, answer, guests, utcnow())
+    if quick is not None:
+        recorded = Recorded(answer, 0, waitlisted=False, position=None, changed=quick.changed)
+        view = known_view(session_id, quick.revision, quick.updated_at, base_url)
+        if view is None:  # the first answer since this version of the session was imported
+            view = await run_unit(url, lambda session: _view(session, session_id, subscriber_id))
+        return recorded, view
+
+    def work(session: Session) -> tuple[Recorded, SessionView]:
+        who = addressee(session, session_id, subscriber_id)
+        recorded = record_answer(session, who.salon.id, who.subscriber.id, answer, guests=guests)
+        return recorded, view_of(who.salon, base_url)
+
+    return await run_unit(url, work)
+
+
+def _view(session: Session, session_id: int, subscriber_id: int) -> SessionView:
+    return view_of(addressee(session, session_id, subscriber_id).salon, get_settings().base_url)
 
 
 def _closed(salon: SalonSession) -> bool:
