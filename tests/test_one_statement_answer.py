@@ -5,6 +5,7 @@ the case to the service's full path."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def quick(
         finally:
             await close_async_connections()
 
-    return asyncio.run(run())
+    # A thread of its own: the session's browser fixture keeps an event loop running here.
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, run()).result()
 
 
 def stored(url: str) -> tuple[list[tuple[int, str]], list[tuple[int, str, str | None]]]:
