@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,15 +25,24 @@ from tests.webapp import Live, form_token, serve_live, write_record
 PEOPLE, SEATS = 40, 5
 
 
-@pytest.fixture
-def live_postgres(configure: Configure, postgres_url: str, tmp_path: Path) -> Iterator[Live]:
+@contextmanager
+def serve_on_postgres(
+    configure: Configure, postgres_url: str, tmp_path: Path, capacity: int | None
+) -> Iterator[Live]:
+    """The app on an emptied PostgreSQL database, PEOPLE subscribers, mails to a folder."""
     _empty_tables(postgres_url)
     settings = configure(
         database_url=postgres_url,
         base_url=f"http://127.0.0.1:{free_port()}",
         mail_url=f"file://{tmp_path / 'outbox'}",
     )
-    with serve_live(settings, tmp_path, people=PEOPLE, capacity=SEATS) as built:
+    with serve_live(settings, tmp_path, people=PEOPLE, capacity=capacity) as built:
+        yield built
+
+
+@pytest.fixture
+def live_postgres(configure: Configure, postgres_url: str, tmp_path: Path) -> Iterator[Live]:
+    with serve_on_postgres(configure, postgres_url, tmp_path, SEATS) as built:
         yield built
 
 
@@ -63,13 +73,7 @@ def test_parallel_yes_for_the_last_seats_over_http(live_postgres: Live) -> None:
 
 @pytest.fixture
 def live_unlimited(configure: Configure, postgres_url: str, tmp_path: Path) -> Iterator[Live]:
-    _empty_tables(postgres_url)
-    settings = configure(
-        database_url=postgres_url,
-        base_url=f"http://127.0.0.1:{free_port()}",
-        mail_url=f"file://{tmp_path / 'outbox'}",
-    )
-    with serve_live(settings, tmp_path, people=PEOPLE, capacity=None) as built:
+    with serve_on_postgres(configure, postgres_url, tmp_path, None) as built:
         yield built
 
 
