@@ -151,7 +151,7 @@ async def run_unit(url: str, work: Callable[[Session], T]) -> T:
     a worker thread inside :func:`session_scope`.
     """
     absolute = _absolute(url)
-    if make_url(absolute).get_backend_name() != "postgresql":
+    if not is_postgresql_url(absolute):
         return await asyncio.to_thread(_run_in_scope, absolute, work)
     factory = _async_sessionmaker(absolute, asyncio.get_running_loop())
     async with factory() as session, session.begin():
@@ -231,9 +231,14 @@ async def _driver_pool(url: str) -> asyncpg.Pool:
     again after a failed opening, e.g. while the database was down)."""
     key = (url, asyncio.get_running_loop())
     opening = _driver_pools.get(key)
-    if opening is None or (opening.done() and opening.exception() is not None):
+    if opening is None or (opening.done() and not _opened(opening)):
         opening = _driver_pools[key] = asyncio.ensure_future(_open_driver_pool(url))
     return await asyncio.shield(opening)
+
+
+def _opened(opening: asyncio.Task[asyncpg.Pool]) -> bool:
+    """Whether a finished opening gave a pool (not an error, nor a cancellation)."""
+    return not opening.cancelled() and opening.exception() is None
 
 
 async def _open_driver_pool(url: str) -> asyncpg.Pool:
@@ -253,11 +258,17 @@ async def close_async_connections() -> None:
     loop = asyncio.get_running_loop()
     for key in [key for key in _driver_pools if key[1] is loop]:
         opening = _driver_pools.pop(key)
-        if opening.done() and opening.exception() is None:
+        if opening.done() and _opened(opening):
             await opening.result().close()
     for url, engine_loop in list(_async_engines):
         if engine_loop is loop:
             await _async_engines.pop((url, engine_loop)).dispose()
+
+
+@lru_cache(maxsize=8)
+def is_postgresql_url(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL database (kept: asked on every answer)."""
+    return make_url(url).get_backend_name() == "postgresql"
 
 
 def is_postgresql(session: Session) -> bool:

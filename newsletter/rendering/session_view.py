@@ -80,12 +80,12 @@ def session_view(salon: SalonSession, record: SessionRecord, base_url: str) -> S
 def view_of(salon: SalonSession, base_url: str) -> SessionView:
     """:func:`session_view` of the stored session, kept per version of the session (as the
     record is, see ``sessions.repo.record_of``): every RSVP page shows it."""
-    key = (salon.id, salon.revision, salon.updated_at, base_url)
-    found = _views.get(key)
+    found = known_view(salon.id, salon.revision, salon.updated_at, base_url)
     if found is None:
         if len(_views) >= _VIEWS_KEPT:  # old revisions: start afresh rather than grow
             _views.clear()
-        found = _views[key] = session_view(salon, record_of(salon), base_url)
+        found = session_view(salon, record_of(salon), base_url)
+        _views[(salon.id, salon.revision, salon.updated_at, base_url)] = found
     return found
 
 

@@ -18,12 +18,17 @@ from typing import cast
 
 from sqlalchemy import Table, bindparam, case, func, insert, literal, null, select, true
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.sql.selectable import Select
 
-from newsletter.db import AloneStatement, UtcDateTime, fetch_row_alone, is_postgresql
+from newsletter.db import (
+    AloneStatement,
+    UtcDateTime,
+    fetch_row_alone,
+    is_postgresql,
+    is_postgresql_url,
+)
 from newsletter.rsvp.models import Answer, NoticeKind, Rsvp, RsvpEvent
 from newsletter.rsvp.repo import add_event_row
 from newsletter.sessions.models import SalonSession
@@ -193,7 +198,7 @@ async def answer_open_session(
     a session that is open and has no seat limit, a subscriber who exists, and no guests
     (whether a record allows them is in its parsed form). Otherwise record nothing and
     return None: the caller takes the full path, which also says what is wrong."""
-    if guests or make_url(url).get_backend_name() != "postgresql":
+    if guests or not is_postgresql_url(url):
         return None
     parameters = _parameters(session_id, subscriber_id, answer, 0, now)
     row = await fetch_row_alone(url, _alone_statement(), parameters)

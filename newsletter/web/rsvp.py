@@ -113,13 +113,17 @@ async def _record(
     """
     settings = get_settings()
     url, base_url = settings.database_url, settings.base_url
+
+    def view(session: Session) -> SessionView:
+        return view_of(addressee(session, session_id, subscriber_id).salon, base_url)
+
     quick = await answer_open_session(url, session_id, subscriber_id, answer, guests, utcnow())
     if quick is not None:
         recorded = Recorded(answer, 0, waitlisted=False, position=None, changed=quick.changed)
-        view = known_view(session_id, quick.revision, quick.updated_at, base_url)
-        if view is None:  # the first answer since this version of the session was imported
-            view = await run_unit(url, lambda session: _view(session, session_id, subscriber_id))
-        return recorded, view
+        shown = known_view(session_id, quick.revision, quick.updated_at, base_url)
+        if shown is None:  # the first answer since this version of the session was imported
+            shown = await run_unit(url, view)
+        return recorded, shown
 
     def work(session: Session) -> tuple[Recorded, SessionView]:
         who = addressee(session, session_id, subscriber_id)
@@ -127,10 +131,6 @@ async def _record(
         return recorded, view_of(who.salon, base_url)
 
     return await run_unit(url, work)
-
-
-def _view(session: Session, session_id: int, subscriber_id: int) -> SessionView:
-    return view_of(addressee(session, session_id, subscriber_id).salon, get_settings().base_url)
 
 
 def _closed(salon: SalonSession) -> bool:
