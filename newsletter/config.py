@@ -14,6 +14,7 @@ import secrets
 from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,29 @@ class Settings(BaseSettings):
     # … or when the relay refused this many messages in a row, temporarily, with no success.
     error_streak: int = Field(default=200, ge=1)
 
+    # --- Operations and limits (SPEC "Operations and limits") ---
+    # Request bodies larger than this get 413 before anything parses or authenticates them.
+    max_body_bytes: int = Field(default=65536, gt=0)
+    # Addresses of reverse proxies whose X-Forwarded-For / -Proto are believed (comma-separated
+    # IPs or networks, or "*"); unset: none, the client is the TCP peer.
+    forwarded_allow_ips: str | None = None
+    # "text" for people, "json" for log collectors (one object a line, no address or secret).
+    log_format: Literal["text", "json"] = "text"
+    # Seconds a request may take to arrive whole (headers and body) before it is dropped,
+    # and an idle keep-alive connection is kept.
+    request_timeout: float = Field(default=15.0, gt=0)
+    keepalive_timeout: float = Field(default=5.0, gt=0)
+    # Connections one web process serves at once; more get 503 at once instead of queueing.
+    max_connections: int = Field(default=1000, gt=0)
+    # Seconds to wait for the database or the broker before answering 503 with Retry-After.
+    dependency_timeout: float = Field(default=2.0, gt=0)
+    # A worker process writes a heartbeat this often; rows held by a worker whose heartbeat is
+    # three intervals old are given back to the queue.
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    # Prometheus /metrics: with the admin token on the web app, or without it on this
+    # separate address (host:port) only, e.g. 127.0.0.1:9100 for a scraper on the host.
+    metrics_listen: str | None = None
+
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
@@ -77,6 +101,12 @@ class Settings(BaseSettings):
         if "@" not in address:
             raise ValueError(f"{value!r} has no e-mail address in it")
         return value
+
+    @property
+    def forwarded_allow_list(self) -> list[str]:
+        """The trusted proxies' addresses, as uvicorn takes them (empty: trust no one)."""
+        raw = self.forwarded_allow_ips or ""
+        return [part.strip() for part in raw.split(",") if part.strip()]
 
     @field_validator("retry_backoff")
     @classmethod

@@ -2,6 +2,7 @@
 
 from newsletter.campaigns.models import Campaign, Delivery
 from newsletter.db import Base
+from newsletter.installation import Installation
 from newsletter.rsvp.models import Rsvp, RsvpEvent
 from newsletter.sessions.models import SalonSession, SessionLink
 from subscribers.models import Subscriber, Tag, subscriber_tags
@@ -10,6 +11,7 @@ __all__ = [
     "Base",
     "Campaign",
     "Delivery",
+    "Installation",
     "Rsvp",
     "RsvpEvent",
     "SalonSession",
