@@ -32,6 +32,9 @@ _SPACES = re.compile(" {2,}")
 # RFC 5322 atext: what a display-name word may hold without quoting.
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\- ]*")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+)*")
+# RFC 6531 3.3: atext extended with any non-ASCII character (controls and separators excepted).
+_UTF8_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u00a0-\u2027\u202a-\U0010ffff]"
+_UTF8_LOCAL_PART = re.compile(rf"{_UTF8_ATEXT}+(?:\.{_UTF8_ATEXT}+)*")
 _DOMAIN = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 )
@@ -144,12 +147,13 @@ def phrase(display_name: str, first_room: int) -> list[str]:
     return encoded_words(text, first_room)
 
 
-def addr_spec(address: str) -> str:
+def addr_spec(address: str, *, utf8: bool = False) -> str:
     """``address`` checked to be a plain ``local@domain`` usable in headers and SMTP.
 
-    The domain is IDNA-encoded when it is not ASCII. A non-ASCII local part would need
-    SMTPUTF8, which we do not use. Raises ``ValueError`` with a reason that does not repeat
-    the address (error texts end up in logs, addresses must not).
+    The domain is IDNA-encoded when it is not ASCII. A non-ASCII local part needs SMTPUTF8
+    (RFC 6531) and UTF-8 headers (RFC 6532): accepted only with ``utf8=True``, and then the
+    result is not ASCII (see :func:`needs_smtputf8`). Raises ``ValueError`` with a reason
+    that does not repeat the address (error texts end up in logs, addresses must not).
     """
     local, at, domain = address.strip().rpartition("@")
     if not at or not local or not domain:
@@ -159,7 +163,7 @@ def addr_spec(address: str) -> str:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
             raise ValueError("the domain is not a valid international domain name") from None
-    if not _LOCAL_PART.fullmatch(local):
+    if not (_UTF8_LOCAL_PART if utf8 else _LOCAL_PART).fullmatch(local):
         raise ValueError(
             "the local part holds characters this sender cannot put in a header"
             " (spaces, quotes, line breaks or non-ASCII)"
@@ -167,6 +171,11 @@ def addr_spec(address: str) -> str:
     if not _DOMAIN.fullmatch(domain) or len(local) + 1 + len(domain) > 254:
         raise ValueError("the domain is not a valid host name")
     return f"{local}@{domain}"
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether an address from :func:`addr_spec` can travel only with SMTPUTF8."""
+    return not address.isascii()
 
 
 def address_header(name: str, display_name: str, address: str) -> str:

@@ -39,6 +39,7 @@ from newsletter.mail.headers import (
     addr_spec,
     address_header,
     fold,
+    needs_smtputf8,
     phrase,
     unstructured,
 )
@@ -64,6 +65,8 @@ class OutgoingMessage:
     # True when no line of ``data`` can start with a dot (base64 parts and generated headers),
     # so SMTP need not scan 60 KB for dots to stuff.
     dot_safe: bool = False
+    # The recipient's address has a non-ASCII local part: it travels only with SMTPUTF8.
+    smtputf8: bool = False
 
     def __repr__(self) -> str:
         # No address and no body: a message object that ends up in a log line leaks nothing.
@@ -259,7 +262,7 @@ class MessageFactory:
         if type(delivery_id) is not int:  # it goes into headers: nothing but digits
             raise TypeError(f"delivery_id must be an int, not {type(delivery_id).__name__}")
         try:
-            recipient = addr_spec(recipient_address)
+            recipient = addr_spec(recipient_address, utf8=True)
         except ValueError as exc:
             raise DeliveryError(
                 f"delivery {delivery_id}: the recipient address is unusable: {exc}",
@@ -304,7 +307,9 @@ class MessageFactory:
             "Content-Transfer-Encoding: base64\r\n"
         )
         # One list of lines and a single join: the ~100 KB message is copied exactly once.
-        pieces = [head.encode("ascii")]
+        smtputf8 = needs_smtputf8(recipient)
+        # RFC 6532: with SMTPUTF8 the To header carries the address in UTF-8.
+        pieces = [head.encode("utf-8" if smtputf8 else "ascii")]
         pieces += base64_lines(canonical_body(text))
         pieces.append(between.encode("ascii"))
         pieces += base64_lines(canonical_body(html))
@@ -320,4 +325,5 @@ class MessageFactory:
             message_id=message_id,
             data=CRLF.join(pieces),
             dot_safe=True,  # base64 lines and our folded headers never start with a dot
+            smtputf8=smtputf8,
         )
