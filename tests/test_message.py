@@ -351,7 +351,7 @@ def test_recipient_names_cannot_inject_headers_or_addresses(name: str) -> None:
         '"quoted local"@example.com',
         "no-at-sign.example.com",
         "@example.com",
-        "张三@example.com",
+        "张\u2028三@example.com",
         "victim@exa mple.com",
     ],
 )
@@ -360,6 +360,14 @@ def test_unusable_recipient_addresses_fail_permanently_without_naming_them(addre
         build(address=address)
     assert caught.value.permanent is True
     assert "example.com" not in str(caught.value)  # error texts reach logs: no address there
+
+
+def test_a_non_ascii_local_part_builds_an_smtputf8_message() -> None:
+    message = build(address="欧阳.娜娜@example.net")
+    assert message.smtputf8 and message.recipient == "欧阳.娜娜@example.net"
+    head = message.data.partition(b"\r\n\r\n")[0].decode("utf-8")  # RFC 6532: UTF-8 headers
+    assert "\r\nTo: =?utf-8?b?" in head and "<欧阳.娜娜@example.net>\r\n" in head
+    assert build().smtputf8 is False
 
 
 def test_international_domains_are_idna_encoded() -> None:
