@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
+
+from newsletter.config import get_settings
 
 # Named constraints keep Alembic migrations identical on SQLite and PostgreSQL.
 NAMING = {
@@ -110,7 +113,22 @@ def _engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=10)
+    wait = _dependency_timeout()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=POOL_SIZE,
+        max_overflow=10,
+        # An unreachable server fails the request within seconds (the web app answers 503)
+        # rather than after the kernel's TCP timeout; a pool that is all in use, too.
+        pool_timeout=wait,
+        connect_args={"connect_timeout": max(2, math.ceil(wait))},  # libpq: whole seconds, ≥ 2
+    )
+
+
+def _dependency_timeout() -> float:
+    """Seconds to wait for a connection (``NEWSLETTER_DEPENDENCY_TIMEOUT``)."""
+    return get_settings().dependency_timeout
 
 
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
@@ -174,7 +192,15 @@ def _async_engine(url: str, loop: asyncio.AbstractEventLoop) -> AsyncEngine:
         # No overflow: with the synchronous pool and the driver pool beside it, a web
         # process holds at most 10 + 10 + 8 + 16 connections.
         async_url = make_url(url).set(drivername="postgresql+asyncpg")
-        engine = create_async_engine(async_url, pool_pre_ping=True, pool_size=8, max_overflow=0)
+        wait = _dependency_timeout()
+        engine = create_async_engine(
+            async_url,
+            pool_pre_ping=True,
+            pool_size=8,
+            max_overflow=0,
+            pool_timeout=wait,
+            connect_args={"timeout": wait},  # asyncpg's connect timeout
+        )
         _async_engines[(url, loop)] = engine
     return engine
 
@@ -216,12 +242,15 @@ async def fetch_row_alone(
     """Run ``statement`` on PostgreSQL in autocommit (one statement is atomic by itself, and
     needs no BEGIN or COMMIT round trip); its first row, or None."""
     pool = await _driver_pool(_absolute(url))
-    async with pool.acquire() as connection:
+    async with pool.acquire(timeout=_dependency_timeout()) as connection:
         row: Mapping[str, Any] | None = await connection.fetchrow(
             statement.sql, *statement.arguments(parameters)
         )
         return row
 
+
+# A statement of the driver pool that has not finished after this long is cancelled.
+STATEMENT_TIMEOUT_S = 10.0
 
 _driver_pools: dict[tuple[str, asyncio.AbstractEventLoop], asyncio.Task[asyncpg.Pool]] = {}
 
@@ -245,7 +274,18 @@ async def _open_driver_pool(url: str) -> asyncpg.Pool:
     _args, connect = _ASYNCPG.create_connect_args(make_url(url))
     # Statements run alone and change no session state, so a released connection needs no
     # reset (by default a round trip: RESET ALL, UNLISTEN *, …).
-    return await asyncpg.create_pool(min_size=1, max_size=16, reset=_no_reset, **connect)
+    wait = _dependency_timeout()
+    return await asyncpg.create_pool(
+        min_size=1,
+        max_size=16,
+        reset=_no_reset,
+        # Connecting and each statement are bounded: the statements of this pool are the
+        # single-row answers of web requests (milliseconds), so one that takes longer than
+        # this is waiting on a server that is not answering; the request gets 503.
+        timeout=wait,
+        command_timeout=STATEMENT_TIMEOUT_S,
+        **connect,
+    )
 
 
 async def _no_reset(_connection: asyncpg.Connection) -> None:

@@ -25,6 +25,7 @@ from newsletter.rsvp.models import Rsvp
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.service import import_records
 from newsletter.web import create_app
+from newsletter.web.server import server_options
 from subscribers.models import Subscriber
 from tests.conftest import Configure
 from tests.servers import free_port
@@ -112,9 +113,7 @@ def serve_live(
         assert salon is not None
         ids, session_id = [p.id for p in subscribers], salon.id
     port = urlsplit(settings.base_url).port
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port or 80, log_level="warning")
-    )
+    server = live_server(settings, port or 80)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -128,6 +127,15 @@ def serve_live(
         built.client.close()
         server.should_exit = True
         thread.join(10)
+
+
+def live_server(settings: Settings, port: int) -> uvicorn.Server:
+    """uvicorn as ``newsletter serve`` runs it (limits, timeouts, proxy trust), on loopback,
+    leaving the test's logging alone."""
+    options = server_options(settings) | {"log_config": None}
+    return uvicorn.Server(
+        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", **options)
+    )
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import typer
 
 from newsletter.cli import (
@@ -17,6 +15,7 @@ from newsletter.cli import (
 from newsletter.cli.preview_cmd import preview
 from newsletter.cli.serve_cmd import serve
 from newsletter.cli.worker_cmd import worker
+from newsletter.logs import setup_logging
 
 app = typer.Typer(
     name="newsletter",
@@ -38,5 +37,5 @@ app.command()(demo_cmd.demo)
 
 def main() -> None:
     """Console-script entry point."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()  # NEWSLETTER_LOG_FORMAT; addresses and URL passwords redacted
     app()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+
 import typer
 
 from newsletter.cli.common import handles_errors
 from newsletter.config import get_settings
 from newsletter.migrate import upgrade
+
+log = logging.getLogger("newsletter.serve")
 
 
 @handles_errors
@@ -15,16 +21,52 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, help="Worker processes."),
 ) -> None:
-    """Serve the RSVP and unsubscribe pages and the calendar files."""
+    """Serve the RSVP and unsubscribe pages, the dashboard and the calendar files."""
     import uvicorn
 
-    upgrade(get_settings().database_url)
-    uvicorn.run(
-        "newsletter.web:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=True,
-        access_log=False,
-    )
+    from newsletter.web.server import server_options
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    # Exists before anyone opens /admin: the organizer needs it for the first login.
+    settings.admin_bearer_token  # noqa: B018 - creates var/admin.token when not configured
+    options = server_options(settings)
+    logging.getLogger("newsletter").setLevel(logging.INFO)
+    log.info("dashboard: %s/admin", settings.base_url)
+    if settings.admin_token:
+        log.info("admin token: from NEWSLETTER_ADMIN_TOKEN")
+    else:
+        log.info("admin token: in %s", (settings.var_dir / "admin.token").resolve())
+    shared_metrics = _multiprocess_metrics(settings.var_dir, workers)
+    try:
+        if settings.metrics_listen:
+            from newsletter.metrics.exposition import start_listener
+
+            listen_host, listen_port = start_listener(settings)
+            log.info("metrics: http://%s:%s/metrics (no token)", listen_host, listen_port)
+        uvicorn.run(
+            "newsletter.web:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            **options,
+        )
+    finally:
+        if shared_metrics:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
+
+
+def _multiprocess_metrics(var_dir: os.PathLike[str], workers: int) -> str | None:
+    """With several worker processes, a directory where they keep their request-latency
+    samples, so that each one's /metrics (and the listener) reports all of them; None with
+    one process, which keeps its samples in memory."""
+    from newsletter.metrics.exposition import MULTIPROCESS_DIR
+
+    if workers < 2 or os.environ.get(MULTIPROCESS_DIR):
+        return None
+    directory = os.path.join(os.fspath(var_dir), "metrics", f"serve-{os.getpid()}")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    os.environ[MULTIPROCESS_DIR] = directory  # inherited by the worker processes
+    return directory

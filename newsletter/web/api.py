@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -23,9 +24,11 @@ from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.export import attendees_csv
 from newsletter.sessions import repo as sessions_repo
 from newsletter.web.auth import require_organizer
+from newsletter.web.faults import is_unavailable
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["organizers"], dependencies=[Depends(require_organizer)])
 
 Number = Annotated[int, Path(ge=1, le=1_000_000)]
@@ -158,8 +161,24 @@ def create_reminder(number: Number, body: ReminderIn | None = None) -> CampaignP
         campaign_id = campaigns.create_reminder(
             session, number, subject=body.subject if body else None
         ).id
-    enqueue(start_campaign, campaign_id)  # after the commit above
+    _start(campaign_id)  # after the commit above
     return _campaign_out(campaign_id)
+
+
+def _start(campaign_id: int) -> None:
+    """Ask a worker to start sending. The campaign is already marked as sending: with the
+    broker down the request still succeeded, and beat's sweep restarts the campaign (it
+    restarts every sending campaign that makes no progress)."""
+    try:
+        enqueue(start_campaign, campaign_id)
+    except Exception as error:
+        if not is_unavailable(error):
+            raise
+        log.warning(
+            "campaign %s: the broker did not take the start (%s); the sweep will start it",
+            campaign_id,
+            type(error).__name__,
+        )
 
 
 @router.get("/campaigns")
@@ -194,5 +213,5 @@ def change_campaign(
     with _refusals_as_http(), session_scope(get_settings().database_url) as session:
         start = campaigns.apply_organizer_action(session, campaign_id, action)
     if start:
-        enqueue(start_campaign, campaign_id)  # after the commit above
+        _start(campaign_id)  # after the commit above
     return _campaign_out(campaign_id)

@@ -12,14 +12,27 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from newsletter.config import get_settings
 from newsletter.db import POOL_SIZE, close_async_connections
-from newsletter.web import api, calendar_routes, dashboard, dashboard_login, rsvp, unsubscribe
+from newsletter.metrics.http import RequestTimer
+from newsletter.web import (
+    api,
+    calendar_routes,
+    dashboard,
+    dashboard_login,
+    faults,
+    ops,
+    rsvp,
+    unsubscribe,
+)
 from newsletter.web.admin_session import LOGIN_PATH, LoginRequired, csrf_token, current_login
 from newsletter.web.dashboard_login import redirect
+from newsletter.web.hosts import TrustedHosts, allowed_hosts
+from newsletter.web.limits import RequestLimits
 from newsletter.web.pages import error_page, page
 from tasks.rsvp import send_rsvp_notices, sends_in_process
 
@@ -32,6 +45,7 @@ _TITLES = {
     405: "不支持的操作",
     409: "无法完成",
     410: "链接已过期",
+    408: "请求超时",
     413: "请求过大",
     415: "不支持的格式",
 }
@@ -91,6 +105,36 @@ async def _sweep_notices(interval_s: float) -> None:
             log.exception("sending due rsvp notices failed; retrying in %s s", interval_s)
 
 
+def _error_response(request: Request, exc: StarletteHTTPException) -> Response:
+    """An HTTP error as JSON under /api, else as a page (the dashboard's under /admin)."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+    title = _TITLES.get(exc.status_code, "出错了")
+    detail = str(exc.detail)
+    if detail == HTTPStatus(exc.status_code).phrase:  # Starlette's own English default
+        detail = _DEFAULT_MESSAGES.get(exc.status_code, "请求无法完成。")
+    if _admin_path(request):
+        response = _admin_error(request, exc.status_code, title, detail)
+    else:
+        response = error_page(exc.status_code, title, detail)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+def _refusal(scope: Scope, exc: StarletteHTTPException) -> Response:
+    """The response of a request the limits refused before the app saw it."""
+    request = Request(scope)
+    if request.url.path.startswith("/api/"):
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+    response = error_page(exc.status_code, _TITLES.get(exc.status_code, "出错了"), str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
+
+
 def create_app() -> FastAPI:
     """The web app, configured from the process settings."""
     app = FastAPI(
@@ -106,24 +150,22 @@ def create_app() -> FastAPI:
     app.include_router(api.router)
     app.include_router(dashboard_login.router)
     app.include_router(dashboard.router)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> PlainTextResponse:
-        return PlainTextResponse("ok")
+    app.include_router(ops.router)
+    faults.install(app)
+    settings = get_settings()
+    # Added innermost first: the body limit is outermost, so nothing reads a body before it.
+    app.add_middleware(RequestTimer)
+    app.add_middleware(TrustedHosts, allowed_hosts=allowed_hosts(settings.base_url))
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_timeout,
+        refuse=_refusal,
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if request.url.path.startswith("/api/"):
-            return JSONResponse(
-                {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-            )
-        title = _TITLES.get(exc.status_code, "出错了")
-        detail = str(exc.detail)
-        if detail == HTTPStatus(exc.status_code).phrase:  # Starlette's own English default
-            detail = _DEFAULT_MESSAGES.get(exc.status_code, "请求无法完成。")
-        if _admin_path(request):
-            return _admin_error(request, exc.status_code, title, detail)
-        return error_page(exc.status_code, title, detail)
+        return _error_response(request, exc)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:

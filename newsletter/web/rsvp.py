@@ -27,9 +27,10 @@ from newsletter.rsvp.unlimited import answer_open_session
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from newsletter.tokens import Purpose
+from newsletter.web.faults import is_unavailable
 from newsletter.web.links import addressee, check_form_token, form_token, read_token
 from newsletter.web.pages import page
-from tasks.rsvp import notify_answers, sends_in_process
+from tasks.rsvp import notify_answers
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -144,9 +145,15 @@ async def _notify(session_id: int, recorded: Recorded) -> None:
     if not recorded.changed or not (confirmed or recorded.promoted):
         return
     try:
-        if sends_in_process():  # no broker: the mails go out now, off the event loop
-            await run_in_threadpool(notify_answers, session_id)
-        else:  # at most one small publish per session per second
-            notify_answers(session_id)
-    except Exception:  # the broker is down: beat's sweep sends the mails later
-        log.exception("could not ask for the mails of session %s to be sent", session_id)
+        # Off the event loop either way: in-process the mails go out now; with a broker the
+        # publish (at most one per session per second) blocks while Redis does not answer.
+        await run_in_threadpool(notify_answers, session_id)
+    except Exception as error:  # the answer is recorded; beat's sweep sends the mails later
+        if not is_unavailable(error):
+            log.exception("could not ask for the mails of session %s to be sent", session_id)
+            return
+        log.warning(
+            "could not ask for the mails of session %s to be sent (%s); they wait in the outbox",
+            session_id,
+            type(error).__name__,
+        )
