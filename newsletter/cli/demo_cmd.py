@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 import typer
 from sqlalchemy import select
 
-import newsletter
 from newsletter.campaigns import service as campaigns
 from newsletter.campaigns.models import Campaign, CampaignKind
 from newsletter.cli.campaign_cmd import progress_line, send_and_watch
@@ -19,15 +18,14 @@ from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.links import recipient_links
 from newsletter.migrate import upgrade
+from newsletter.resources import EXAMPLES_DIR
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.service import import_records
 from subscribers.service import import_csv, list_subscribers
 
-EXAMPLES = Path(newsletter.__file__).resolve().parent.parent / "examples"
-
 
 def demo(
-    examples: Path = typer.Option(EXAMPLES, help="Folder with sessions/ and subscribers.csv."),
+    examples: Path = typer.Option(EXAMPLES_DIR, help="Folder with sessions/ and subscribers.csv."),
     serve: bool = typer.Option(True, help="Serve the RSVP web app afterwards (Ctrl-C stops)."),
 ) -> None:
     """Set up a local database, import the samples and an upcoming demo session, send its

@@ -24,11 +24,8 @@ from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 from markupsafe import Markup, escape
 
-import newsletter
-
-#: ``templates/`` sits beside the ``newsletter`` package at the repository root (the project is
-#: installed editable), so the templates are found wherever the process was started from.
-TEMPLATES_DIR = Path(newsletter.__file__).resolve().parent.parent / "templates"
+# Re-exported (``newsletter.rendering.TEMPLATES_DIR``); newsletter.resources says where it is.
+from newsletter.resources import TEMPLATES_DIR as TEMPLATES_DIR
 
 #: The widest an image may be drawn: the 600 px column minus its padding. Outlook ignores
 #: ``max-width``, so images get a ``width`` attribute when their natural width is known.

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-import newsletter
+from newsletter.resources import TEMPLATES_DIR
 
-TEMPLATES = Path(newsletter.__file__).resolve().parent.parent / "templates" / "web"
+TEMPLATES = TEMPLATES_DIR / "web"
 
 # Pages must not be framed (clickjacking of the confirm button) nor cached by proxies: they
 # show one person's answer.
