@@ -1,9 +1,12 @@
-"""The demo's upcoming session: ahead of now, valid, kept while ahead, moved once past."""
+"""The demo's upcoming session: ahead of now, valid, kept while ahead, moved once past, its
+talks moved with it."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import yaml
 
 from newsletter.cli.demo_session import upcoming_demo_record
 from newsletter.sessions.records import load_record
@@ -26,3 +29,29 @@ def test_the_demo_session_is_ahead_with_seats_and_kept_while_ahead(tmp_path: Pat
     later = NOW + timedelta(days=30)
     moved = load_record(upcoming_demo_record(EXAMPLES / "sessions", tmp_path, number=62, now=later))
     assert moved.starts_at > later
+
+
+def test_the_talks_move_with_the_session(tmp_path: Path) -> None:
+    sample = load_record(EXAMPLES / "sessions" / "028.yaml")
+    record = load_record(upcoming_demo_record(EXAMPLES / "sessions", tmp_path, number=62, now=NOW))
+    offset = record.starts_at - sample.starts_at
+    assert record.ends_at is not None and sample.ends_at is not None
+    assert record.ends_at - sample.ends_at == offset  # as long as the sample
+    assert len(record.talks) == len(sample.talks) == 2
+    for talk, original in zip(record.talks, sample.talks, strict=True):
+        assert talk.starts_at is not None and talk.ends_at is not None
+        assert original.starts_at is not None and original.ends_at is not None
+        assert talk.starts_at - original.starts_at == offset
+        assert talk.ends_at - original.ends_at == offset
+        assert record.starts_at <= talk.starts_at < talk.ends_at <= record.ends_at
+
+
+def test_a_kept_record_with_talks_outside_the_session_is_written_anew(tmp_path: Path) -> None:
+    # What an older demo wrote: the session next week, its talks still at the sample's times.
+    path = upcoming_demo_record(EXAMPLES / "sessions", tmp_path, number=62, now=NOW)
+    stale = yaml.safe_load(path.read_text(encoding="utf-8"))
+    stale["talks"][0]["starts_at"] = "2019-12-05T12:30:00+08:00"
+    path.write_text(yaml.safe_dump(stale, allow_unicode=True), encoding="utf-8")
+    again = load_record(upcoming_demo_record(EXAMPLES / "sessions", tmp_path, number=62, now=NOW))
+    assert again.talks[0].starts_at is not None
+    assert again.starts_at <= again.talks[0].starts_at <= again.starts_at + timedelta(hours=2)
