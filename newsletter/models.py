@@ -1,6 +1,6 @@
 """Imports every model so that ``Base.metadata`` is complete (Alembic, tests)."""
 
-from newsletter.campaigns.models import Campaign, Delivery
+from newsletter.campaigns.models import Campaign, Delivery, WorkerHeartbeat
 from newsletter.db import Base
 from newsletter.installation import Installation
 from newsletter.rsvp.models import Rsvp, RsvpEvent
@@ -19,4 +19,5 @@ __all__ = [
     "Subscriber",
     "Tag",
     "subscriber_tags",
+    "WorkerHeartbeat",
 ]

@@ -1,4 +1,8 @@
-"""Campaign tasks. Each takes ids only, opens its own database session, calls one service."""
+"""Campaign tasks. Each takes ids only, opens its own database session, calls one service.
+
+A database outage in any of them is logged in one line and the task runs again a little
+later (:mod:`tasks.faults`).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ import logging
 from datetime import timedelta
 
 from newsletter.campaigns import repo, service
-from newsletter.campaigns.sending import send_batch
+from newsletter.campaigns.heartbeat import dead_after, give_back_orphans
+from newsletter.campaigns.sending import REPORT_SECONDS, send_batch
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError
 from tasks.celery_app import app
 from tasks.dispatch import enqueue
+from tasks.faults import survives_database_outages
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +25,12 @@ log = logging.getLogger(__name__)
 CHAINS = 4
 # How often a chain with nothing to claim looks again while rows are in other hands.
 POLL_SECONDS = 2.0
+# Heartbeats of workers gone this long are deleted (every worker start adds one).
+FORGET_WORKERS_AFTER = timedelta(days=1)
 
 
 @app.task(name="campaigns.start", acks_late=True)
+@survives_database_outages("campaigns.start")
 def start_campaign(campaign_id: int) -> None:
     """Protocol: marks the campaign ``sending`` (idempotent) and commits, then enqueues
     ``CHAINS`` batch tasks. Running it twice only adds chains; rows decide who is mailed,
@@ -33,29 +42,38 @@ def start_campaign(campaign_id: int) -> None:
     except InvalidStateError as exc:
         log.info("%s", exc)
         return
+    _start_chains(campaign_id)
+
+
+def _start_chains(campaign_id: int) -> None:
     for _ in range(CHAINS):
         enqueue(send_campaign_batch, campaign_id)
 
 
 @app.task(name="campaigns.batch", acks_late=True)
+@survives_database_outages("campaigns.batch")
 def send_campaign_batch(campaign_id: int) -> None:
     """Protocol: claims one batch of due, queued deliveries (→ inflight), sends them, marks
     them sent / failed / queued-with-back-off, then re-enqueues itself at once while rows are
     due and the campaign is ``sending``. With nothing to claim it re-queues rows whose worker
     died, and looks again when the next back-off ends or, while other workers hold rows, every
-    ``POLL_SECONDS``; with nothing queued or in flight it marks the campaign finished. A
-    redelivered copy of this task is harmless: rows already sent are never claimed again."""
+    ``POLL_SECONDS``; with nothing queued or in flight it marks the campaign finished. When
+    the batch found the relay down, the chain ends and one probe is scheduled
+    (:func:`probe_relay`). A redelivered copy of this task is harmless: rows already sent are
+    never claimed again."""
     settings = get_settings()
-    result = send_batch(settings, campaign_id)
+    # In-process, the command that sends is the only prober: it stops after the table.
+    result = send_batch(settings, campaign_id, probe_forever=not app.conf.task_always_eager)
+    if result.probe_at is not None:
+        wait = max((result.probe_at - utcnow()).total_seconds(), 0.0)
+        enqueue(probe_relay, campaign_id, countdown=wait + 0.05)
     if result.stopped_because:
-        return  # paused, cancelled or gone: the chain ends here; resume starts new chains
+        return  # paused, cancelled, waiting or gone: resume or the probe starts new chains
     if result.more or result.claimed:
         enqueue(send_campaign_batch, campaign_id)
         return
+    give_back_orphans(settings, campaign_id)
     with session_scope(settings.database_url) as session:
-        repo.requeue_stale(
-            session, campaign_id, older_than=timedelta(seconds=settings.inflight_timeout)
-        )
         left = repo.pending(session, campaign_id)
         if not left.queued and not left.inflight:
             if repo.finish_if_done(session, campaign_id):
@@ -68,29 +86,52 @@ def send_campaign_batch(campaign_id: int) -> None:
     elif left.queued:
         waits.append(0.0)
     if left.inflight:
-        waits.append(POLL_SECONDS)
+        waits.append(min(POLL_SECONDS, settings.heartbeat_interval))
     enqueue(send_campaign_batch, campaign_id, countdown=min(waits) + 0.05)
 
 
-@app.task(name="campaigns.sweep", acks_late=True)
-def sweep() -> None:
-    """Protocol (run by Celery beat): starts scheduled campaigns whose time has come, and
-    restarts sending campaigns that reported nothing for twice the in-flight timeout — their
-    batch tasks were lost (a broker restart without persistence) — after re-queueing rows
-    whose worker died. Idempotent: extra chains only compete for the same rows."""
+@app.task(name="campaigns.probe_relay", acks_late=True)
+@survives_database_outages("campaigns.probe_relay")
+def probe_relay(campaign_id: int) -> None:
+    """Protocol: if the campaign still waits for the relay and its probe is due, marks it
+    ``sending`` and starts ``CHAINS`` batch chains: their first batch is the probe (the relay
+    down again → waiting, one back-off step further). A paused or cancelled campaign, or a
+    probe that is not due (an early copy), is left alone; beat's sweep runs due probes whose
+    task was lost."""
     settings = get_settings()
-    quiet = timedelta(seconds=2 * settings.inflight_timeout)
+    with session_scope(settings.database_url) as session:
+        due = service.probe_relay(session, campaign_id)
+    if due:
+        log.info("campaign %s: probing the relay", campaign_id)
+        _start_chains(campaign_id)
+
+
+@app.task(name="campaigns.sweep", acks_late=True)
+@survives_database_outages("campaigns.sweep", countdown=5.0)
+def sweep() -> None:
+    """Protocol (run by Celery beat): gives back rows whose worker's heartbeat stopped;
+    starts scheduled campaigns whose time has come; runs due relay probes; restarts sending
+    campaigns with rows due and no report for a few heartbeats — their batch tasks were lost
+    (a killed worker held them, a broker restart without persistence). Idempotent: extra
+    chains only compete for the same rows."""
+    settings = get_settings()
+    quiet = dead_after(settings) + timedelta(seconds=2 * REPORT_SECONDS)
+    reclaimed = give_back_orphans(settings)
+    if reclaimed:
+        log.warning("gave back %d deliveries held by workers that stopped", reclaimed)
     with session_scope(settings.database_url) as session:
         due = repo.due_scheduled(session)
+        probes = repo.relay_probes_due(session)
         stalled = repo.stalled_campaigns(session, quiet_for=quiet)
-        for campaign_id in stalled:
-            repo.requeue_stale(
-                session, campaign_id, older_than=timedelta(seconds=settings.inflight_timeout)
-            )
+        repo.forget_old_heartbeats(session, older_than=FORGET_WORKERS_AFTER)
     for campaign_id in due:
         enqueue(start_campaign, campaign_id)
+    for campaign_id in probes:
+        enqueue(probe_relay, campaign_id)
     for campaign_id in stalled:
         log.warning(
-            "campaign %s made no progress for %s: restarting its batches", campaign_id, quiet
+            "campaign %s has rows due and made no progress for %s: restarting its batches",
+            campaign_id,
+            quiet,
         )
         enqueue(send_campaign_batch, campaign_id)

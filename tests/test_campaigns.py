@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns import repo, service
-from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus
+from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus, WorkerHeartbeat
 from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
@@ -103,17 +103,66 @@ def test_claims_never_overlap_between_concurrent_workers(db_url: str) -> None:
     assert len(set(claimed)) == 300
 
 
-def test_stale_inflight_rows_are_requeued(db_url: str) -> None:
+def test_rows_of_a_worker_whose_heartbeat_stopped_come_back_marked_maybe_sent(
+    db_url: str,
+) -> None:
     load_examples(db_url)
     with session_scope(db_url) as session:
-        add_people(session, 5)
+        add_people(session, 6)
         campaign_id = service.create_campaign(session, 61).id
-        repo.claim_batch(session, campaign_id, worker="dead", limit=5)
+        dead = repo.claim_batch(session, campaign_id, worker="dead", limit=3)
+        alive = repo.claim_batch(session, campaign_id, worker="alive", limit=3)
+    assert [c.attempts for c in dead + alive] == [0] * 6  # a claim is not an attempt
+    beats = {"dead_after": timedelta(seconds=6), "stuck_after": timedelta(minutes=5)}
     with session_scope(db_url) as session:
-        assert repo.requeue_stale(session, campaign_id, older_than=timedelta(minutes=5)) == 0
+        assert (
+            repo.requeue_orphans(
+                session, dead_after=beats["dead_after"], stuck_after=beats["stuck_after"]
+            )
+            == 0
+        )  # both beat just now
+        # "dead" last beat (and claimed) 7 s ago; "alive" claimed then too but still beats.
+        old = utcnow() - timedelta(seconds=7)
+        session.execute(update(Delivery).values(claimed_at=old))
+        session.execute(
+            update(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == "dead").values(beat_at=old)
+        )
+        repo.record_heartbeat(session, "alive")
+        assert (
+            repo.requeue_orphans(
+                session,
+                campaign_id=campaign_id,
+                dead_after=beats["dead_after"],
+                stuck_after=beats["stuck_after"],
+            )
+            == 3
+        )
+        rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+    assert [(r.status, r.maybe_sent, r.attempts) for r in rows] == [("queued", True, 0)] * 3 + [
+        ("inflight", False, 0)
+    ] * 3
+    with session_scope(db_url) as session:  # a live worker stuck for longer than stuck_after
         session.execute(update(Delivery).values(claimed_at=utcnow() - timedelta(hours=1)))
-        assert repo.requeue_stale(session, campaign_id, older_than=timedelta(minutes=5)) == 5
-        assert repo.delivery_counts(session, campaign_id)["queued"] == 5
+        assert (
+            repo.requeue_orphans(
+                session, dead_after=beats["dead_after"], stuck_after=beats["stuck_after"]
+            )
+            == 3
+        )
+
+
+def test_a_maybe_sent_row_refused_on_resend_ends_unconfirmed_not_failed(db_url: str) -> None:
+    load_examples(db_url)
+    with session_scope(db_url) as session:
+        add_people(session, 2)
+        campaign_id = service.create_campaign(session, 61).id
+        session.execute(update(Delivery).values(maybe_sent=Delivery.id == 1))
+        claimed = repo.claim_batch(session, campaign_id, worker="w", limit=2)
+        ids = [c.delivery_id for c in claimed]
+        repo.mark_failed(session, ids, "550 5.7.1 policy", worker="w", answered=True)
+        rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+        assert [(r.status, r.attempts) for r in rows] == [("unconfirmed", 1), ("failed", 1)]
+        assert service.progress(session, campaign_id).unconfirmed == 1
 
 
 def test_send_mails_everyone_once_and_sending_again_mails_nobody(
@@ -165,10 +214,13 @@ def test_unsubscribed_after_creation_is_skipped_at_send_time(configure: Configur
         assert (progress.sent, progress.skipped, progress.status) == (2, 1, "finished")
 
 
-def test_dead_smtp_server_pauses_the_campaign_and_loses_nothing(configure: Configure) -> None:
+def test_dead_smtp_server_is_probed_then_pauses_in_process_and_loses_nothing(
+    configure: Configure,
+) -> None:
     from tests.servers import free_port
 
-    settings = configure(mail_url=f"smtp://127.0.0.1:{free_port()}")
+    # In-process the command is the worker: it probes along the table, then pauses.
+    settings = configure(mail_url=f"smtp://127.0.0.1:{free_port()}", retry_backoff="0.05,0.1")
     upgrade(settings.database_url)
     load_examples(settings.database_url)
     with session_scope(settings.database_url) as session:
@@ -178,8 +230,12 @@ def test_dead_smtp_server_pauses_the_campaign_and_loses_nothing(configure: Confi
     with session_scope(settings.database_url) as session:
         progress = service.progress(session, campaign_id)
         statuses = set(session.scalars(select(Delivery.status)))
+        attempts = set(session.scalars(select(Delivery.attempts)))
+    assert attempts == {0}  # no connection, no answer: no attempt used
     assert progress.status == CampaignStatus.paused
     assert progress.status_reason and "127.0.0.1" in progress.status_reason
+    assert "waiting for the relay" in progress.status_reason
+    assert "tried 3 times" in progress.status_reason
     assert statuses == {DeliveryStatus.queued}
     assert progress.sent == 0 and progress.failed == 0
 

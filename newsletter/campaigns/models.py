@@ -5,18 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from newsletter.db import Base, UtcDateTime
 
 
 class CampaignStatus(StrEnum):
-    """draft → (scheduled) → sending → paused / cancelled → finished."""
+    """draft → (scheduled) → sending ⇄ waiting (for the relay) → paused / cancelled → finished."""
 
     draft = "draft"
     scheduled = "scheduled"
     sending = "sending"
+    # The relay (or the rate limiter) could not be reached: probed on the back-off table,
+    # sending again by itself when it answers.
+    waiting = "waiting"
     paused = "paused"
     cancelled = "cancelled"
     finished = "finished"
@@ -30,13 +33,16 @@ class CampaignKind(StrEnum):
 
 
 class DeliveryStatus(StrEnum):
-    """queued → inflight (claimed by a worker) → sent | failed | skipped."""
+    """queued → inflight (claimed by a worker) → sent | failed | skipped | unconfirmed."""
 
     queued = "queued"
     inflight = "inflight"
     sent = "sent"
     failed = "failed"
     skipped = "skipped"  # the subscriber unsubscribed or bounced after the campaign was created
+    # A worker stopped after handing a copy over, before writing the relay's answer, and the
+    # re-sends were refused: the first copy may have been accepted, so it is not "failed".
+    unconfirmed = "unconfirmed"
 
 
 class Campaign(Base):
@@ -60,6 +66,10 @@ class Campaign(Base):
     last_progress_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # Temporary refusals in a row with no success in between (the error budget's streak).
     failure_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # While ``waiting``: when the relay is probed next, and how many probes found it down
+    # (the step of the back-off table); reset by the first message it accepts.
+    relay_retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    relay_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Delivery(Base):
@@ -76,6 +86,8 @@ class Delivery(Base):
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.queued)
+    # SMTP transactions the relay answered (accepted or refused); a claim, a dead worker or a
+    # connection that broke before the reply does not count.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -83,3 +95,16 @@ class Delivery(Base):
     # A temporary failure puts the row back in the queue, not claimable before this time.
     next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A copy may already have been accepted: set when the row was taken back from a worker
+    # that stopped (or lost the connection) after handing it over, before the answer was
+    # written. Such a row is never marked failed because a re-send was refused.
+    maybe_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class WorkerHeartbeat(Base):
+    """A worker process that holds deliveries says it is alive here every few seconds."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    beat_at: Mapped[datetime] = mapped_column(UtcDateTime)

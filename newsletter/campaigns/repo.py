@@ -18,17 +18,27 @@ from sqlalchemy import (
     CursorResult,
     Result,
     and_,
+    case,
+    delete,
     func,
     literal,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
+from newsletter.campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    Delivery,
+    DeliveryStatus,
+    WorkerHeartbeat,
+)
 from newsletter.db import is_postgresql, utcnow
-from subscribers.models import Subscriber
+from subscribers.models import Subscriber, SubscriberStatus
 
 
 def _affected(result: Result[Any]) -> int:
@@ -45,7 +55,8 @@ class ClaimedDelivery:
     email: str
     name: str
     subscriber_status: str
-    attempts: int  # including this one
+    attempts: int  # answered by the relay before this claim
+    maybe_sent: bool = False  # an earlier copy may have been accepted
 
 
 def claim_batch(
@@ -57,9 +68,12 @@ def claim_batch(
     without waiting on each other. SQLite has no row locks, but it runs one writer at a time
     and the UPDATE … WHERE id IN (SELECT … LIMIT) … RETURNING is a single statement, so two
     workers can never claim the same row there either. Rows waiting out a retry back-off
-    (``next_attempt_at`` in the future) are not due yet.
+    (``next_attempt_at`` in the future) are not due yet. A claim is not an attempt: only an
+    answer of the relay counts (see :func:`mark_answered`). The worker's heartbeat is written
+    in the same transaction, so its rows are never seen held by a worker without one.
     """
     now = utcnow()
+    record_heartbeat(session, worker)
     candidates = (
         select(Delivery.id)
         .where(
@@ -75,19 +89,15 @@ def claim_batch(
     claimed = session.execute(
         update(Delivery)
         .where(Delivery.id.in_(candidates.scalar_subquery()))
-        .values(
-            status=DeliveryStatus.inflight,
-            claimed_by=worker,
-            claimed_at=now,
-            attempts=Delivery.attempts + 1,
-        )
-        .returning(Delivery.id, Delivery.subscriber_id, Delivery.attempts)
+        .values(status=DeliveryStatus.inflight, claimed_by=worker, claimed_at=now)
+        .returning(Delivery.id, Delivery.subscriber_id, Delivery.attempts, Delivery.maybe_sent)
         .execution_options(synchronize_session=False)
     ).all()
     if not claimed:
         return []
-    by_subscriber = {sid: (did, attempts) for did, sid, attempts in claimed}
-    # Status is read at claim time, so an unsubscribe after the campaign was created counts.
+    by_subscriber = {row.subscriber_id: row for row in claimed}
+    # Status is read at claim time (and again at each report, see inactive_subscribers), so
+    # an unsubscribe after the campaign was created counts.
     people = session.execute(
         select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status).where(
             Subscriber.id.in_(list(by_subscriber))
@@ -95,13 +105,33 @@ def claim_batch(
     ).all()
     claims = []
     for person in people:
-        delivery_id, attempts = by_subscriber[person.id]
+        row = by_subscriber[person.id]
         claims.append(
             ClaimedDelivery(
-                delivery_id, person.id, person.email, person.name, person.status, attempts
+                row.id,
+                person.id,
+                person.email,
+                person.name,
+                person.status,
+                row.attempts,
+                bool(row.maybe_sent),
             )
         )
     return sorted(claims, key=lambda c: c.delivery_id)
+
+
+def inactive_subscribers(session: Session, subscriber_ids: Sequence[int]) -> set[int]:
+    """Which of ``subscriber_ids`` are no longer active (unsubscribed, bounced, erased)."""
+    if not subscriber_ids:
+        return set()
+    active = set(
+        session.scalars(
+            select(Subscriber.id).where(
+                Subscriber.id.in_(subscriber_ids), Subscriber.status == SubscriberStatus.active
+            )
+        )
+    )
+    return set(subscriber_ids) - active
 
 
 def _owned(delivery_ids: Sequence[int], worker: str) -> ColumnElement[bool]:
@@ -115,62 +145,121 @@ def _owned(delivery_ids: Sequence[int], worker: str) -> ColumnElement[bool]:
 
 
 def mark_sent(session: Session, delivery_ids: Sequence[int], *, worker: str) -> int:
-    """Mark this worker's in-flight deliveries sent (a cancelled row stays cancelled)."""
+    """Mark this worker's in-flight deliveries sent: the relay accepted them (an answered
+    attempt). A cancelled row stays cancelled."""
     if not delivery_ids:
         return 0
     result = session.execute(
         update(Delivery)
         .where(_owned(delivery_ids, worker))
-        .values(status=DeliveryStatus.sent, sent_at=utcnow(), last_error=None)
+        .values(
+            status=DeliveryStatus.sent,
+            sent_at=utcnow(),
+            last_error=None,
+            attempts=Delivery.attempts + 1,
+        )
         .execution_options(synchronize_session=False)
     )
     return _affected(result)
 
 
-def mark_final(
+def _failed_unless_maybe_sent() -> ColumnElement[str]:
+    # The one place where "a delivery the relay may have accepted is never failed" is kept:
+    # such a row ends unconfirmed instead, whatever refused its re-send.
+    return case(
+        (Delivery.maybe_sent, literal(DeliveryStatus.unconfirmed.value)),
+        else_=literal(DeliveryStatus.failed.value),
+    )
+
+
+def mark_failed(
     session: Session,
     delivery_ids: Sequence[int],
-    status: DeliveryStatus,
-    reason: str | None,
+    reason: str,
     *,
     worker: str,
+    answered: bool,
 ) -> None:
-    """Mark this worker's in-flight deliveries failed or skipped, with the reason."""
-    if delivery_ids:
-        session.execute(
-            update(Delivery)
-            .where(_owned(delivery_ids, worker))
-            .values(status=status, last_error=reason)
-            .execution_options(synchronize_session=False)
-        )
+    """Fail this worker's in-flight deliveries for good, with the reason.
 
-
-def requeue(
-    session: Session,
-    delivery_ids: Sequence[int],
-    *,
-    worker: str,
-    not_before: datetime | None,
-    reason: str | None,
-    refund_attempt: bool = False,
-) -> None:
-    """Give this worker's in-flight deliveries back to the queue, due at ``not_before``.
-
-    ``refund_attempt`` is for rows that were claimed but never tried (the batch stopped
-    first): their attempt does not count towards the retry limit.
+    ``answered``: the relay refused them (it counts as an attempt); otherwise they never
+    reached it (an address this sender cannot use). A row that may already have been
+    accepted (``maybe_sent``) becomes ``unconfirmed``, never ``failed``.
     """
     if delivery_ids:
         session.execute(
             update(Delivery)
             .where(_owned(delivery_ids, worker))
             .values(
-                status=DeliveryStatus.queued,
-                claimed_by=None,
-                claimed_at=None,
-                next_attempt_at=not_before,
+                status=_failed_unless_maybe_sent(),
                 last_error=reason,
-                attempts=Delivery.attempts - 1 if refund_attempt else Delivery.attempts,
+                attempts=Delivery.attempts + 1 if answered else Delivery.attempts,
             )
+            .execution_options(synchronize_session=False)
+        )
+
+
+def mark_skipped(
+    session: Session, delivery_ids: Sequence[int], reason: str, *, worker: str
+) -> None:
+    """Mark this worker's in-flight deliveries skipped (the person is not active any more)."""
+    if delivery_ids:
+        session.execute(
+            update(Delivery)
+            .where(_owned(delivery_ids, worker))
+            .values(status=DeliveryStatus.skipped, last_error=reason)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def defer(
+    session: Session, delivery_id: int, *, worker: str, reason: str, not_before: datetime
+) -> None:
+    """The relay refused this worker's delivery for now (4xx): an answered attempt; queued
+    again, not due before ``not_before``."""
+    session.execute(
+        update(Delivery)
+        .where(_owned([delivery_id], worker))
+        .values(
+            status=DeliveryStatus.queued,
+            claimed_by=None,
+            claimed_at=None,
+            next_attempt_at=not_before,
+            last_error=reason,
+            attempts=Delivery.attempts + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def give_back(
+    session: Session,
+    delivery_ids: Sequence[int],
+    *,
+    worker: str,
+    maybe_sent: bool = False,
+    reason: str | None = None,
+) -> None:
+    """Give this worker's in-flight deliveries back to the queue as they were: the relay did
+    not answer for them (never tried, no connection, the batch stopped). Not an attempt.
+
+    ``maybe_sent``: the message was handed over and the connection broke before the reply,
+    so the relay may have it (see :data:`Delivery.maybe_sent`).
+    """
+    if delivery_ids:
+        values: dict[str, Any] = {
+            "status": DeliveryStatus.queued,
+            "claimed_by": None,
+            "claimed_at": None,
+        }
+        if maybe_sent:
+            values["maybe_sent"] = True
+        if reason is not None:
+            values["last_error"] = reason
+        session.execute(
+            update(Delivery)
+            .where(_owned(delivery_ids, worker))
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
 
@@ -197,20 +286,59 @@ def skip_queued(session: Session, campaign_id: int, reason: str) -> int:
     return _affected(result)
 
 
-def requeue_stale(session: Session, campaign_id: int, *, older_than: timedelta) -> int:
-    """Give back in-flight rows whose worker has not reported for ``older_than`` (it died).
+def record_heartbeat(session: Session, worker: str) -> None:
+    """Say that ``worker`` is alive now (one row per worker process, upserted)."""
+    insert = pg_insert if is_postgresql(session) else sqlite_insert
+    statement = insert(WorkerHeartbeat).values(worker_id=worker, beat_at=utcnow())
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[WorkerHeartbeat.worker_id],
+            set_={"beat_at": statement.excluded.beat_at},
+        )
+    )
 
-    The mail may already have left; it is sent again with the same Message-ID, so receivers
-    and the file outbox treat it as the same message.
+
+def forget_old_heartbeats(session: Session, *, older_than: timedelta) -> int:
+    """Delete heartbeats of workers gone for ``older_than`` (each restart adds a row)."""
+    result = session.execute(
+        delete(WorkerHeartbeat).where(WorkerHeartbeat.beat_at < utcnow() - older_than)
+    )
+    return _affected(result)
+
+
+def requeue_orphans(
+    session: Session,
+    *,
+    dead_after: timedelta,
+    stuck_after: timedelta,
+    campaign_id: int | None = None,
+) -> int:
+    """Give back in-flight rows whose worker is gone: its heartbeat (or, with no heartbeat
+    row, its claim) is older than ``dead_after``; or rows whose claim was not renewed for
+    ``stuck_after`` (a worker alive but stuck in one transaction). Of one campaign, or all.
+
+    The worker may have handed some of them over before it stopped, so they are marked
+    ``maybe_sent``: sent again with the same Message-ID (receivers treat it as the same
+    message), and never failed because the re-send was refused.
     """
+    now = utcnow()
+    alive = select(WorkerHeartbeat.worker_id).where(
+        WorkerHeartbeat.worker_id == Delivery.claimed_by,
+        WorkerHeartbeat.beat_at >= now - dead_after,
+    )
+    condition = and_(
+        Delivery.status == DeliveryStatus.inflight,
+        or_(
+            and_(Delivery.claimed_at < now - dead_after, ~alive.exists()),
+            Delivery.claimed_at < now - stuck_after,
+        ),
+    )
+    if campaign_id is not None:
+        condition = and_(Delivery.campaign_id == campaign_id, condition)
     result = session.execute(
         update(Delivery)
-        .where(
-            Delivery.campaign_id == campaign_id,
-            Delivery.status == DeliveryStatus.inflight,
-            Delivery.claimed_at < utcnow() - older_than,
-        )
-        .values(status=DeliveryStatus.queued, claimed_by=None, claimed_at=None)
+        .where(condition)
+        .values(status=DeliveryStatus.queued, claimed_by=None, claimed_at=None, maybe_sent=True)
         .execution_options(synchronize_session=False)
     )
     return _affected(result)
@@ -315,10 +443,13 @@ def record_progress(
     "the relay keeps refusing" is judged on the campaign, not on one batch.
     """
     streak: Any = literal(0) if succeeded else Campaign.failure_streak + refused_temporarily
+    values: dict[str, Any] = {"failure_streak": streak, "last_progress_at": utcnow()}
+    if succeeded:
+        values["relay_failures"] = 0  # the relay answers again: probing starts afresh
     session.execute(
         update(Campaign)
         .where(Campaign.id == campaign_id)
-        .values(failure_streak=streak, last_progress_at=utcnow())
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return int(
@@ -327,8 +458,17 @@ def record_progress(
 
 
 def stalled_campaigns(session: Session, *, quiet_for: timedelta) -> list[int]:
-    """Sending campaigns with no batch report for ``quiet_for``: their tasks may be lost."""
-    limit = utcnow() - quiet_for
+    """Sending campaigns with rows due now and no batch report for ``quiet_for``: nobody is
+    working on them, so their batch tasks were lost (a killed worker held them, or a broker
+    restart without persistence). A campaign whose rows all wait out a back-off is not
+    stalled: its chains sleep until then."""
+    now = utcnow()
+    limit = now - quiet_for
+    due = select(Delivery.id).where(
+        Delivery.campaign_id == Campaign.id,
+        Delivery.status == DeliveryStatus.queued,
+        or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+    )
     return list(
         session.scalars(
             select(Campaign.id).where(
@@ -337,6 +477,25 @@ def stalled_campaigns(session: Session, *, quiet_for: timedelta) -> list[int]:
                     Campaign.last_progress_at < limit,
                     and_(Campaign.last_progress_at.is_(None), Campaign.started_at < limit),
                 ),
+                due.exists(),
+            )
+        )
+    )
+
+
+def sending_campaigns(session: Session) -> list[int]:
+    """Campaigns now sending."""
+    return list(
+        session.scalars(select(Campaign.id).where(Campaign.status == CampaignStatus.sending))
+    )
+
+
+def relay_probes_due(session: Session) -> list[int]:
+    """Campaigns waiting for the relay whose next probe is due."""
+    return list(
+        session.scalars(
+            select(Campaign.id).where(
+                Campaign.status == CampaignStatus.waiting, Campaign.relay_retry_at <= utcnow()
             )
         )
     )

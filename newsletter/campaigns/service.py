@@ -8,7 +8,7 @@ sent, paused and watched the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -126,14 +126,22 @@ def require_campaign(session: Session, campaign_id: int, *, lock: bool = False) 
 
 
 _TRANSITIONS: dict[str, set[CampaignStatus]] = {
-    "start": {CampaignStatus.draft, CampaignStatus.scheduled, CampaignStatus.sending},
+    # Starting a campaign that waits for the relay probes it now.
+    "start": {
+        CampaignStatus.draft,
+        CampaignStatus.scheduled,
+        CampaignStatus.sending,
+        CampaignStatus.waiting,
+    },
     "schedule": {CampaignStatus.draft, CampaignStatus.scheduled},
-    "pause": {CampaignStatus.sending, CampaignStatus.scheduled},
-    "resume": {CampaignStatus.paused},
+    # Pausing a waiting campaign stops the probing too.
+    "pause": {CampaignStatus.sending, CampaignStatus.scheduled, CampaignStatus.waiting},
+    "resume": {CampaignStatus.paused, CampaignStatus.waiting},
     "cancel": {
         CampaignStatus.draft,
         CampaignStatus.scheduled,
         CampaignStatus.sending,
+        CampaignStatus.waiting,
         CampaignStatus.paused,
     },
 }
@@ -152,10 +160,15 @@ def _transition(session: Session, campaign_id: int, action: str) -> Campaign:
 def start_campaign(session: Session, campaign_id: int) -> Campaign:
     """Mark the campaign sending. Starting a campaign that is already sending is harmless."""
     campaign = _transition(session, campaign_id, "start")
-    campaign.status = CampaignStatus.sending
-    campaign.status_reason = None
+    _sending(campaign)
     campaign.started_at = campaign.started_at or utcnow()
     return campaign
+
+
+def _sending(campaign: Campaign) -> None:
+    campaign.status = CampaignStatus.sending
+    campaign.status_reason = None
+    campaign.relay_retry_at = None
 
 
 def schedule_campaign(session: Session, campaign_id: int, at: datetime) -> Campaign:
@@ -192,11 +205,62 @@ def halt_campaign(session: Session, campaign_id: int, reason: str) -> bool:
 
 
 def resume_campaign(session: Session, campaign_id: int) -> Campaign:
-    """Continue a paused campaign where it stopped."""
+    """Continue a paused campaign where it stopped (a waiting one: probe the relay now)."""
     campaign = _transition(session, campaign_id, "resume")
-    campaign.status = CampaignStatus.sending
-    campaign.status_reason = None
+    _sending(campaign)
     return campaign
+
+
+def wait_for_relay(
+    session: Session,
+    campaign_id: int,
+    reason: str,
+    *,
+    delays: list[float],
+    zone: ZoneInfo,
+    probe_forever: bool = True,
+) -> datetime | None:
+    """Take a sending campaign off the relay while it cannot be reached (or answers 421):
+    status ``waiting``, the next probe on the back-off table ``delays`` (its last step
+    repeats), the organizer told when. Returns the time of the next probe, or None when the
+    campaign was not sending (another batch got there first, or an organizer acted).
+
+    Pause and cancel stay possible; a probe (:func:`probe_relay`) sends again by itself.
+    Without ``probe_forever`` (in-process sending, where the command itself is the worker)
+    the campaign pauses once the table is used up, so the command ends.
+    """
+    campaign = require_campaign(session, campaign_id, lock=True)
+    if campaign.status != CampaignStatus.sending:
+        return None
+    if not probe_forever and campaign.relay_failures >= len(delays):
+        campaign.status = CampaignStatus.paused
+        campaign.status_reason = (
+            f"{reason}; tried {campaign.relay_failures + 1} times, resume when it is back"
+        )
+        campaign.relay_retry_at = None
+        return None
+    step = delays[min(campaign.relay_failures, len(delays) - 1)]
+    at = utcnow() + timedelta(seconds=step)
+    campaign.status = CampaignStatus.waiting
+    campaign.relay_failures += 1
+    campaign.relay_retry_at = at
+    campaign.status_reason = f"{reason}; next try at {at.astimezone(zone):%H:%M:%S %Z}"
+    return at
+
+
+def probe_relay(session: Session, campaign_id: int) -> bool:
+    """Send again if the campaign waits for the relay and its probe is due; True if so.
+
+    The batches that follow are the probe: if the relay still fails, the first of them puts
+    the campaign back to waiting, one step further along the back-off table.
+    """
+    campaign = require_campaign(session, campaign_id, lock=True)
+    if campaign.status != CampaignStatus.waiting:
+        return False
+    if campaign.relay_retry_at is not None and campaign.relay_retry_at > utcnow():
+        return False
+    _sending(campaign)
+    return True
 
 
 def cancel_campaign(session: Session, campaign_id: int) -> Campaign:
@@ -221,7 +285,7 @@ def apply_organizer_action(session: Session, campaign_id: int, action: Organizer
         pause_campaign(session, campaign_id)
     elif action == "cancel":
         cancel_campaign(session, campaign_id)
-    elif action == "resume" or current.status == CampaignStatus.paused:
+    elif action == "resume" or current.status in (CampaignStatus.paused, CampaignStatus.waiting):
         resume_campaign(session, campaign_id)
     return action in ("send", "resume")
 
@@ -245,11 +309,13 @@ class CampaignProgress:
     started_at: datetime | None
     finished_at: datetime | None
     kind: str = CampaignKind.invitation
+    # Re-sends refused after a worker stopped mid-hand-over: maybe delivered, maybe not.
+    unconfirmed: int = 0
 
     @property
     def done(self) -> int:
         """Deliveries that reached a final state."""
-        return self.sent + self.failed + self.skipped
+        return self.sent + self.failed + self.skipped + self.unconfirmed
 
 
 def progress(session: Session, campaign_id: int) -> CampaignProgress:
@@ -273,4 +339,5 @@ def progress(session: Session, campaign_id: int) -> CampaignProgress:
         started_at=campaign.started_at,
         finished_at=campaign.finished_at,
         kind=campaign.kind,
+        unconfirmed=counts[DeliveryStatus.unconfirmed],
     )

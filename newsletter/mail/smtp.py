@@ -10,10 +10,16 @@ Replies map to what the sender needs to decide on a retry:
 * 5xx → ``DeliveryError(permanent=True, code=5xx)`` with the server's text (its enhanced
   status code such as ``5.1.1`` tells a hard bounce from a policy refusal) — except a
   refused MAIL FROM, which is about us, not the recipient, and stays ``permanent=False``;
-* connection lost before the message was handed over (typically: the server closed an idle
-  connection) → reconnect once and retry; lost again, or lost *while* the message was being
-  transferred → ``DeliveryError(permanent=False)``. We do not retry in the second case on our
-  own: the server may already have the message, and resending is the campaign's decision.
+* 421 (service not available, closing), no connection at all, or the connection lost before
+  the message was handed over (typically: the server closed an idle connection) → reconnect
+  once and retry; failing again → :class:`RelayUnavailable`: the relay, not this message, is
+  the problem, and the relay did not answer for the message;
+* connection lost *while* the message was being transferred, before the reply →
+  :class:`HandoverUnconfirmed`. We do not retry on our own: the server may already have the
+  message, and resending is the campaign's decision;
+* a recipient whose address needs SMTPUTF8 (RFC 6531) is sent with it when the server
+  offers it (EHLO); otherwise that one message fails for good with a reason
+  (``DeliveryError(permanent=True)``), without a word to the server.
 
 Neither the password nor the recipient's address ever appears in an error message or repr.
 """
@@ -26,7 +32,7 @@ import re
 import smtplib
 import ssl
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, NoReturn, Self
 
 from newsletter.errors import ConfigurationError, DeliveryError
 from newsletter.mail.message import OutgoingMessage
@@ -57,6 +63,25 @@ class SmtpRefused(DeliveryError):
     def is_hard_bounce(self) -> bool:
         """Whether the mailbox or domain does not exist (5.1.x): suppress the address."""
         return self.permanent and (self.enhanced_status or "").startswith("5.1.")
+
+
+class RelayUnavailable(DeliveryError):
+    """The relay could not be reached, or answered 421: nothing was said about the message.
+
+    The sender puts the message back untouched and waits for the relay (it is not an
+    attempt of the delivery).
+    """
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message, permanent=False, code=code)
+
+
+class HandoverUnconfirmed(DeliveryError):
+    """The message was handed over but the connection broke before the server's reply: the
+    server may have it. Not an attempt (no answer), but a re-send may be a second copy."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
 
 
 def _is_loopback(host: str) -> bool:
@@ -183,22 +208,26 @@ class SmtpTransport:
         except smtplib.SMTPAuthenticationError as exc:
             _abandon(smtp)
             # Not permanent for the delivery: the address is fine, our configuration is not.
-            raise DeliveryError(
+            raise RelayUnavailable(
                 f"SMTP server {self._where} refused the login of {self.username!r}:"
                 f" {exc.smtp_code} {_text(exc.smtp_error)}",
-                permanent=False,
                 code=exc.smtp_code,
             ) from None
         except smtplib.SMTPNotSupportedError as exc:
             _abandon(smtp)
-            raise DeliveryError(
-                f"SMTP server {self._where} does not support what the mail URL asks: {exc}",
-                permanent=False,
+            raise RelayUnavailable(
+                f"SMTP server {self._where} does not support what the mail URL asks: {exc}"
+            ) from None
+        except smtplib.SMTPResponseException as exc:  # a 421 greeting, say
+            _abandon(smtp)
+            raise RelayUnavailable(
+                f"cannot connect to SMTP server {self._where}: {_reason(exc)}",
+                code=exc.smtp_code,
             ) from None
         except (smtplib.SMTPException, OSError) as exc:
             _abandon(smtp)
-            raise DeliveryError(
-                f"cannot connect to SMTP server {self._where}: {_reason(exc)}", permanent=False
+            raise RelayUnavailable(
+                f"cannot connect to SMTP server {self._where}: {_reason(exc)}"
             ) from None
         self.connections += 1
         return smtp
@@ -240,22 +269,28 @@ class SmtpTransport:
             except _ConnectionLost as lost:
                 self._close(polite=False)
                 if lost.handed_over:
-                    raise DeliveryError(
+                    raise HandoverUnconfirmed(
                         f"lost the connection to SMTP server {self._where} while handing over"
-                        f" delivery {message.delivery_id} ({lost}); the server may have it",
-                        permanent=False,
+                        f" delivery {message.delivery_id} ({lost}); the server may have it"
                     ) from None
                 if attempt == 2:
-                    raise DeliveryError(
+                    raise RelayUnavailable(
                         f"lost the connection to SMTP server {self._where} twice before"
                         f" delivery {message.delivery_id} could be sent: {lost}",
-                        permanent=False,
                         code=lost.code,
                     ) from None
 
     def _transact(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> None:
-        """One MAIL/RCPT/DATA transaction; raises SmtpRefused or _ConnectionLost."""
-        if smtp.does_esmtp and smtp.has_extn("pipelining") and message.recipient.isascii():
+        """One MAIL/RCPT/DATA transaction; raises SmtpRefused, RelayUnavailable (a 421
+        after the message was handed over), DeliveryError (SMTPUTF8 needed, not offered)
+        or _ConnectionLost."""
+        if message.smtputf8 and not smtp.has_extn("smtputf8"):
+            raise DeliveryError(
+                f"the relay {self._where} does not offer SMTPUTF8, needed for delivery"
+                f" {message.delivery_id}: its address has a non-ASCII local part",
+                permanent=True,
+            )
+        if smtp.does_esmtp and smtp.has_extn("pipelining") and not message.smtputf8:
             self._transact_pipelined(smtp, message)
             return
         handed_over = False
@@ -265,6 +300,11 @@ class SmtpTransport:
         try:
             smtp.ehlo_or_helo_if_needed()
             options = [f"SIZE={len(message.data)}"] if smtp.has_extn("size") else []
+            if message.smtputf8:
+                # smtplib then writes the commands in UTF-8 (RFC 6531 3.4), until the RSET.
+                options.append("SMTPUTF8")
+                if smtp.has_extn("8bitmime"):
+                    options.append("BODY=8BITMIME")
             code, reply = smtp.mail(message.envelope_from, options)
             if code == 250:
                 stage = "RCPT TO"
@@ -280,14 +320,32 @@ class SmtpTransport:
                         return
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise _ConnectionLost(_reason(exc), handed_over=handed_over) from None
+        self._after_refusal(smtp, message, code, reply, stage, handed_over=handed_over)
+
+    def _after_refusal(
+        self,
+        smtp: smtplib.SMTP,
+        message: OutgoingMessage,
+        code: int,
+        reply: bytes | str,
+        stage: str,
+        *,
+        handed_over: bool,
+    ) -> NoReturn:
+        """Raise what a non-250 reply means, leaving the connection fit for the next one."""
         if code == 421 and not handed_over:
             # "Service not available, closing channel": typically an idle timeout between
             # two messages; a fresh connection is the cure, not a failed delivery.
             raise _ConnectionLost(f"421 {_text(reply)}", handed_over=False, code=421)
         if code == 421:
-            self._close(polite=False)  # the server closes the channel after a 421
-        else:
-            self._reset(smtp)
+            # The server closes the channel: about the service, not this message.
+            self._close(polite=False)
+            raise RelayUnavailable(
+                f"SMTP server {self._where} is closing the service ({stage} of delivery"
+                f" {message.delivery_id}): 421 {self._masked(message, reply)}",
+                code=421,
+            )
+        self._reset(smtp)
         raise self._refused(message, code, reply, stage)
 
     def _transact_pipelined(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> None:
@@ -336,13 +394,7 @@ class SmtpTransport:
             raise _ConnectionLost(_reason(exc), handed_over=handed_over) from None
         if code == 250:
             return
-        if code == 421 and not handed_over:
-            raise _ConnectionLost(f"421 {_text(reply)}", handed_over=False, code=421)
-        if code == 421:
-            self._close(polite=False)
-        else:
-            self._reset(smtp)
-        raise self._refused(message, code, reply, stage)
+        self._after_refusal(smtp, message, code, reply, stage, handed_over=handed_over)
 
     def _reset(self, smtp: smtplib.SMTP) -> None:
         """RSET after a refusal so the connection serves the next message."""
@@ -351,12 +403,16 @@ class SmtpTransport:
         except (smtplib.SMTPException, OSError):
             self._close(polite=False)  # the next send reconnects
 
+    @staticmethod
+    def _masked(message: OutgoingMessage, reply: bytes | str) -> str:
+        # Servers echo the address ("<a@b>: Recipient address rejected"); logs must not have it.
+        text = _text(reply)
+        return re.sub(re.escape(message.recipient), "<recipient>", text, flags=re.IGNORECASE)
+
     def _refused(
         self, message: OutgoingMessage, code: int, reply: bytes | str, stage: str
     ) -> SmtpRefused:
-        text = _text(reply)
-        # Servers echo the address ("<a@b>: Recipient address rejected"); logs must not have it.
-        text = re.sub(re.escape(message.recipient), "<recipient>", text, flags=re.IGNORECASE)
+        text = self._masked(message, reply)
         kind = "refused" if 500 <= code < 600 else "deferred"
         return SmtpRefused(
             f"SMTP server {self._where} {kind} delivery {message.delivery_id} at {stage}:"
