@@ -14,7 +14,7 @@ from newsletter.cli.campaign_cmd import progress_line, send_and_watch
 from newsletter.cli.common import console, fail, handles_errors
 from newsletter.cli.demo_session import upcoming_demo_record
 from newsletter.cli.preview_cmd import write_preview
-from newsletter.config import get_settings
+from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.links import recipient_links
 from newsletter.migrate import upgrade
@@ -36,6 +36,9 @@ def demo(
 @handles_errors
 def _demo(examples: Path, serve: bool) -> None:
     settings = get_settings()
+    # The dashboard's token exists from the start (generated into var/ unless configured), so a
+    # newcomer who opens /admin has one to type before any failed login.
+    settings.admin_bearer_token  # noqa: B018
     url = settings.database_url
     console.print(f"[bold]1.[/] database {url}")
     upgrade(url)
@@ -123,6 +126,10 @@ def _demo(examples: Path, serve: bool) -> None:
             )
         console.print(f"  {first[0].name}'s RSVP page (the 是 button of the mail):")
         console.print(f"  {links.rsvp_yes}", soft_wrap=True)
+    console.print(f"  The organizer dashboard: {settings.base_url}/admin", soft_wrap=True)
+    console.print(
+        f"  (sign in with the admin token {_where_the_token_is(settings)}).", soft_wrap=True
+    )
     if serve:
         parsed = urlsplit(settings.base_url)
         console.print(f"\nServing the RSVP web app on {settings.base_url} (Ctrl-C stops).")
@@ -135,3 +142,11 @@ def _demo(examples: Path, serve: bool) -> None:
             port=parsed.port or 8000,
             log_level="warning",
         )
+
+
+def _where_the_token_is(settings: Settings) -> str:
+    """Where the organizer finds the admin token: never the token itself, which would land in
+    terminal scrollback and logs."""
+    if settings.admin_token:
+        return "from NEWSLETTER_ADMIN_TOKEN"
+    return f"in {(settings.var_dir / 'admin.token').resolve()}"
