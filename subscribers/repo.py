@@ -201,6 +201,18 @@ def count_subscribers(session: Session, *, status: SubscriberStatus | None, tag:
     return int(session.scalar(stmt) or 0)
 
 
+def statuses(session: Session, subscriber_ids: Iterable[int]) -> dict[int, str]:
+    """The current status of each of these subscribers (ids not found are absent), read
+    from the database even when the ORM holds the rows: a sender asks right before mailing."""
+    wanted = sorted(set(subscriber_ids))
+    found: dict[int, str] = {}
+    for chunk in chunked(wanted, LOOKUP_CHUNK):
+        where = _one_of(session, SUBSCRIBERS.c.id, chunk, Integer())
+        rows = session.execute(select(SUBSCRIBERS.c.id, SUBSCRIBERS.c.status).where(where))
+        found.update({subscriber_id: status for subscriber_id, status in rows})
+    return found
+
+
 def count_by_status(session: Session) -> dict[str, int]:
     """Subscribers per status (statuses with none are absent)."""
     stmt = select(Subscriber.status, func.count()).group_by(Subscriber.status)

@@ -8,6 +8,11 @@ Rules kept here, whoever calls:
   not a second ``add``, not a web click.
 * "Removing" keeps the row, marked unsubscribed, so past deliveries and RSVPs stay consistent;
   :func:`purge_subscriber` deletes only people without any history.
+* Whoever leaves the list (unsubscribe, removal, bounce, suppression) gives up their seats and
+  waitlist places in every session still ahead, and their mails not sent yet; freed seats go
+  to the waitlist. The answer rules live in :mod:`newsletter.rsvp.service`, so this is the one
+  place where the subscribers package calls up into ``newsletter``: every way of leaving
+  passes through here, and a second copy of the seat rules would drift.
 
 Functions take a Session and never commit; the caller's ``session_scope`` does. The CSV import
 lives in :mod:`subscribers.csv_import` and is re-exported here.
@@ -23,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.db import utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.rsvp.service import withdraw_answers
 from subscribers import repo
 from subscribers.csv_import import ImportReport, RowError, import_csv
 from subscribers.models import Subscriber, SubscriberStatus
@@ -219,7 +225,18 @@ def remove_subscriber(session: Session, email: str) -> Removed:
         utcnow(),
         only_from=[SubscriberStatus.active],
     )
+    _give_up_answers(session, subscriber.id)
     return Removed(subscriber.email, previous, changed)
+
+
+def _give_up_answers(session: Session, subscriber_id: int) -> None:
+    """The subscriber is not active (any more): withdraw their answers for sessions ahead,
+    noting the status and its reason. Also run when the status did not change, which is
+    cheap and repairs answers kept from before this rule."""
+    person = repo.get_by_id(session, subscriber_id)
+    assert person is not None and person.status != SubscriberStatus.active
+    why = f"{person.status} ({person.status_reason})" if person.status_reason else person.status
+    withdraw_answers(session, subscriber_id, why)
 
 
 def purge_subscriber(session: Session, email: str) -> None:
@@ -242,11 +259,12 @@ def unsubscribe(session: Session, subscriber_id: int, reason: str) -> bool:
     """Unsubscribe (the web link, RFC 8058 one-click, an organizer); idempotent.
 
     Only an active subscriber changes; a bounced or suppressed one keeps that stronger status.
-    Returns whether the status changed. Unknown id: NotFoundError (the web app answers 404).
+    Their answers for sessions ahead are given up (see the module's rules). Returns whether
+    the status changed. Unknown id: NotFoundError (the web app answers 404).
     """
     if repo.get_by_id(session, subscriber_id) is None:
         raise NotFoundError(f"subscriber #{subscriber_id} does not exist")
-    return repo.set_status(
+    changed = repo.set_status(
         session,
         subscriber_id,
         SubscriberStatus.unsubscribed,
@@ -254,6 +272,8 @@ def unsubscribe(session: Session, subscriber_id: int, reason: str) -> bool:
         utcnow(),
         only_from=[SubscriberStatus.active],
     )
+    _give_up_answers(session, subscriber_id)
+    return changed
 
 
 def suppress(
@@ -267,23 +287,27 @@ def suppress(
     """Never mail this address again: set ``status`` (bounced, suppressed, unsubscribed).
 
     Used by the bounce handler (``status=bounced`` after a 5.1.x) and by organizers. Give the
-    subscriber's id or address. An address that is not on the list yet is stored with that
-    status, so that a later import cannot add it as active. Returns whether anything changed.
+    subscriber's id or address. Their answers for sessions ahead are given up. An address that
+    is not on the list yet is stored with that status, so that a later import cannot add it
+    as active. Returns whether anything changed.
     """
     if status is SubscriberStatus.active:
         raise ValueError("suppress() makes an address inactive; use add_subscriber to activate")
     if (email is None) == (subscriber_id is None):
         raise ValueError("give exactly one of email or subscriber_id")
     now = utcnow()
-    if subscriber_id is not None:
-        if repo.get_by_id(session, subscriber_id) is None:
+    if subscriber_id is None:
+        assert email is not None
+        address = normalise_email(email)
+        existing = repo.get_by_email(session, address)
+    else:
+        address, existing = "", repo.get_by_id(session, subscriber_id)
+        if existing is None:
             raise NotFoundError(f"subscriber #{subscriber_id} does not exist")
-        return repo.set_status(session, subscriber_id, status, reason, now)
-    assert email is not None
-    address = normalise_email(email)
-    existing = repo.get_by_email(session, address)
     if existing is not None:
-        return repo.set_status(session, existing.id, status, reason, now)
+        changed = repo.set_status(session, existing.id, status, reason, now)
+        _give_up_answers(session, existing.id)
+        return changed
     new_id = repo.insert_subscriber(
         session,
         email=address,

@@ -79,6 +79,20 @@ def settle(
         )
 
 
+def drop_pending(session: Session, subscriber_id: int, *, reason: str) -> int:
+    """Give up every notice of one subscriber not yet sent (due, waiting for a retry or leased
+    to a sender), recording ``reason``; how many were dropped. A mail that a sender claimed
+    before this commit may still go out (the sender checked the subscriber when it claimed);
+    its outcome then overwrites the reason, truthfully."""
+    result = session.execute(
+        update(RsvpEvent)
+        .where(RsvpEvent.subscriber_id == subscriber_id, RsvpEvent.notice_due_at.is_not(None))
+        .values(notice_due_at=None, notice_error=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def pending_count(session: Session, session_id: int | None = None) -> int:
     """Notices not yet sent nor given up (for the tests and for checks by hand)."""
     query = select(func.count()).where(RsvpEvent.notice_due_at.is_not(None))

@@ -88,12 +88,11 @@ def _compile(salon: SalonSession, kind: NoticeKind, settings: Settings) -> _Comp
 def build_rsvp_notice(
     session: Session, settings: Settings, session_id: int, subscriber_id: int, kind: NoticeKind
 ) -> OutgoingMessage | None:
-    """The mail for ``kind``, or None when it must not be sent (a bounced address, say)."""
+    """The mail for ``kind``, or None when it must not be sent: the session or the person is
+    gone, or the person is not active (the outbox says which before it gets here)."""
     salon = sessions_repo.get_by_id(session, session_id)
     person = subscribers_repo.get_by_id(session, subscriber_id)
-    if salon is None or person is None:
-        return None
-    if person.status in (SubscriberStatus.bounced, SubscriberStatus.suppressed):
+    if salon is None or person is None or person.status != SubscriberStatus.active:
         return None
     compiled = _compile(salon, kind, settings)
     links = recipient_links(

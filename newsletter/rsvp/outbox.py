@@ -3,7 +3,8 @@
 An answer commits its notice with itself (see ``RsvpEvent``); a sender claims due notices,
 builds each mail from the rows as they are now, and records the outcome. A person who said
 yes, then no before the mail went out, gets no confirmation; two quick "yes" clicks that
-each changed something get one mail.
+each changed something get one mail; someone who is no longer active (unsubscribed, bounced,
+suppressed) when the sender claims the notice gets nothing, and the row says why.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.models import Answer, NoticeKind
 from newsletter.rsvp.notice_repo import DueNotice
 from newsletter.rsvp.notices import build_rsvp_notice
+from subscribers import repo as subscribers_repo
+from subscribers.models import SubscriberStatus
 
 # A temporary refusal is retried after 1, 5, 15 and 60 minutes, then given up.
 RETRY_DELAYS_S = (60, 300, 900, 3600)
@@ -65,17 +68,25 @@ def claim(
         grouped.setdefault((notice.session_id, notice.subscriber_id, notice.kind), []).append(
             notice
         )
+    # Read in the claiming transaction, after the lease: whoever left the list before this
+    # moment is never mailed, whatever the notice and however long it waited for a retry.
+    status = subscribers_repo.statuses(session, (notice.subscriber_id for notice in due))
     prepared = []
     for (salon_id, person_id, kind), notices in grouped.items():
         ids = [notice.id for notice in notices]
         attempts = max(notice.attempts for notice in notices)
+        now_status = status.get(person_id, "gone")
+        if now_status != SubscriberStatus.active:
+            left = f"not sent: subscriber {now_status}"
+            prepared.append(PreparedNotice(ids, person_id, attempts, None, left))
+            continue
         current = rsvp_repo.get(session, salon_id, person_id)
         if current is None or current.answer != Answer.yes or current.waitlisted:
             changed = "not sent: the answer changed before the mail went out"
             prepared.append(PreparedNotice(ids, person_id, attempts, None, changed))
             continue
         message = build_rsvp_notice(session, settings, salon_id, person_id, kind)
-        gone = None if message else "not sent: the address bounced or was suppressed"
+        gone = None if message else "not sent: the session or the subscriber is gone"
         prepared.append(PreparedNotice(ids, person_id, attempts, message, gone))
     return prepared
 

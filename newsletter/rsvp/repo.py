@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
+    ColumnElement,
     ScalarResult,
     bindparam,
     case,
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session, defer, lazyload
 from newsletter.db import is_postgresql
 from newsletter.rsvp.models import Answer, NoticeKind, Rsvp, RsvpEvent
 from newsletter.sessions.models import SalonSession
-from subscribers.models import Subscriber
+from subscribers.models import Subscriber, SubscriberStatus
 
 # Built once: on the answer path, building these statements cost more CPU than running them.
 _ADDRESSEE = (
@@ -81,19 +82,34 @@ def seats_taken(session: Session, session_id: int) -> int:
     return int(taken or 0)
 
 
+def _active() -> ColumnElement[bool]:
+    """Whether an answer's subscriber is still on the list: someone who unsubscribed,
+    bounced or was suppressed neither moves up the waitlist nor counts ahead of others.
+    (Leaving the list withdraws the answers; this also covers rows older than that rule.)"""
+    return (
+        select(Subscriber.id)
+        .where(Subscriber.id == Rsvp.subscriber_id, Subscriber.status == SubscriberStatus.active)
+        .exists()
+    )
+
+
 def waitlist(session: Session, session_id: int) -> ScalarResult[Rsvp]:
-    """Waiting "yes" answers, first come first served, fetched 50 at a time as iterated;
-    close the result when done with it."""
+    """Waiting "yes" answers of active subscribers, first come first served, fetched 50 at a
+    time as iterated; close the result when done with it."""
     return session.scalars(
         select(Rsvp)
-        .where(Rsvp.session_id == session_id, Rsvp.waitlisted.is_(True))
+        .where(
+            Rsvp.session_id == session_id,
+            Rsvp.waitlisted.is_(True),
+            _active(),
+        )
         .order_by(Rsvp.answered_at, Rsvp.id)
         .execution_options(yield_per=50)
     )
 
 
 def waitlist_position(session: Session, rsvp: Rsvp) -> int:
-    """1 for the first in line."""
+    """1 for the first in line (only active subscribers are in line)."""
     session.flush()  # a new answer needs its id to be placed among equal times
     ahead = session.scalar(
         select(func.count()).where(
@@ -101,15 +117,52 @@ def waitlist_position(session: Session, rsvp: Rsvp) -> int:
             Rsvp.waitlisted.is_(True),
             (Rsvp.answered_at < rsvp.answered_at)
             | ((Rsvp.answered_at == rsvp.answered_at) & (Rsvp.id < rsvp.id)),
+            _active(),
         )
     )
     return int(ahead or 0) + 1
 
 
-def add_event(session: Session, rsvp: Rsvp, at: datetime, notice: NoticeKind | None = None) -> None:
-    """Append the answer to the history the dashboard charts, with the mail it triggers."""
+def answered_ahead(session: Session, subscriber_id: int, now: datetime) -> list[int]:
+    """Sessions still ahead (not started, not cancelled) for which the subscriber's answer
+    is something other than "no": what they give up when they leave the list.
+
+    In session id order, so that two people leaving at once lock sessions in the same order.
+    """
+    return list(
+        session.scalars(
+            select(Rsvp.session_id)
+            .join(SalonSession, SalonSession.id == Rsvp.session_id)
+            .where(
+                Rsvp.subscriber_id == subscriber_id,
+                Rsvp.answer != Answer.no,
+                SalonSession.starts_at > now,
+                SalonSession.cancelled.is_(False),
+            )
+            .order_by(Rsvp.session_id)
+        )
+    )
+
+
+def add_event(
+    session: Session,
+    rsvp: Rsvp,
+    at: datetime,
+    notice: NoticeKind | None = None,
+    *,
+    note: str | None = None,
+) -> None:
+    """Append the answer to the history the dashboard charts, with the mail it triggers, or
+    with a ``note`` saying why the answer changed without the person giving it."""
     add_event_row(
-        session, rsvp.session_id, rsvp.subscriber_id, rsvp.answer, rsvp.waitlisted, at, notice
+        session,
+        rsvp.session_id,
+        rsvp.subscriber_id,
+        rsvp.answer,
+        rsvp.waitlisted,
+        at,
+        notice,
+        note=note,
     )
 
 
@@ -121,8 +174,11 @@ def add_event_row(
     waitlisted: bool,
     at: datetime,
     notice: NoticeKind | None,
+    *,
+    note: str | None = None,
 ) -> None:
-    """Append one answer to the history, by ids; a notice is due at once."""
+    """Append one answer to the history, by ids; a notice is due at once. ``note`` goes
+    where a notice's outcome would (a row with a note has no notice)."""
     session.add(
         RsvpEvent(
             session_id=session_id,
@@ -132,6 +188,7 @@ def add_event_row(
             at=at,
             notice=notice.value if notice else None,
             notice_due_at=at if notice else None,
+            notice_error=note,
         )
     )
 

@@ -4,7 +4,7 @@ Nobody waits for a seat, so an answer needs no lock: one upsert (``ON CONFLICT â
 UPDATE â€¦ WHERE`` something differs) decides atomically, even when the same person's two
 clicks race. This is the path the burst of confirmations right after a send takes, so on
 PostgreSQL the whole answer is a single statement (data-modifying CTEs): it checks that the
-session is still open and without a limit and that the subscriber exists, upserts the answer,
+session is still open and without a limit and that the subscriber is active, upserts the answer,
 appends the history row with its confirmation mail, and returns the session's version.
 Committed on its own, it costs one round trip.
 """
@@ -32,7 +32,7 @@ from newsletter.db import (
 from newsletter.rsvp.models import Answer, NoticeKind, Rsvp, RsvpEvent
 from newsletter.rsvp.repo import add_event_row
 from newsletter.sessions.models import SalonSession
-from subscribers.models import Subscriber
+from subscribers.models import Subscriber, SubscriberStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ def _sqlite_statement() -> ReturningInsert[tuple[int, int, str]]:
 @lru_cache(maxsize=1)
 def _postgresql_statement() -> Select[tuple[int, int, datetime]]:
     """The whole answer: one row (changed, revision, updated_at) if the session is open
-    without a limit and the subscriber exists, else no row and nothing written."""
+    without a limit and the subscriber is active, else no row and nothing written."""
     sessions, subscribers = cast(Table, SalonSession.__table__), cast(Table, Subscriber.__table__)
     salon = (
         select(sessions.c.id, sessions.c.revision, sessions.c.updated_at)
@@ -111,7 +111,15 @@ def _postgresql_statement() -> Select[tuple[int, int, datetime]]:
         )
         .cte("salon")
     )
-    who = select(subscribers.c.id).where(subscribers.c.id == bindparam("subscriber_id")).cte("who")
+    who = (
+        select(subscribers.c.id)
+        .where(
+            subscribers.c.id == bindparam("subscriber_id"),
+            # Someone who left the list answers nothing (the full path says so).
+            subscribers.c.status == SubscriberStatus.active.value,
+        )
+        .cte("who")
+    )
     both = salon.join(who, true())
     answered = select(salon.c.id, who.c.id, *_NEW_ANSWER.values()).select_from(both)
     changed = _upsert(
@@ -195,7 +203,7 @@ async def answer_open_session(
     url: str, session_id: int, subscriber_id: int, answer: Answer, guests: int, now: datetime
 ) -> OpenAnswer | None:
     """Record an answer in one statement, committed, if that decides it: on PostgreSQL, for
-    a session that is open and has no seat limit, a subscriber who exists, and no guests
+    a session that is open and has no seat limit, an active subscriber, and no guests
     (whether a record allows them is in its parsed form). Otherwise record nothing and
     return None: the caller takes the full path, which also says what is wrong."""
     if guests or not is_postgresql_url(url):
