@@ -6,6 +6,7 @@ answer DATA with a chosen reply, or hang up, so failures are rehearsed against a
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,12 @@ class Recorder:
     # Advertise RFC 2920 PIPELINING, as Postfix and most relays do (aiosmtpd does not).
     pipelining: bool = True
     ehlo_count: int = 0
+    # Called with each RCPT address: a reply to refuse it with (a greylisting relay), or None.
+    rcpt_policy: Callable[[str], str | None] | None = None
+    # Every RCPT refusal answered, by address (refuse_rcpt and rcpt_policy alike).
+    rcpt_refusals: Counter[str] = field(default_factory=Counter)
+    # MAIL FROM parameters of each accepted message, in order (SMTPUTF8, BODY=8BITMIME, …).
+    mail_options: list[list[str]] = field(default_factory=list)
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -64,8 +71,12 @@ class Recorder:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
-        if address in self.refuse_rcpt:
-            return self.refuse_rcpt[address]
+        refusal = self.refuse_rcpt.get(address)
+        if refusal is None and self.rcpt_policy is not None:
+            refusal = self.rcpt_policy(address)
+        if refusal is not None:
+            self.rcpt_refusals[address] += 1
+            return refusal
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -79,6 +90,7 @@ class Recorder:
             return self.data_reply
         if self.data_calls <= self.refuse_first:
             return self.refuse_first_reply
+        self.mail_options.append(list(envelope.mail_options))
         self.received.append(
             Received(
                 peer=session.peer,
@@ -101,21 +113,39 @@ class Recorder:
 class SmtpServer:
     handler: Recorder
     port: int
+    controller: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """Stop listening (a relay outage); what it received stays in ``handler``."""
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def restart(self) -> None:
+        """Listen again on the same port, with the same handler and options."""
+        self.stop()
+        self.controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, **self.options
+        )
+        self.controller.start()
 
 
 @pytest.fixture
 def start_smtp() -> Iterator[Callable[..., SmtpServer]]:
-    """Starts real aiosmtpd servers on 127.0.0.1; all are stopped after the test."""
-    controllers: list[Any] = []
+    """Starts real aiosmtpd servers on 127.0.0.1; all are stopped after the test.
+
+    Options go to aiosmtpd's SMTP class, e.g. ``enable_SMTPUTF8=False`` for a relay that
+    does not offer SMTPUTF8 (aiosmtpd's Controller offers it by default).
+    """
+    servers: list[SmtpServer] = []
 
     def start(**options: Any) -> SmtpServer:
-        handler = Recorder()
-        port = free_port()
-        controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
-        controller.start()
-        controllers.append(controller)
-        return SmtpServer(handler, port)
+        server = SmtpServer(Recorder(), free_port(), options=options)
+        server.restart()
+        servers.append(server)
+        return server
 
     yield start
-    for controller in controllers:
-        controller.stop()
+    for server in servers:
+        server.stop()

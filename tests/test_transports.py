@@ -22,7 +22,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from newsletter.config import Settings
 from newsletter.errors import ConfigurationError, DeliveryError
 from newsletter.mail import MessageFactory, OutgoingMessage, SmtpRefused
-from newsletter.mail.smtp import SmtpTransport
+from newsletter.mail.smtp import HandoverUnconfirmed, RelayUnavailable, SmtpTransport
 from newsletter.mail.transports import (
     FileTransport,
     MemoryTransport,
@@ -449,6 +449,85 @@ def test_a_server_that_keeps_closing_fails_temporarily_after_one_retry(
     assert "twice" in str(caught.value)
     assert isinstance(transport, SmtpTransport)
     assert transport.connections == 2  # the batch's own, and exactly one reconnection
+
+
+@pytest.mark.smtp
+def test_no_connection_and_421_are_the_relay_unavailable_not_a_refusal(
+    start_smtp: Callable[..., SmtpServer],
+) -> None:
+    with pytest.raises(RelayUnavailable), transport_from_url(f"smtp://127.0.0.1:{free_port()}"):
+        pass
+    server = start_smtp()
+    server.handler.mail_reply = "421 4.3.2 Service shutting down"
+    with (
+        transport_from_url(f"smtp://127.0.0.1:{server.port}") as transport,
+        pytest.raises(RelayUnavailable),
+    ):
+        transport.send(message(1))
+    server.handler.mail_reply = None
+    server.handler.data_reply = "421 4.4.2 Closing, too busy"  # 421 after the message: same
+    with (
+        transport_from_url(f"smtp://127.0.0.1:{server.port}") as transport,
+        pytest.raises(RelayUnavailable) as caught,
+    ):
+        transport.send(message(2))
+    assert "421 4.4.2 Closing, too busy" in str(caught.value)
+    assert "subscriber2" not in str(caught.value)
+
+
+@pytest.mark.smtp
+def test_a_connection_lost_after_the_hand_over_is_unconfirmed(
+    start_smtp: Callable[..., SmtpServer],
+) -> None:
+    server = start_smtp()
+    server.handler.hang_up_after_data = True
+    with (
+        transport_from_url(f"smtp://127.0.0.1:{server.port}") as transport,
+        pytest.raises(HandoverUnconfirmed),
+    ):
+        transport.send(message(1))
+
+
+UTF8_ADDRESS = "欧阳.娜娜@example.net"
+
+
+@pytest.mark.smtp
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_non_ascii_address_goes_with_smtputf8_when_the_relay_offers_it(
+    start_smtp: Callable[..., SmtpServer], pipelining: bool
+) -> None:
+    server = start_smtp()  # aiosmtpd's Controller offers SMTPUTF8 by default
+    server.handler.pipelining = pipelining
+    international = message(2, UTF8_ADDRESS)
+    with transport_from_url(f"smtp://127.0.0.1:{server.port}") as transport:
+        transport.send(message(1))
+        transport.send(international)
+        transport.send(message(3))  # the next transaction is plain ASCII again
+    received = server.handler.received
+    assert [r.rcpt_tos for r in received] == [
+        ["subscriber1@example.com"],
+        [UTF8_ADDRESS],
+        ["subscriber3@example.com"],
+    ]
+    assert received[1].data == international.data
+    assert "SMTPUTF8" in server.handler.mail_options[1]
+    assert "SMTPUTF8" not in server.handler.mail_options[0] + server.handler.mail_options[2]
+
+
+@pytest.mark.smtp
+def test_a_non_ascii_address_fails_alone_when_the_relay_lacks_smtputf8(
+    start_smtp: Callable[..., SmtpServer],
+) -> None:
+    server = start_smtp(enable_SMTPUTF8=False)
+    with transport_from_url(f"smtp://127.0.0.1:{server.port}") as transport:
+        with pytest.raises(DeliveryError) as caught:
+            transport.send(message(1, UTF8_ADDRESS))
+        transport.send(message(2))  # the connection serves the rest of the batch
+    error = caught.value
+    assert error.permanent and not isinstance(error, RelayUnavailable)
+    assert "does not offer SMTPUTF8, needed for delivery 1" in str(error)
+    assert "欧阳" not in str(error) and "example.net" not in str(error)
+    assert [r.rcpt_tos for r in server.handler.received] == [["subscriber2@example.com"]]
 
 
 @pytest.mark.smtp

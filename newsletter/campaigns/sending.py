@@ -230,6 +230,7 @@ def _send_claimed(
     )
     waiting: str | None = None
     halted: str | None = None
+    zone = ZoneInfo(settings.timezone)
     try:
         compiled = _compiled(settings, campaign_id)
         active = transport or transport_from_url(settings.mail_url)
@@ -270,7 +271,6 @@ def _send_claimed(
         # Rows never answered (a pause, a stop, a dead relay) go back as they were.
         untouched = [c.delivery_id for c in claimed if c.delivery_id not in todo.reported]
         result.given_back += len(untouched)
-        zone = ZoneInfo(settings.timezone)
 
         def settle() -> None:
             with session_scope(settings.database_url) as session:
@@ -288,9 +288,13 @@ def _send_claimed(
                     service.halt_campaign(session, campaign_id, halted)
 
         patiently(settle, what=f"campaign {campaign_id}", log=log)
-    if waiting or halted:
+    if waiting and result.probe_at:
+        log.warning(
+            "campaign %s: %s", campaign_id, service.next_try(waiting, result.probe_at, zone)
+        )
+    elif waiting or halted:  # another batch already made it wait, or the table is used up
         log.warning("campaign %s: %s", campaign_id, waiting or halted)
-        result.stopped_because = waiting or halted
+    result.stopped_because = waiting or halted or result.stopped_because
 
 
 def _compiled(settings: Settings, campaign_id: int) -> CompiledCampaign:

@@ -244,8 +244,13 @@ def wait_for_relay(
     campaign.status = CampaignStatus.waiting
     campaign.relay_failures += 1
     campaign.relay_retry_at = at
-    campaign.status_reason = f"{reason}; next try at {at.astimezone(zone):%H:%M:%S %Z}"
+    campaign.status_reason = next_try(reason, at, zone)
     return at
+
+
+def next_try(reason: str, at: datetime, zone: ZoneInfo) -> str:
+    """What the organizer reads while a campaign waits: the reason and the next probe time."""
+    return f"{reason}; next try at {at.astimezone(zone):%H:%M:%S %Z}"
 
 
 def probe_relay(session: Session, campaign_id: int) -> bool:

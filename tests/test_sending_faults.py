@@ -1,0 +1,198 @@
+"""The batch pipeline under faults, in one process, against a real aiosmtpd relay where the
+fault is the relay's: what counts as an attempt, what waits for the relay, what fails alone.
+
+The same rules run in real worker processes in test_drills.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import select
+
+from newsletter.campaigns import service
+from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus
+from newsletter.campaigns.sending import REPORT_EVERY, send_batch
+from newsletter.config import Settings
+from newsletter.db import session_scope, utcnow
+from newsletter.mail.message import OutgoingMessage
+from newsletter.mail.smtp import HandoverUnconfirmed, SmtpRefused
+from newsletter.mail.transports import MemoryTransport, memory_mailbox
+from newsletter.migrate import upgrade
+from newsletter.sessions.service import import_records
+from subscribers.models import Subscriber, SubscriberStatus
+from tasks.campaigns import start_campaign
+from tasks.dispatch import enqueue
+from tests.conftest import EXAMPLES, Configure
+from tests.smtp import SmtpServer
+
+UTF8_ADDRESS = "欧阳.娜娜@example.net"
+
+
+def prepare(settings: Settings, addresses: list[str]) -> int:
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+        session.add_all(
+            Subscriber(email=address, name=f"P{i}", created_at=utcnow())
+            for i, address in enumerate(addresses)
+        )
+    with session_scope(settings.database_url) as session:
+        return service.create_campaign(session, 61).id
+
+
+def rows(settings: Settings) -> list[Delivery]:
+    with session_scope(settings.database_url) as session:
+        return list(session.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+def people(count: int) -> list[str]:
+    return [f"p{i}@example.org" for i in range(count)]
+
+
+@pytest.mark.smtp
+def test_an_address_needing_smtputf8_fails_alone_on_a_relay_without_it(
+    configure: Configure, start_smtp: Callable[..., SmtpServer]
+) -> None:
+    relay = start_smtp(enable_SMTPUTF8=False)
+    settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}")
+    campaign_id = prepare(settings, [*people(2), UTF8_ADDRESS, *people(4)[2:]])
+    enqueue(start_campaign, campaign_id)
+    with session_scope(settings.database_url) as session:
+        progress = service.progress(session, campaign_id)
+    assert (progress.status, progress.sent, progress.failed) == ("finished", 4, 1)
+    failed = [r for r in rows(settings) if r.status == DeliveryStatus.failed]
+    assert len(failed) == 1 and failed[0].last_error
+    assert "does not offer SMTPUTF8, needed for delivery" in failed[0].last_error
+    assert "欧阳" not in failed[0].last_error
+
+
+@pytest.mark.smtp
+def test_an_address_needing_smtputf8_is_sent_with_it_when_offered(
+    configure: Configure, start_smtp: Callable[..., SmtpServer]
+) -> None:
+    relay = start_smtp()  # offers SMTPUTF8
+    settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}")
+    campaign_id = prepare(settings, [*people(2), UTF8_ADDRESS])
+    enqueue(start_campaign, campaign_id)
+    with session_scope(settings.database_url) as session:
+        assert service.progress(session, campaign_id).sent == 3
+    assert [UTF8_ADDRESS] in [r.rcpt_tos for r in relay.handler.received]
+
+
+def test_an_address_the_builder_refuses_fails_that_delivery_only(configure: Configure) -> None:
+    memory_mailbox("builder").clear()
+    settings = configure(mail_url="memory://builder")
+    # Imported some other way: a line separator the header writer must not let through.
+    campaign_id = prepare(settings, [*people(2), "bad\u2028local@example.org", *people(4)[2:]])
+    enqueue(start_campaign, campaign_id)
+    with session_scope(settings.database_url) as session:
+        progress = service.progress(session, campaign_id)
+    assert (progress.status, progress.sent, progress.failed) == ("finished", 4, 1)
+    failed = [r for r in rows(settings) if r.status == DeliveryStatus.failed]
+    assert "the message cannot be built" in (failed[0].last_error or "")
+    assert failed[0].attempts == 0  # the relay never saw it
+
+
+@pytest.mark.smtp
+def test_a_relay_answering_421_makes_the_campaign_wait_and_costs_no_attempt(
+    configure: Configure, start_smtp: Callable[..., SmtpServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = start_smtp()
+    answers = iter(["421 4.3.2 Service shutting down"] * 2)
+    relay.handler.rcpt_policy = lambda _address: next(answers, None)
+    settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}", retry_backoff="0.1,0.2")
+    campaign_id = prepare(settings, people(3))
+    with caplog.at_level(logging.INFO):
+        enqueue(start_campaign, campaign_id)
+    with session_scope(settings.database_url) as session:
+        progress = service.progress(session, campaign_id)
+    assert (progress.status, progress.sent) == ("finished", 3)
+    assert [r.attempts for r in rows(settings)] == [1, 1, 1]  # the 421s were no attempt
+    waited = [m for m in caplog.messages if "waiting for the relay" in m]
+    assert len(waited) == 1 and "421 4.3.2 Service shutting down" in waited[0]
+    assert "next try at" in waited[0]
+    assert "p0@example.org" not in waited[0]
+    assert any("probing the relay" in m for m in caplog.messages)
+
+
+def test_a_lost_hand_over_is_no_attempt_and_a_refused_resend_is_unconfirmed(
+    configure: Configure,
+) -> None:
+    memory_mailbox("handover").clear()
+    settings = configure(mail_url="memory://handover", retry_backoff="0.05")
+    campaign_id = prepare(settings, people(2))
+    box = memory_mailbox("handover")
+    box.refuse["p0@example.org"] = HandoverUnconfirmed("lost the connection; it may have it")
+    with session_scope(settings.database_url) as session:
+        service.start_campaign(session, campaign_id)
+    result = send_batch(settings, campaign_id)
+    assert (result.claimed, result.sent, result.given_back) == (2, 1, 1)
+    first = rows(settings)[0]
+    assert (first.status, first.attempts, first.maybe_sent) == ("queued", 0, True)
+    box.refuse["p0@example.org"] = SmtpRefused(
+        "550 5.7.1 policy", code=550, reply="5.7.1 policy", stage="RCPT TO"
+    )
+    send_batch(settings, campaign_id)
+    first = rows(settings)[0]
+    assert (first.status, first.attempts) == (DeliveryStatus.unconfirmed, 1)
+    assert "an earlier copy may have been accepted" in (first.last_error or "")
+
+
+class UnsubscribingTransport(MemoryTransport):
+    """Delivers to memory; while handing over the first message, the last person leaves."""
+
+    def __init__(self, settings: Settings, leaver: str) -> None:
+        super().__init__("leaver")
+        self.settings, self.leaver = settings, leaver
+
+    def send(self, message: OutgoingMessage) -> None:
+        if not self.mailbox.messages:
+            with session_scope(self.settings.database_url) as session:
+                person = session.scalars(select(Subscriber).where(Subscriber.email == self.leaver))
+                person.one().status = SubscriberStatus.unsubscribed
+        super().send(message)
+
+
+def test_someone_who_unsubscribes_during_a_long_batch_is_not_mailed(
+    configure: Configure,
+) -> None:
+    memory_mailbox("leaver").clear()
+    count = REPORT_EVERY + 20
+    settings = configure(mail_url="memory://leaver", batch_size=str(count))
+    campaign_id = prepare(settings, people(count))
+    leaver = f"p{count - 1}@example.org"
+    with session_scope(settings.database_url) as session:
+        service.start_campaign(session, campaign_id)
+    result = send_batch(settings, campaign_id, transport=UnsubscribingTransport(settings, leaver))
+    assert (result.claimed, result.sent, result.skipped) == (count, count - 1, 1)
+    assert leaver not in {m.recipient for m in memory_mailbox("leaver").messages}
+
+
+def test_each_batch_logs_one_line_of_counts_without_addresses(
+    configure: Configure, caplog: pytest.LogCaptureFixture
+) -> None:
+    memory_mailbox("counted").clear()
+    settings = configure(mail_url="memory://counted", retry_backoff="60")
+    campaign_id = prepare(settings, people(4))
+    memory_mailbox("counted").refuse["p1@example.org"] = SmtpRefused(
+        "451 4.7.1 greylisted", code=451, reply="4.7.1 greylisted", stage="RCPT TO"
+    )
+    with session_scope(settings.database_url) as session:
+        service.start_campaign(session, campaign_id)
+        session.scalars(select(Subscriber).where(Subscriber.email == "p3@example.org")).one()
+    with session_scope(settings.database_url) as session:
+        gone = session.scalars(select(Subscriber).where(Subscriber.email == "p3@example.org"))
+        gone.one().status = SubscriberStatus.unsubscribed
+    with caplog.at_level(logging.INFO, logger="newsletter.campaigns.sending"):
+        send_batch(settings, campaign_id)
+    lines = [m for m in caplog.messages if " batch: " in m]
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"campaign {campaign_id} batch: claimed 4, sent 2, failed 0, retried 1, skipped 1,"
+    )
+    assert lines[0].endswith(" ms") and "@" not in lines[0]
+    with session_scope(settings.database_url) as session:
+        assert service.progress(session, campaign_id).status == CampaignStatus.sending
