@@ -9,14 +9,21 @@ Two layers:
   ``config`` offline, without a Docker daemon, and knows the Compose Specification (top-level
   ``x-`` extensions, anchors and merge keys, ``service_completed_successfully``). It is
   required under ``CI=true`` (.ci/run installs it) and skipped locally when missing.
+* The Dockerfile, read as text (no engine to build it): a builder stage makes the wheel, the
+  runtime stage installs the hash-checked runtime lock and that wheel alone, runs as a user
+  that is not root, owns /data, and has a HEALTHCHECK on /healthz. That every command the
+  services run exists in the installed package is tests/test_wheel.py's part.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +35,8 @@ from newsletter.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 REQUIRED_SERVICES = {"web", "worker", "beat", "postgres", "redis", "mailpit"}
@@ -309,3 +318,213 @@ def test_docker_compose_rejects_a_broken_file(
     result = run_config(broken, tmp_path, REQUIRED_VARIABLES, "--quiet")
     assert result.returncode != 0
     assert complaint in result.stderr
+
+
+# --- the Dockerfile --------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One ``FROM`` stage of the Dockerfile: its name and its instructions, in order."""
+
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        """The arguments of every ``keyword`` instruction of this stage."""
+        return [args for word, args in self.instructions if word == keyword]
+
+
+def dockerfile_stages(text: str | None = None) -> list[Stage]:
+    """The Dockerfile's stages (comments dropped, continuation lines joined)."""
+    source = DOCKERFILE.read_text(encoding="utf-8") if text is None else text
+    lines: list[str] = []
+    pending = ""
+    for raw in source.splitlines():
+        if raw.lstrip().startswith("#") or not raw.strip():
+            continue
+        if raw.rstrip().endswith("\\"):
+            pending += raw.rstrip()[:-1] + " "
+            continue
+        lines.append(pending + raw)
+        pending = ""
+    stages: list[Stage] = []
+    for line in lines:
+        keyword, _, args = line.strip().partition(" ")
+        keyword, args = keyword.upper(), " ".join(args.split())
+        if keyword == "FROM":
+            base, _, name = args.partition(" AS ") if " AS " in args else args.partition(" as ")
+            stages.append(Stage(base.strip(), name.strip() or None))
+        else:
+            assert stages, f"{keyword} before the first FROM"
+            stages[-1].instructions.append((keyword, args))
+    return stages
+
+
+def exec_form(args: str) -> list[str]:
+    """The argv of an instruction written in exec form (``["prog", "arg"]``)."""
+    argv = json.loads(args)
+    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv), args
+    return argv
+
+
+def image_healthcheck(stages: list[Stage] | None = None) -> list[str]:
+    """The runtime image's HEALTHCHECK command, as an argv."""
+    checks = (stages or dockerfile_stages())[-1].all("HEALTHCHECK")
+    assert len(checks) == 1, "the runtime image has no HEALTHCHECK (or several)"
+    _, _, command = checks[0].partition("CMD ")
+    assert command, f"HEALTHCHECK without CMD: {checks[0]}"
+    return exec_form(command)
+
+
+def image_command() -> list[str]:
+    """The runtime image's default command (CMD), as an argv."""
+    (cmd,) = dockerfile_stages()[-1].all("CMD")
+    return exec_form(cmd)
+
+
+def builder_inputs() -> list[str]:
+    """What the builder stage copies from the build context: the wheel's sources."""
+    builder = dockerfile_stages()[0]
+    copied: list[str] = []
+    for args in builder.all("COPY"):
+        assert "--from" not in args
+        *sources, _ = shlex.split(args)
+        copied.extend(sources)
+    return copied
+
+
+def check_built_from_a_wheel(stages: list[Stage]) -> None:
+    """A builder stage makes the wheel; the runtime stage installs the hash-checked runtime
+    lock, then that wheel alone, and holds no source tree."""
+    assert len(stages) >= 2, "one stage: the image would carry the build tools and the sources"
+    builder, runtime = stages[0], stages[-1]
+    assert builder.name, "the builder stage needs a name for COPY --from"
+    assert any("pip wheel" in run and "--no-deps" in run for run in builder.all("RUN"))
+    copies = runtime.all("COPY")
+    from_builder = [c for c in copies if c.startswith(f"--from={builder.name} ")]
+    assert from_builder, "the runtime stage takes nothing from the builder"
+    for copy in copies:
+        if copy in from_builder:
+            continue
+        *sources, _ = shlex.split(copy)
+        assert all((ROOT / s).is_file() for s in sources), f"a source tree in the image: {copy}"
+    runs = runtime.all("RUN")
+    locked = [r for r in runs if "-r " in r and "requirements.lock" in r]
+    assert locked and "--require-hashes" in locked[0], "the runtime lock, hash-checked"
+    wheel = [r for r in runs if "pip install" in r and ".whl" in r]
+    assert wheel and "--no-deps" in wheel[0], "the wheel alone, on top of the lock"
+    assert runs.index(locked[0]) < runs.index(wheel[0])
+
+
+def check_runs_as_a_user_owning_data(stages: list[Stage]) -> None:
+    """The runtime stage ends as a user that is not root and owns NEWSLETTER_VAR_DIR=/data."""
+    runtime = stages[-1]
+    users = runtime.all("USER")
+    assert users, "the image runs as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), f"USER {users[-1]}"
+    last_user = max(i for i, (word, _) in enumerate(runtime.instructions) if word == "USER")
+    assert not [w for w, _ in runtime.instructions[last_user:] if w == "RUN"], "RUN after USER"
+    assert "NEWSLETTER_VAR_DIR=/data" in " ".join(runtime.all("ENV"))
+    assert any(f"chown {user}:" in run and "/data" in run for run in runtime.all("RUN"))
+    assert any("useradd" in run and user in run for run in runtime.all("RUN"))
+
+
+def check_healthcheck_on_healthz(stages: list[Stage]) -> None:
+    """The HEALTHCHECK probes /healthz on the port the image's CMD serves on."""
+    argv = image_healthcheck(stages)
+    assert argv[0] == "python" and "/healthz" in " ".join(argv)
+    (cmd,) = stages[-1].all("CMD")
+    served = exec_form(cmd)
+    assert "--port" in served, f"CMD {served} names no port"
+    port = served[served.index("--port") + 1]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(argv)
+
+
+DOCKERFILE_CHECKS = [
+    check_built_from_a_wheel,
+    check_runs_as_a_user_owning_data,
+    check_healthcheck_on_healthz,
+]
+
+
+@pytest.mark.parametrize("check", DOCKERFILE_CHECKS, ids=lambda c: c.__name__)
+def test_the_dockerfile(check: Any) -> None:
+    check(dockerfile_stages())
+
+
+# The image before the lock and the wheel: one stage, an editable install of the sources,
+# root, no HEALTHCHECK. Every check above refuses it.
+SOURCE_IMAGE = """\
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY newsletter ./newsletter
+RUN pip install --no-cache-dir -e .
+ENV NEWSLETTER_VAR_DIR=/data
+VOLUME /data
+CMD ["newsletter", "--help"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("check", "broken"),
+    [
+        *((check, SOURCE_IMAGE) for check in DOCKERFILE_CHECKS),
+        (
+            check_runs_as_a_user_owning_data,
+            re.sub(r"(?m)^USER .*$", "USER root", DOCKERFILE.read_text(encoding="utf-8")),
+        ),
+        (
+            check_healthcheck_on_healthz,
+            re.sub(r"(?ms)^HEALTHCHECK .*?\n(?=\S)", "", DOCKERFILE.read_text(encoding="utf-8")),
+        ),
+        (
+            check_built_from_a_wheel,
+            DOCKERFILE.read_text(encoding="utf-8").replace(" --require-hashes", ""),
+        ),
+    ],
+    ids=[
+        "source-image-wheel",
+        "source-image-user",
+        "source-image-health",
+        "root",
+        "no-health",
+        "unchecked-lock",
+    ],
+)
+def test_the_dockerfile_checks_refuse_a_broken_file(check: Any, broken: str) -> None:
+    with pytest.raises(AssertionError):
+        check(dockerfile_stages(broken))
+
+
+def test_every_file_the_dockerfile_copies_exists() -> None:
+    for stage in dockerfile_stages():
+        for copy in stage.all("COPY"):
+            if copy.startswith("--from="):
+                continue
+            *sources, _ = shlex.split(copy)
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+
+
+def test_services_that_serve_no_http_replace_the_image_healthcheck() -> None:
+    # The image's check probes the web server; a worker or beat container inheriting it would be
+    # reported unhealthy forever.
+    for name, spec in app_services().items():
+        if "serve" in (spec.get("command") or []):
+            continue
+        check = spec.get("healthcheck")
+        assert check, f"{name} inherits the image's /healthz check but serves no HTTP"
+        assert check.get("disable") or "healthz" not in str(check.get("test")), name
+
+
+def test_the_build_context_leaves_secrets_and_local_state_out() -> None:
+    ignored = {
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".env", ".venv", "var"} <= ignored
