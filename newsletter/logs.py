@@ -21,8 +21,9 @@ from newsletter.errors import ConfigurationError
 
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
-# An address: a local part (any letters, CJK included) and a dotted domain.
-_ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+# An address: a local part (any letters, CJK included) and a dotted domain. No "*" in the
+# local part: "***@host" is what a redacted URL password leaves.
+_ADDRESS = re.compile(r"[\w.!#$%&'+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 # The password of a URL (scheme://user:password@host); a password holding an unencoded
 # "/", "#", "?" or "@" is still taken whole, up to the last "@" before a space.
 _URL_PASSWORD = re.compile(r"([a-zA-Z][\w+.-]*://[^\s:/@]*:)\S*@")

@@ -3,7 +3,10 @@ upcoming session (no. 95, one seat) and three subscribers, and links made for th
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from newsletter.sessions.service import import_records
 from newsletter.web import create_app
 from newsletter.web.server import server_options
 from subscribers.models import Subscriber
-from tests.conftest import Configure
+from tests.conftest import ROOT, Configure
 from tests.servers import free_port
 
 RECORD = """\
@@ -90,12 +93,11 @@ def write_record(
     return path
 
 
-@contextmanager
-def serve_live(
+def seed(
     settings: Settings, tmp_path: Path, *, people: int = 3, capacity: int | None = 1
-) -> Iterator[Live]:
+) -> tuple[int, list[int]]:
     """Session no. 95 (``capacity`` seats, None for no limit) and ``people`` subscribers in
-    the settings' database, and the app serving them on the port of ``settings.base_url``."""
+    the settings' database; the session's id and the subscribers' ids."""
     upgrade(settings.database_url)
     with session_scope(settings.database_url) as session:
         import_records(
@@ -111,7 +113,16 @@ def serve_live(
         session.flush()
         salon = sessions_repo.get_by_number(session, 95)
         assert salon is not None
-        ids, session_id = [p.id for p in subscribers], salon.id
+        return salon.id, [p.id for p in subscribers]
+
+
+@contextmanager
+def serve_live(
+    settings: Settings, tmp_path: Path, *, people: int = 3, capacity: int | None = 1
+) -> Iterator[Live]:
+    """:func:`seed` the settings' database and serve the app on the port of
+    ``settings.base_url`` (in a thread of this process)."""
+    session_id, ids = seed(settings, tmp_path, people=people, capacity=capacity)
     port = urlsplit(settings.base_url).port
     server = live_server(settings, port or 80)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -127,6 +138,37 @@ def serve_live(
         built.client.close()
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def newsletter_serve(settings: Settings, cwd: Path, *args: str) -> Iterator[Path]:
+    """``newsletter serve`` in a subprocess, configured by this test's ``NEWSLETTER_*``
+    variables, on the port of ``settings.base_url``; yields the file its stderr goes to."""
+    port = urlsplit(settings.base_url).port
+    log = cwd / "serve.log"
+    command = [str(Path(sys.executable).parent / "newsletter"), "serve", "--port", str(port)]
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*command, *args],
+            cwd=cwd,
+            env=os.environ | {"PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "newsletter serve did not start"
+            try:
+                if httpx.get(f"{settings.base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield log
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def live_server(settings: Settings, port: int) -> uvicorn.Server:

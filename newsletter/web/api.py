@@ -24,7 +24,7 @@ from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.export import attendees_csv
 from newsletter.sessions import repo as sessions_repo
 from newsletter.web.auth import require_organizer
-from newsletter.web.faults import is_unavailable
+from newsletter.web.faults import RETRY_AFTER_S, is_unavailable
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 
@@ -166,19 +166,22 @@ def create_reminder(number: Number, body: ReminderIn | None = None) -> CampaignP
 
 
 def _start(campaign_id: int) -> None:
-    """Ask a worker to start sending. The campaign is already marked as sending: with the
-    broker down the request still succeeded, and beat's sweep restarts the campaign (it
-    restarts every sending campaign that makes no progress)."""
+    """Ask a worker to start sending the campaign (saved already). With the broker down:
+    503 saying so; sending again is harmless (it only restarts the same rows)."""
     try:
         enqueue(start_campaign, campaign_id)
     except Exception as error:
         if not is_unavailable(error):
             raise
         log.warning(
-            "campaign %s: the broker did not take the start (%s); the sweep will start it",
-            campaign_id,
-            type(error).__name__,
+            "campaign %s: the broker did not take the start (%s)", campaign_id, type(error).__name__
         )
+        raise HTTPException(
+            503,
+            f"campaign {campaign_id} is saved but not started: the message broker is "
+            f"unavailable; POST /api/campaigns/{campaign_id}/send again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
 
 
 @router.get("/campaigns")

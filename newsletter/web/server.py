@@ -131,7 +131,9 @@ def server_options(settings: Settings) -> dict[str, Any]:
     return {
         "http": GuardedHttpToolsProtocol,
         "timeout_keep_alive": max(1, math.ceil(settings.keepalive_timeout)),
-        "limit_concurrency": settings.max_connections,
+        # uvicorn counts the connection being decided among those open: + 1 serves exactly
+        # max_connections at once, the next one gets 503.
+        "limit_concurrency": settings.max_connections + 1,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted if trusted else "",
