@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MASK", "redact_text", "redact_url"]
+__all__ = ["MASK", "redact_text", "redact_url", "userinfo_is_malformed"]
 
 MASK = "***"
 
@@ -37,7 +37,7 @@ _SECRET_NAME = re.compile(
 # A URL inside a text: a scheme, "://", then everything up to white space. Trailing
 # punctuation that usually closes a quotation or a sentence is given back afterwards.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
-_TRAILING = "'\"`,;.)]}>"
+_TRAILING = "'\"`,;:.!?)]}>"
 
 
 def redact_url(url: str) -> str:
@@ -77,6 +77,22 @@ def redact_url(url: str) -> str:
         return f"{scheme}://{name}:{MASK}"
 
     return f"{scheme}://{authority}{_redact_query(after)}"
+
+
+def userinfo_is_malformed(url: str) -> bool:
+    """True when ``url``'s user name or password holds an unencoded ``/ # ? @`` (or its
+    host part cannot be a ``host:port``), so that URL parsers misread where the host is.
+
+    Such a URL must be refused with its own message: the parser's complaint ("port could not
+    be cast to integer value as 'pa'") would quote a piece of the password.
+    """
+    match = _SCHEME.match(url)
+    if match is None or match.group("scheme").lower() == "file":
+        return False
+    authority, after = _split_authority(url[match.end() :])
+    if "@" in after:
+        return True
+    return "@" not in authority and not _HOST_PORT.match(authority)
 
 
 def redact_text(text: str) -> str:

@@ -19,14 +19,22 @@ from rich.table import Table
 
 from newsletter.campaigns import repo, service
 from newsletter.campaigns.models import CampaignStatus
-from newsletter.cli.common import console, err_console, fail, handles_errors
-from newsletter.config import get_settings
+from newsletter.cli.common import (
+    SCHEMA_NOTE,
+    console,
+    database_for_reading,
+    database_for_writing,
+    err_console,
+    fail,
+    handles_errors,
+)
+from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
-from newsletter.migrate import upgrade
+from newsletter.mail.transports import transport_from_url
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 
-app = typer.Typer(help="Invitation and reminder campaigns.", no_args_is_help=True)
+app = typer.Typer(help="Invitation and reminder campaigns. " + SCHEMA_NOTE, no_args_is_help=True)
 
 FINAL = {CampaignStatus.finished, CampaignStatus.cancelled, CampaignStatus.paused}
 
@@ -40,12 +48,23 @@ def create(
 ) -> None:
     """Create a campaign for a session; prints the campaign id."""
     settings = get_settings()
-    upgrade(settings.database_url)
+    database_for_writing()
     with session_scope(settings.database_url) as session:
         campaign = service.create_campaign(session, number, subject=subject, tag=tag)
         campaign_id, count = campaign.id, campaign.recipient_count
     err_console.print(f"campaign {campaign_id}: {count} recipients, draft")
     console.print(str(campaign_id))
+
+
+def check_mail_url(settings: Settings) -> None:
+    """Refuse, before anything changes, a mail URL that this process would fail to use.
+
+    Without a broker this process does the sending, so a malformed ``NEWSLETTER_MAIL_URL``
+    is a one-line error here rather than a campaign paused half-way; with a broker the
+    workers' own settings decide, and they report it.
+    """
+    if settings.broker_url is None:
+        transport_from_url(settings.mail_url)  # builds only: no connection is opened
 
 
 def progress_line(progress: service.CampaignProgress) -> str:
@@ -102,6 +121,10 @@ def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
                 bar.update(task, completed=current.done, rate=rate)
                 if current.status in FINAL and not sender.is_alive():
                     break
+                if errors and not sender.is_alive():
+                    # Sending failed in this process (the error is raised below): its rows
+                    # will not move, so waiting for them would never end.
+                    break
                 if (
                     not sender.is_alive()
                     and current.status == CampaignStatus.sending
@@ -129,7 +152,8 @@ def send(
 ) -> None:
     """Start sending (or resume a paused one); sending twice mails nobody twice."""
     settings = get_settings()
-    upgrade(settings.database_url)
+    database_for_writing()
+    check_mail_url(settings)
     if at is not None:
         if settings.broker_url is None:
             raise fail(
@@ -175,7 +199,8 @@ def remind(
     Each run is a new reminder campaign; within one, nobody is mailed twice.
     """
     settings = get_settings()
-    upgrade(settings.database_url)
+    database_for_writing()
+    check_mail_url(settings)
     with session_scope(settings.database_url) as session:
         campaign = service.create_reminder(session, number, subject=subject)
         campaign_id, count = campaign.id, campaign.recipient_count
@@ -186,14 +211,16 @@ def remind(
 @app.command()
 @handles_errors
 def status(campaign_id: int = typer.Argument(..., help="The campaign id.")) -> None:
-    """The campaign's state and counts."""
-    upgrade(get_settings().database_url)
+    """The campaign's state and counts (reads only: never migrates the database)."""
+    database_for_reading()
     console.print(progress_line(_read_progress(campaign_id)))
 
 
 def _change(campaign_id: int, action: str) -> None:
     settings = get_settings()
-    upgrade(settings.database_url)
+    database_for_writing()
+    if action == "resume":
+        check_mail_url(settings)
     with session_scope(settings.database_url) as session:
         if action == "pause":
             service.pause_campaign(session, campaign_id)
@@ -230,9 +257,9 @@ def cancel(campaign_id: int = typer.Argument(..., help="The campaign id.")) -> N
 @app.command("list")
 @handles_errors
 def list_(limit: int = typer.Option(50, help="How many, newest first.")) -> None:
-    """Campaigns, newest first."""
+    """Campaigns, newest first (reads only: never migrates the database)."""
     settings = get_settings()
-    upgrade(settings.database_url)
+    database_for_reading()
     with session_scope(settings.database_url) as session:
         rows = [service.progress(session, c.id) for c in repo.list_campaigns(session, limit)]
     table = Table("id", "期数", "subject", "status", "sent", "failed", "skipped", "queued", "total")

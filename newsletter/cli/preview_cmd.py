@@ -8,10 +8,15 @@ import typer
 
 from newsletter.campaigns.compiled import build_message, compile_invitation, recipient_for
 from newsletter.campaigns.models import CampaignKind
-from newsletter.cli.common import console, err_console, fail, handles_errors
+from newsletter.cli.common import (
+    console,
+    database_for_reading,
+    err_console,
+    fail,
+    handles_errors,
+)
 from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
-from newsletter.migrate import upgrade
 from newsletter.sessions.service import require_session
 from subscribers import repo as subscribers_repo
 from subscribers.validation import normalise_email
@@ -29,9 +34,12 @@ def preview(
         False, "--reminder", help="The reminder that `campaign remind` sends, not the invitation."
     ),
 ) -> None:
-    """Render one invitation (or reminder) exactly as a campaign would send it."""
+    """Render one invitation (or reminder) exactly as a campaign would send it.
+
+    Reads only: never migrates the database (run `newsletter db upgrade` if it is behind).
+    """
     settings = get_settings()
-    upgrade(settings.database_url)
+    database_for_reading()
     kind = CampaignKind.reminder if reminder else CampaignKind.invitation
     path, size = write_preview(settings, number, to=to, out=out, subject=subject, kind=kind)
     console.print(f"wrote {path} ({size:,} bytes as a message)")

@@ -7,15 +7,14 @@ import sys
 import typer
 from rich.table import Table
 
-from newsletter.cli.common import console, handles_errors
+from newsletter.cli.common import SCHEMA_NOTE, console, database_for_reading, handles_errors
 from newsletter.config import get_settings
 from newsletter.db import session_scope
-from newsletter.migrate import upgrade
 from newsletter.rsvp import repo
 from newsletter.rsvp.export import attendees_csv
 from newsletter.sessions.service import require_session
 
-app = typer.Typer(help="Answers to invitations.", no_args_is_help=True)
+app = typer.Typer(help="Answers to invitations. " + SCHEMA_NOTE, no_args_is_help=True)
 
 LABELS = {"yes": "是", "maybe": "可能", "no": "否"}
 
@@ -28,7 +27,7 @@ def list_(
 ) -> None:
     """Answers for a session: confirmed, waitlist in order, maybe, no; and the counts."""
     settings = get_settings()
-    upgrade(settings.database_url)
+    database_for_reading()
     with session_scope(settings.database_url) as session:
         salon = require_session(session, number)
         rows = repo.attendees(session, salon.id)

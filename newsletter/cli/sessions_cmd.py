@@ -7,14 +7,23 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from newsletter.cli.common import console, err_console, fail, handles_errors
+from newsletter.cli.common import (
+    SCHEMA_NOTE,
+    console,
+    database_for_reading,
+    database_for_writing,
+    err_console,
+    fail,
+    handles_errors,
+)
 from newsletter.config import get_settings
 from newsletter.db import session_scope
-from newsletter.migrate import upgrade
 from newsletter.sessions import repo
 from newsletter.sessions.service import import_records
 
-app = typer.Typer(help="Session records (one YAML file per session).", no_args_is_help=True)
+app = typer.Typer(
+    help="Session records (one YAML file per session). " + SCHEMA_NOTE, no_args_is_help=True
+)
 
 
 @app.command("import")
@@ -24,7 +33,7 @@ def import_(
 ) -> None:
     """Import or update records; a record with errors is refused whole and named."""
     settings = get_settings()
-    upgrade(settings.database_url)
+    database_for_writing()
     with session_scope(settings.database_url) as session:
         report = import_records(session, paths, timezone=settings.timezone)
     console.print(
@@ -40,9 +49,9 @@ def import_(
 @app.command("list")
 @handles_errors
 def list_() -> None:
-    """Sessions, newest first, with their RSVP counts."""
+    """Sessions, newest first, with their RSVP counts (reads only: never migrates)."""
     settings = get_settings()
-    upgrade(settings.database_url)
+    database_for_reading()
     with session_scope(settings.database_url) as session:
         rows = repo.list_with_counts(session)
     table = Table("期数", "时间", "系列", "标题", "方式", "名额", "是", "可能", "否", "候补")

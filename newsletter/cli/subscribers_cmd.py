@@ -15,28 +15,27 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from newsletter.cli.common import console, err_console, fail, handles_errors
-from newsletter.config import get_settings
+from newsletter.cli.common import (
+    SCHEMA_NOTE,
+    console,
+    database_for_reading,
+    database_for_writing,
+    err_console,
+    fail,
+    handles_errors,
+)
 from newsletter.db import session_scope
-from newsletter.migrate import upgrade
 from subscribers import service
 from subscribers.csv_import import ImportReport
 from subscribers.csv_import import Progress as ImportProgress
 from subscribers.models import SubscriberStatus
 
 app = typer.Typer(
-    help="The subscriber list: import a CSV file, add, remove and list subscribers.",
+    help="The subscriber list: import a CSV file, add, remove and list subscribers. " + SCHEMA_NOTE,
     no_args_is_help=True,
 )
 
 _PHASES = {"reading": "Checking rows", "storing": "Storing"}
-
-
-def _database_url() -> str:
-    """The configured database, migrated to the current schema."""
-    url = get_settings().database_url
-    upgrade(url)
-    return url
 
 
 def _plural(count: int, word: str) -> str:
@@ -59,7 +58,7 @@ def import_(
     is 1 when any row was refused. Unsubscribed, bounced and suppressed addresses in the file
     stay as they are: an import never re-subscribes anyone.
     """
-    url = _database_url()
+    url = database_for_writing()
     with _progress_bar() as report_progress, session_scope(url) as session:
         report = service.import_csv(session, file, progress=report_progress)
     _print_import(report)
@@ -133,7 +132,7 @@ def add(
     ),
 ) -> None:
     """Add one subscriber. An unsubscribed address is not re-activated without --resubscribe."""
-    url = _database_url()
+    url = database_for_writing()
     try:
         with session_scope(url) as session:
             added = service.add_subscriber(
@@ -165,7 +164,7 @@ def remove(
     ),
 ) -> None:
     """Stop mailing an address: it is marked unsubscribed ("removed by organizer")."""
-    url = _database_url()
+    url = database_for_writing()
     with session_scope(url) as session:
         removed = service.remove_subscriber(session, email)
     address = escape(removed.email)
@@ -197,7 +196,7 @@ def list_(
     offset: int = typer.Option(0, "--offset", min=0, help="How many to skip (paging)."),
 ) -> None:
     """Subscribers in the order they were added, with counts per status."""
-    url = _database_url()
+    url = database_for_reading()
     with session_scope(url) as session:
         page = service.list_subscribers(session, status=status, tag=tag, limit=limit, offset=offset)
         counts = service.status_counts(session)

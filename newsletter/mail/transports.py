@@ -32,6 +32,17 @@ from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 from newsletter.errors import ConfigurationError, DeliveryError
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.smtp import SmtpTransport, TlsMode
+from newsletter.redaction import redact_text, redact_url, userinfo_is_malformed
+
+__all__ = [
+    "FileTransport",
+    "MemoryMailbox",
+    "MemoryTransport",
+    "Transport",
+    "memory_mailbox",
+    "redact_url",
+    "transport_from_url",
+]
 
 
 class Transport(Protocol):
@@ -51,22 +62,21 @@ class Transport(Protocol):
         ...
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
-
-
 def transport_from_url(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Transport:
     """The transport a mail URL names (``NEWSLETTER_MAIL_URL``); ConfigurationError if unusable.
 
     ``ssl_context`` replaces the default (system CAs, host name checked) for smtps/STARTTLS,
-    e.g. to trust a private CA.
+    e.g. to trust a private CA. Error messages never hold the password: the URL is shown
+    redacted (:func:`newsletter.redaction.redact_url`), and a user-info that parsers would
+    misread (an unencoded ``/ # ? @`` in the password) is reported as such, since urllib's
+    own complaint would quote a piece of the password ("port 'pa' is not a number").
     """
+    if userinfo_is_malformed(url.strip()):
+        raise ConfigurationError(
+            f"mail URL {redact_url(url.strip())!r} is malformed: the user name or password"
+            " holds a character that must be percent-encoded"
+            " (/ → %2F, # → %23, ? → %3F, @ → %40, % → %25)"
+        )
     try:
         parts = urlsplit(url.strip())
         scheme = parts.scheme.lower()
@@ -77,7 +87,9 @@ def transport_from_url(url: str, *, ssl_context: ssl.SSLContext | None = None) -
         if scheme in ("smtp", "smtps"):
             return _smtp_transport(parts, ssl_context)
     except ValueError as exc:  # urllib's complaints (a port that is no number, …)
-        raise ConfigurationError(f"mail URL {redact_url(url)!r} is malformed: {exc}") from None
+        raise ConfigurationError(
+            f"mail URL {redact_url(url)!r} is malformed: {redact_text(str(exc))}"
+        ) from None
     raise ConfigurationError(
         f"mail URL {redact_url(url)!r}: unknown scheme {parts.scheme!r};"
         " use file://, smtp://, smtps:// or memory://"
