@@ -64,6 +64,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from newsletter.errors import NewsletterError
+from newsletter.redaction import redact_text
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -300,7 +301,8 @@ class RedisTokenBucket:
                 if now - started >= self.outage_timeout:
                     raise RateLimiterUnavailable(
                         f"the rate limiter's Redis has been unreachable for "
-                        f"{self.outage_timeout:g} s ({exc}); nothing was sent, retry later"
+                        f"{self.outage_timeout:g} s ({redact_text(str(exc))}); nothing was sent,"
+                        " retry later"
                     ) from exc
                 time.sleep(min(delay * random.uniform(0.5, 1.0), self.outage_timeout))
                 delay = min(delay * 2, _BACKOFF_MAX_S)
@@ -316,7 +318,7 @@ class RedisTokenBucket:
             self._outage = True
         log.warning(
             "rate limiter: Redis unreachable (%s); holding sends and retrying for up to %g s",
-            exc,
+            redact_text(str(exc)),
             self.outage_timeout,
         )
 
