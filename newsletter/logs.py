@@ -18,16 +18,13 @@ from typing import Any
 
 from newsletter.config import Settings, get_settings
 from newsletter.errors import ConfigurationError
+from newsletter.redaction import redact_text
 
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 # An address: a local part (any letters, CJK included) and a dotted domain. No "*" in the
 # local part: "***@host" is what a redacted URL password leaves.
 _ADDRESS = re.compile(r"[\w.!#$%&'+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
-# The password of a URL (scheme://user:password@host); a password holding an unencoded
-# "/", "#", "?" or "@" is still taken whole, up to the last "@" before a space.
-_URL_PASSWORD = re.compile(r"([a-zA-Z][\w+.-]*://[^\s:/@]*:)\S*@")
-REDACTED = "***"
 ADDRESS_REDACTED = "<address>"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -35,8 +32,10 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 
 def redact(text: str) -> str:
-    """``text`` with URL passwords and e-mail addresses replaced."""
-    text = _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
+    """``text`` with URL passwords (and secret query values) and e-mail addresses replaced."""
+    text = redact_text(text)
+    if "@" not in text:
+        return text  # the common case, kept cheap: this runs on every record
     return _ADDRESS.sub(ADDRESS_REDACTED, text)
 
 
