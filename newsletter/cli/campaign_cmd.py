@@ -37,6 +37,8 @@ from tasks.dispatch import enqueue
 app = typer.Typer(help="Invitation and reminder campaigns. " + SCHEMA_NOTE, no_args_is_help=True)
 
 FINAL = {CampaignStatus.finished, CampaignStatus.cancelled, CampaignStatus.paused}
+# `send --wait` stops watching a campaign that no worker picked up within this long.
+NO_WORKER_SECONDS = 30.0
 
 
 @app.command()
@@ -118,8 +120,21 @@ def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
                 current = _read_progress(campaign_id)
                 elapsed = max(time.monotonic() - started, 1e-6)
                 rate = f"{(current.done - baseline) / elapsed:,.0f} msg/s"
+                if current.status == CampaignStatus.waiting:  # "…; next try at HH:MM:SS"
+                    rate = current.status_reason or "waiting for the relay"
                 bar.update(task, completed=current.done, rate=rate)
                 if current.status in FINAL and not sender.is_alive():
+                    break
+                if current.status == first.status == CampaignStatus.draft and (
+                    not sender.is_alive() and elapsed > NO_WORKER_SECONDS
+                ):
+                    # With a broker and no worker the start task waits in Redis: say so
+                    # rather than watch a campaign that cannot move.
+                    err_console.print(
+                        f"no worker started campaign {campaign_id} within"
+                        f" {NO_WORKER_SECONDS:.0f} s: is `newsletter worker` running? It"
+                        " starts as soon as one is."
+                    )
                     break
                 if errors and not sender.is_alive():
                     # Sending failed in this process (the error is raised below): its rows

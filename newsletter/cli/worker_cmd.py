@@ -6,6 +6,7 @@ import typer
 
 from newsletter.cli.common import fail
 from newsletter.config import get_settings
+from newsletter.logs import setup_logging
 
 
 def worker(
@@ -23,6 +24,9 @@ def worker(
         )
     from tasks.celery_app import app
 
+    # The same handler and redaction as every command, at the worker's level: one line per
+    # batch (newsletter.campaigns.sending), faults in one line each.
+    setup_logging(level=loglevel.upper())
     argv = ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}"]
     if beat:
         argv.append("--beat")
