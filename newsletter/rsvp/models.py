@@ -70,4 +70,7 @@ class RsvpEvent(Base):
     # When the notice is next due; NULL once it was sent or given up (see notice_error).
     notice_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     notice_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Why the notice was not sent (or its last temporary failure). On a row without a notice:
+    # why the answer changed without the person giving it ("withdrawn: subscriber
+    # unsubscribed (…)" when they left the list).
     notice_error: Mapped[str | None] = mapped_column(Text)
