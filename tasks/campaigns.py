@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from newsletter.campaigns import repo, service
+from newsletter.campaigns import repo, service, sweep_repo
 from newsletter.campaigns.heartbeat import dead_after, give_back_orphans
 from newsletter.campaigns.sending import REPORT_SECONDS, send_batch
 from newsletter.config import get_settings
@@ -120,10 +120,10 @@ def sweep() -> None:
     if reclaimed:
         log.warning("gave back %d deliveries held by workers that stopped", reclaimed)
     with session_scope(settings.database_url) as session:
-        due = repo.due_scheduled(session)
-        probes = repo.relay_probes_due(session)
-        stalled = repo.stalled_campaigns(session, quiet_for=quiet)
-        repo.forget_old_heartbeats(session, older_than=FORGET_WORKERS_AFTER)
+        due = sweep_repo.due_scheduled(session)
+        probes = sweep_repo.relay_probes_due(session)
+        stalled = sweep_repo.stalled_campaigns(session, quiet_for=quiet)
+        sweep_repo.forget_old_heartbeats(session, older_than=FORGET_WORKERS_AFTER)
     for campaign_id in due:
         enqueue(start_campaign, campaign_id)
     for campaign_id in probes:

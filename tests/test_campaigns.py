@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import repo, service
+from newsletter.campaigns import repo, service, sweep_repo
 from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus, WorkerHeartbeat
 from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
@@ -116,7 +116,7 @@ def test_rows_of_a_worker_whose_heartbeat_stopped_come_back_marked_maybe_sent(
     beats = {"dead_after": timedelta(seconds=6), "stuck_after": timedelta(minutes=5)}
     with session_scope(db_url) as session:
         assert (
-            repo.requeue_orphans(
+            sweep_repo.requeue_orphans(
                 session, dead_after=beats["dead_after"], stuck_after=beats["stuck_after"]
             )
             == 0
@@ -127,9 +127,9 @@ def test_rows_of_a_worker_whose_heartbeat_stopped_come_back_marked_maybe_sent(
         session.execute(
             update(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == "dead").values(beat_at=old)
         )
-        repo.record_heartbeat(session, "alive")
+        sweep_repo.record_heartbeat(session, "alive")
         assert (
-            repo.requeue_orphans(
+            sweep_repo.requeue_orphans(
                 session,
                 campaign_id=campaign_id,
                 dead_after=beats["dead_after"],
@@ -144,7 +144,7 @@ def test_rows_of_a_worker_whose_heartbeat_stopped_come_back_marked_maybe_sent(
     with session_scope(db_url) as session:  # a live worker stuck for longer than stuck_after
         session.execute(update(Delivery).values(claimed_at=utcnow() - timedelta(hours=1)))
         assert (
-            repo.requeue_orphans(
+            sweep_repo.requeue_orphans(
                 session, dead_after=beats["dead_after"], stuck_after=beats["stuck_after"]
             )
             == 3

@@ -14,7 +14,7 @@ import threading
 from datetime import timedelta
 from types import TracebackType
 
-from newsletter.campaigns import repo
+from newsletter.campaigns import sweep_repo
 from newsletter.campaigns.outage import is_database_outage, outage_reason
 from newsletter.config import Settings
 from newsletter.db import session_scope
@@ -39,7 +39,7 @@ def stuck_after(settings: Settings) -> timedelta:
 def give_back_orphans(settings: Settings, campaign_id: int | None = None) -> int:
     """Re-queue the rows of dead or stuck workers (of one campaign, or of all)."""
     with session_scope(settings.database_url) as session:
-        return repo.requeue_orphans(
+        return sweep_repo.requeue_orphans(
             session,
             dead_after=dead_after(settings),
             stuck_after=stuck_after(settings),
@@ -74,7 +74,7 @@ class Heartbeat:
         while not self._stop.wait(self.settings.heartbeat_interval):
             try:
                 with session_scope(self.settings.database_url) as session:
-                    repo.record_heartbeat(session, self.worker)
+                    sweep_repo.record_heartbeat(session, self.worker)
                 quiet = False
             except Exception as exc:
                 if not is_database_outage(exc):

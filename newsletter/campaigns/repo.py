@@ -3,14 +3,15 @@ says why it looks the way it does.
 
 Progress lives in ``deliveries`` rows: a worker claims a batch by flipping rows from
 ``queued`` to ``inflight`` in one statement, sends, then marks them ``sent``. Nothing about
-who has been mailed is kept only in the broker or in memory.
+who has been mailed is kept only in the broker or in memory. Workers' heartbeats and the
+rows of dead workers: :mod:`.sweep_repo`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -19,15 +20,12 @@ from sqlalchemy import (
     Result,
     and_,
     case,
-    delete,
     func,
     literal,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns.models import (
@@ -35,8 +33,8 @@ from newsletter.campaigns.models import (
     CampaignStatus,
     Delivery,
     DeliveryStatus,
-    WorkerHeartbeat,
 )
+from newsletter.campaigns.sweep_repo import record_heartbeat
 from newsletter.db import is_postgresql, utcnow
 from subscribers.models import Subscriber, SubscriberStatus
 
@@ -286,64 +284,6 @@ def skip_queued(session: Session, campaign_id: int, reason: str) -> int:
     return _affected(result)
 
 
-def record_heartbeat(session: Session, worker: str) -> None:
-    """Say that ``worker`` is alive now (one row per worker process, upserted)."""
-    insert = pg_insert if is_postgresql(session) else sqlite_insert
-    statement = insert(WorkerHeartbeat).values(worker_id=worker, beat_at=utcnow())
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[WorkerHeartbeat.worker_id],
-            set_={"beat_at": statement.excluded.beat_at},
-        )
-    )
-
-
-def forget_old_heartbeats(session: Session, *, older_than: timedelta) -> int:
-    """Delete heartbeats of workers gone for ``older_than`` (each restart adds a row)."""
-    result = session.execute(
-        delete(WorkerHeartbeat).where(WorkerHeartbeat.beat_at < utcnow() - older_than)
-    )
-    return _affected(result)
-
-
-def requeue_orphans(
-    session: Session,
-    *,
-    dead_after: timedelta,
-    stuck_after: timedelta,
-    campaign_id: int | None = None,
-) -> int:
-    """Give back in-flight rows whose worker is gone: its heartbeat (or, with no heartbeat
-    row, its claim) is older than ``dead_after``; or rows whose claim was not renewed for
-    ``stuck_after`` (a worker alive but stuck in one transaction). Of one campaign, or all.
-
-    The worker may have handed some of them over before it stopped, so they are marked
-    ``maybe_sent``: sent again with the same Message-ID (receivers treat it as the same
-    message), and never failed because the re-send was refused.
-    """
-    now = utcnow()
-    alive = select(WorkerHeartbeat.worker_id).where(
-        WorkerHeartbeat.worker_id == Delivery.claimed_by,
-        WorkerHeartbeat.beat_at >= now - dead_after,
-    )
-    condition = and_(
-        Delivery.status == DeliveryStatus.inflight,
-        or_(
-            and_(Delivery.claimed_at < now - dead_after, ~alive.exists()),
-            Delivery.claimed_at < now - stuck_after,
-        ),
-    )
-    if campaign_id is not None:
-        condition = and_(Delivery.campaign_id == campaign_id, condition)
-    result = session.execute(
-        update(Delivery)
-        .where(condition)
-        .values(status=DeliveryStatus.queued, claimed_by=None, claimed_at=None, maybe_sent=True)
-        .execution_options(synchronize_session=False)
-    )
-    return _affected(result)
-
-
 @dataclass(frozen=True, slots=True)
 class Pending:
     """What is left of a campaign when no row could be claimed right now."""
@@ -454,59 +394,4 @@ def record_progress(
     )
     return int(
         session.scalar(select(Campaign.failure_streak).where(Campaign.id == campaign_id)) or 0
-    )
-
-
-def stalled_campaigns(session: Session, *, quiet_for: timedelta) -> list[int]:
-    """Sending campaigns with rows due now and no batch report for ``quiet_for``: nobody is
-    working on them, so their batch tasks were lost (a killed worker held them, or a broker
-    restart without persistence). A campaign whose rows all wait out a back-off is not
-    stalled: its chains sleep until then."""
-    now = utcnow()
-    limit = now - quiet_for
-    due = select(Delivery.id).where(
-        Delivery.campaign_id == Campaign.id,
-        Delivery.status == DeliveryStatus.queued,
-        or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-    )
-    return list(
-        session.scalars(
-            select(Campaign.id).where(
-                Campaign.status == CampaignStatus.sending,
-                or_(
-                    Campaign.last_progress_at < limit,
-                    and_(Campaign.last_progress_at.is_(None), Campaign.started_at < limit),
-                ),
-                due.exists(),
-            )
-        )
-    )
-
-
-def sending_campaigns(session: Session) -> list[int]:
-    """Campaigns now sending."""
-    return list(
-        session.scalars(select(Campaign.id).where(Campaign.status == CampaignStatus.sending))
-    )
-
-
-def relay_probes_due(session: Session) -> list[int]:
-    """Campaigns waiting for the relay whose next probe is due."""
-    return list(
-        session.scalars(
-            select(Campaign.id).where(
-                Campaign.status == CampaignStatus.waiting, Campaign.relay_retry_at <= utcnow()
-            )
-        )
-    )
-
-
-def due_scheduled(session: Session) -> list[int]:
-    """Scheduled campaigns whose time has come."""
-    return list(
-        session.scalars(
-            select(Campaign.id).where(
-                Campaign.status == CampaignStatus.scheduled, Campaign.scheduled_at <= utcnow()
-            )
-        )
     )

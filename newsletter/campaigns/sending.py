@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import repo, service
+from newsletter.campaigns import repo, service, sweep_repo
 from newsletter.campaigns.compiled import CompiledCampaign, build_message, compile_campaign
 from newsletter.campaigns.heartbeat import Heartbeat, dead_after, stuck_after
 from newsletter.campaigns.models import CampaignStatus
@@ -116,7 +116,7 @@ class _Batch:
     def _write(self, still_held: list[repo.ClaimedDelivery]) -> str | None:
         settings, todo = self.settings, self.todo
         with session_scope(settings.database_url) as session:
-            repo.record_heartbeat(session, self.worker)
+            sweep_repo.record_heartbeat(session, self.worker)
             todo.write(session, worker=self.worker, delays=settings.retry_delays)
             held = [item.delivery_id for item in still_held]
             repo.touch_claims(session, held, worker=self.worker)
@@ -186,7 +186,7 @@ def send_batch(
         if campaign is None or campaign.status != CampaignStatus.sending:
             result.stopped_because = campaign.status if campaign else "missing"
             return result
-        repo.requeue_orphans(
+        sweep_repo.requeue_orphans(
             session,
             dead_after=dead_after(settings),
             stuck_after=stuck_after(settings),
