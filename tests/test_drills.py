@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -24,12 +25,13 @@ from sqlalchemy import select
 from newsletter.campaigns import service
 from newsletter.campaigns.models import Campaign, Delivery, DeliveryStatus
 from newsletter.config import Settings
-from newsletter.db import session_scope, utcnow
+from newsletter.db import get_engine, session_scope, utcnow
+from newsletter.migrate import upgrade
 from newsletter.sessions.service import import_records
 from subscribers.models import Subscriber, SubscriberStatus
 from tasks.celery_app import make_celery
 from tests.conftest import EXAMPLES, _empty_tables
-from tests.servers import redis_server, start_redis
+from tests.servers import Server, postgres_bin, postgres_server, redis_server, start_redis
 from tests.smtp import SmtpServer
 
 NEWSLETTER = str(Path(sys.executable).parent / "newsletter")
@@ -51,7 +53,9 @@ class Stack:
             NEWSLETTER_FROM_ADDRESS="Mo 人工智能俱乐部 <salon@example.org>",
             NEWSLETTER_BATCH_SIZE="20",
             NEWSLETTER_RETRY_BACKOFF="0.2,0.5,1",
-            NEWSLETTER_INFLIGHT_TIMEOUT="3",
+            # Dead workers are found by their heartbeat (3 × 0.5 s), not by this timeout.
+            NEWSLETTER_INFLIGHT_TIMEOUT="600",
+            NEWSLETTER_HEARTBEAT_INTERVAL="0.5",
             NEWSLETTER_SWEEP_INTERVAL="1",
             NEWSLETTER_VAR_DIR=str(tmp / "var"),
         )
@@ -198,7 +202,7 @@ def test_kill_9_a_worker_mid_campaign_then_another_finishes(stack: Stack) -> Non
     # At most one batch (20) was in flight in the killed worker.
     assert_everyone_once(stack, in_flight=20)
     with session_scope(stack.database_url) as session:
-        reclaimed = session.scalar(select(Delivery.id).where(Delivery.attempts > 1).limit(1))
+        reclaimed = session.scalar(select(Delivery.id).where(Delivery.maybe_sent).limit(1))
     assert reclaimed is not None, "the dead worker's rows were never given back"
 
 
@@ -234,16 +238,17 @@ def test_redis_restart_mid_campaign_still_finishes(
             stack.stop_all()
 
 
-def test_relay_answering_421_for_a_while_delivers_everyone_after_retries(stack: Stack) -> None:
-    stack.smtp.handler.refuse_first = 30
-    stack.start_worker()
+def test_relay_answering_421_for_a_while_waits_then_delivers_everyone(stack: Stack) -> None:
+    stack.smtp.handler.refuse_first = 6  # "421 4.7.0 Try again later" to six DATA commands
+    stack.start_worker(beat=True)
     campaign_id = stack.create_campaign()
     stack.send(campaign_id)
+    assert stack.wait_until(campaign_id, {"waiting", "paused"}, timeout=60) == "waiting"
     assert stack.wait_until(campaign_id, {"finished", "paused"}) == "finished"
     assert_everyone_once(stack)
     with session_scope(stack.database_url) as session:
-        retried = session.scalar(select(Delivery.id).where(Delivery.attempts > 1).limit(1))
-    assert retried is not None
+        attempts = set(session.scalars(select(Delivery.attempts)))
+    assert attempts == {1}  # a 421 is about the relay: no message used an attempt on it
 
 
 def test_relay_refusing_some_addresses_fails_those_and_suppresses_hard_bounces(
@@ -323,3 +328,168 @@ def test_pause_resume_and_cancel_mid_flight(stack: Stack) -> None:
     assert progress.queued == 0 and progress.inflight == 0
     assert progress.sent + progress.skipped == PEOPLE
     assert len(stack.smtp.handler.received) == PEOPLE + progress.sent
+
+
+# --- faults: kills during retry waits, a PostgreSQL restart, a relay outage ----------------
+
+GREYLIST_PEOPLE = 600
+GREYLIST_TABLE = "1,1,2,2"  # five answered attempts at most
+
+
+def test_kill_9_during_retry_waits_with_a_greylisting_relay(stack: Stack) -> None:
+    """Every 20th address is always deferred (451); 15 % of the other RCPTs are deferred at
+    random. Two workers are killed with -9 while rows are claimed and waiting out their
+    back-off. Everyone ends mailed (one Message-ID) or failed after all five answered
+    attempts; no accepted message is failed; a claim or a kill costs no attempt."""
+    always = {f"p{i:04d}@example.org" for i in range(7, GREYLIST_PEOPLE, 20)}
+    chance = random.Random(20261201)
+
+    def greylist(address: str) -> str | None:
+        if address in always or chance.random() < 0.15:
+            return "451 4.7.1 Greylisted, please try again later"
+        return None
+
+    stack.smtp.handler.rcpt_policy = greylist
+    stack.env.update(NEWSLETTER_RETRY_BACKOFF=GREYLIST_TABLE, NEWSLETTER_ERROR_BUDGET="0.5")
+    started = time.monotonic()
+    workers = [stack.start_worker(beat=True), stack.start_worker()]
+    campaign_id = stack.create_campaign(people=GREYLIST_PEOPLE)
+    stack.send(campaign_id)
+    kills = 0
+    for threshold in (150, 350):
+        deadline = time.monotonic() + 60
+        while len(stack.smtp.handler.received) < threshold:
+            assert time.monotonic() < deadline, f"stuck below {threshold} accepted"
+            time.sleep(0.01)
+        victim = workers.pop(0)  # the oldest: the beat worker first, then the other
+        stack.kill(victim)
+        kills += 1
+        workers.append(stack.start_worker(beat=kills == 1))  # beat lives on
+    assert stack.wait_until(campaign_id, {"finished", "paused"}, timeout=120) == "finished"
+    elapsed = time.monotonic() - started
+
+    got = stack.received()
+    refusals = stack.smtp.handler.rcpt_refusals
+    limit = len(GREYLIST_TABLE.split(",")) + 1
+    with session_scope(stack.database_url) as session:
+        rows = session.execute(
+            select(Subscriber.email, Delivery.status, Delivery.attempts, Delivery.maybe_sent).join(
+                Delivery, Delivery.subscriber_id == Subscriber.id
+            )
+        ).all()
+    by_status: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        by_status[row.status].append(row.email)
+        if row.status == DeliveryStatus.sent:
+            assert len(set(got[row.email])) == 1, "a sent message missing or with two IDs"
+        elif row.status == DeliveryStatus.failed:
+            assert row.email not in got, "a message the relay accepted was marked failed"
+            assert row.attempts == limit, f"failed after {row.attempts} attempts, not {limit}"
+            assert refusals[row.email] >= limit  # each counted attempt was a real 451
+        else:
+            assert row.status == DeliveryStatus.unconfirmed and row.maybe_sent, row
+    assert set(by_status) <= {"sent", "failed", "unconfirmed"}
+    assert set(by_status["failed"]) | set(by_status["unconfirmed"]) >= always - set(got)
+    assert len(by_status["failed"]) >= len(always) // 2  # the drill did exercise give-ups
+    print(
+        f"\ngreylisting drill: N={GREYLIST_PEOPLE}, kills={kills}, "
+        f"451 answers={sum(refusals.values())}, sent={len(by_status['sent'])}, "
+        f"failed={len(by_status['failed'])} (all after {limit} attempts), "
+        f"unconfirmed={len(by_status['unconfirmed'])}, "
+        f"copies={sum(len(ids) for ids in got.values())}, wall={elapsed:.1f}s"
+    )
+
+
+def _pg_ctl(server: Server, action: str) -> None:
+    """Stop or start the drill's own PostgreSQL (same data directory, port and options)."""
+    bindir = postgres_bin()
+    assert bindir is not None and server.directory is not None
+    data = server.directory / "data"
+    argv = [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(server.directory / "log")]
+    if action == "stop":
+        argv += ["-m", "fast", "stop"]
+    else:
+        options = (
+            f"-p {server.port} -k {server.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        argv += ["-o", options, "start"]
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
+def test_postgresql_restart_mid_campaign_no_traceback_everyone_once(
+    redis_url: str, start_smtp: Callable[..., SmtpServer], tmp_path: Path
+) -> None:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    with postgres_server() as server:
+        if server is None:
+            pytest.skip("PostgreSQL is not installed")
+        upgrade(server.url)
+        stack = Stack(server.url, redis_url, start_smtp(), tmp_path)
+        try:
+            started = time.monotonic()
+            stack.start_worker(beat=True)
+            stack.start_worker()
+            campaign_id = stack.create_campaign(people=400)
+            stack.send(campaign_id)
+            deadline = time.monotonic() + 60
+            while len(stack.smtp.handler.received) < 100:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            _pg_ctl(server, "stop")
+            at_stop = len(stack.smtp.handler.received)
+            time.sleep(4.0)  # workers meet the outage: failed reports, heartbeats, sweeps
+            _pg_ctl(server, "start")
+            assert stack.wait_until(campaign_id, {"finished", "paused"}) == "finished"
+            elapsed = time.monotonic() - started
+            assert_everyone_once(stack, people=400, in_flight=40)
+            logs = [(tmp_path / f"worker{n}.log").read_text(errors="replace") for n in range(2)]
+            assert at_stop < 400, "finished before the restart; make the campaign larger"
+            assert all("Traceback" not in text for text in logs), logs
+            assert any("the database is unreachable" in text for text in logs)
+            print(
+                f"\nPostgreSQL restart drill: N=400, down 4 s after {at_stop} accepted, "
+                f"copies={sum(len(ids) for ids in stack.received().values())}, "
+                f"wall={elapsed:.1f}s"
+            )
+        finally:
+            stack.stop_all()
+            get_engine(server.url).dispose()
+
+
+def test_relay_down_for_a_while_waits_then_finishes_by_itself(stack: Stack) -> None:
+    started = time.monotonic()
+    stack.start_worker(beat=True)
+    campaign_id = stack.create_campaign()
+    stack.send(campaign_id)
+    deadline = time.monotonic() + 60
+    while len(stack.smtp.handler.received) < 60:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    stack.smtp.stop()
+    assert stack.wait_until(campaign_id, {"waiting", "paused"}, timeout=60) == "waiting"
+    with session_scope(stack.database_url) as session:
+        progress = service.progress(session, campaign_id)
+    assert progress.status_reason and progress.status_reason.startswith("waiting for the relay")
+    assert "next try at" in progress.status_reason
+    shown = subprocess.run(
+        [NEWSLETTER, "campaign", "status", str(campaign_id)],
+        env=stack.env,
+        cwd=stack.tmp,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "waiting" in shown.stdout and "next try at" in shown.stdout, shown
+    time.sleep(3.0)  # a few probes find it down
+    stack.smtp.restart()
+    assert stack.wait_until(campaign_id, {"finished", "paused"}) == "finished"  # no resume
+    assert_everyone_once(stack, in_flight=20)
+    with session_scope(stack.database_url) as session:
+        attempts = set(session.scalars(select(Delivery.attempts)))
+    assert attempts == {1}  # the outage cost no message an attempt
+    print(f"\nrelay outage drill: N={PEOPLE}, down ~3 s, wall={time.monotonic() - started:.1f}s")
