@@ -257,3 +257,46 @@ def test_pause_resume_cancel(db_url: str) -> None:
         assert (progress.status, progress.skipped, progress.queued) == ("cancelled", 3, 0)
         with pytest.raises(InvalidStateError, match="cannot start"):
             service.start_campaign(session, campaign_id)
+
+
+def test_waiting_for_the_relay_follows_the_table_and_can_be_paused_or_cancelled(
+    db_url: str,
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    load_examples(db_url)
+    with session_scope(db_url) as session:
+        add_people(session, 2)
+        campaign_id = service.create_campaign(session, 61).id
+        service.start_campaign(session, campaign_id)
+    zone, delays = ZoneInfo("Asia/Shanghai"), [5.0, 60.0]
+    steps = []
+    for _ in range(3):  # the last step repeats while the relay stays down
+        with session_scope(db_url) as session:
+            before = utcnow()
+            at = service.wait_for_relay(
+                session, campaign_id, "waiting for the relay (x)", delays=delays, zone=zone
+            )
+            assert at is not None
+            steps.append(round((at - before).total_seconds()))
+            # A second batch meeting the same outage changes nothing.
+            assert (
+                service.wait_for_relay(session, campaign_id, "y", delays=delays, zone=zone) is None
+            )
+            campaign = service.require_campaign(session, campaign_id)
+            assert campaign.status == CampaignStatus.waiting
+            assert campaign.status_reason == (
+                f"waiting for the relay (x); next try at {at.astimezone(zone):%H:%M:%S} CST"
+            )
+            assert service.probe_relay(session, campaign_id) is False  # not due yet
+            campaign.relay_retry_at = utcnow()
+            assert service.probe_relay(session, campaign_id) is True
+    assert steps == [5, 60, 60]
+    with session_scope(db_url) as session:
+        service.wait_for_relay(session, campaign_id, "down", delays=delays, zone=zone)
+        service.pause_campaign(session, campaign_id)  # pausing stops the probing
+        service.require_campaign(session, campaign_id).relay_retry_at = utcnow()
+        assert service.probe_relay(session, campaign_id) is False
+        service.resume_campaign(session, campaign_id)
+        service.wait_for_relay(session, campaign_id, "down", delays=delays, zone=zone)
+        assert service.cancel_campaign(session, campaign_id).status == CampaignStatus.cancelled
