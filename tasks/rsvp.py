@@ -13,6 +13,7 @@ from newsletter.mail.transports import Transport, transport_from_url
 from newsletter.rsvp import outbox
 from tasks.celery_app import app
 from tasks.dispatch import enqueue
+from tasks.faults import survives_database_outages
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def notify_answers(session_id: int) -> None:
 
 
 @app.task(name="rsvp.notices", acks_late=True)
+@survives_database_outages("rsvp.notices")
 def send_rsvp_notices(session_id: int | None = None) -> None:
     """Protocol: sends every due notice (of one session, or all when run by beat's sweep) in
     batches over one connection each, recording after each batch what was sent, what waits

@@ -21,6 +21,7 @@ STATUS_LABELS = {
     CampaignStatus.draft: "草稿",
     CampaignStatus.scheduled: "已预约",
     CampaignStatus.sending: "发送中",
+    CampaignStatus.waiting: "等待邮件服务器",
     CampaignStatus.paused: "已暂停",
     CampaignStatus.cancelled: "已取消",
     CampaignStatus.finished: "已完成",
@@ -33,6 +34,7 @@ ACTIONS = {
     CampaignStatus.draft: ("send", "cancel"),
     CampaignStatus.scheduled: ("pause", "cancel"),
     CampaignStatus.sending: ("pause", "cancel"),
+    CampaignStatus.waiting: ("pause", "cancel"),
     CampaignStatus.paused: ("resume", "cancel"),
 }
 
