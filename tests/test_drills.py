@@ -31,7 +31,14 @@ from newsletter.sessions.service import import_records
 from subscribers.models import Subscriber, SubscriberStatus
 from tasks.celery_app import make_celery
 from tests.conftest import EXAMPLES, _empty_tables
-from tests.servers import Server, postgres_bin, postgres_server, redis_server, start_redis
+from tests.servers import (
+    Server,
+    free_port,
+    postgres_bin,
+    postgres_server,
+    redis_server,
+    start_redis,
+)
 from tests.smtp import SmtpServer
 
 NEWSLETTER = str(Path(sys.executable).parent / "newsletter")
@@ -493,3 +500,27 @@ def test_relay_down_for_a_while_waits_then_finishes_by_itself(stack: Stack) -> N
         attempts = set(session.scalars(select(Delivery.attempts)))
     assert attempts == {1}  # the outage cost no message an attempt
     print(f"\nrelay outage drill: N={PEOPLE}, down ~3 s, wall={time.monotonic() - started:.1f}s")
+
+
+def test_a_task_meeting_a_dead_database_says_so_in_one_line_and_runs_again(
+    redis_url: str, start_smtp: Callable[..., SmtpServer], tmp_path: Path
+) -> None:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres"
+    stack = Stack(nowhere, redis_url, start_smtp(), tmp_path)
+    try:
+        stack.start_worker()
+        make_celery(stack.settings).send_task("campaigns.batch", args=[1])
+        log = tmp_path / "worker0.log"
+        deadline = time.monotonic() + 60
+        line = "campaigns.batch(1): the database is unreachable"
+        while log.read_text(errors="replace").count(line) < 2:  # it ran again by itself
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text
+        assert "trying again in 2 s" in text
+    finally:
+        stack.stop_all()
