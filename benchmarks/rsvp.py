@@ -9,7 +9,8 @@ answers the database recorded, which must equal the number of requests sent.
 
 Run: ``.venv/bin/python benchmarks/rsvp.py [--n 20000] [--concurrency 32] [--workers 2]``.
 The last line is one JSON object: ``{"sent", "recorded", "requests_per_s", "p50_ms",
-"p99_ms"}`` (plus the number of non-200 answers and of confirmation mails queued).
+"p99_ms"}`` (plus the number of non-200 answers, of confirmation mails queued, and the
+server's CPU milliseconds per confirmation, which other load on the machine barely moves).
 """
 
 from __future__ import annotations
@@ -163,6 +164,22 @@ def client(
     asyncio.run(main())
 
 
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its descendants, from
+    /proc: the server's cost per request, whatever else shares the machine."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+            continue
+    return total
+
+
 def main() -> None:
     """Run the burst and print the figures, the JSON summary last."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -220,8 +237,10 @@ def main() -> None:
                 target=client,
                 args=(port, requests, args.concurrency, results),
             )
+            cpu_before = server_cpu_s(server.pid)
             load.start()
             latencies, failures, seconds = results.get(timeout=900)
+            cpu_ms = (server_cpu_s(server.pid) - cpu_before) * 1000 / max(1, len(latencies))
             load.join(30)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
@@ -246,6 +265,7 @@ def main() -> None:
     print(f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; non-200 answers: {failures}")
     print(f"answers recorded in PostgreSQL: {recorded:,} of {len(latencies):,} sent")
     print(f"confirmation mails queued with them: {mails:,}")
+    print(f"server CPU per confirmation: {cpu_ms:.2f} ms (all server processes)")
     print(
         json.dumps(
             {
@@ -256,6 +276,7 @@ def main() -> None:
                 "p99_ms": round(p99, 1),
                 "non_200": failures,
                 "mails_queued": mails,
+                "server_cpu_ms": round(cpu_ms, 3),
             }
         )
     )

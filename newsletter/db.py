@@ -242,7 +242,9 @@ async def fetch_row_alone(
     """Run ``statement`` on PostgreSQL in autocommit (one statement is atomic by itself, and
     needs no BEGIN or COMMIT round trip); its first row, or None."""
     pool = await _driver_pool(_absolute(url))
-    async with pool.acquire(timeout=_dependency_timeout()) as connection:
+    # No timeout on the wait for a free connection (a task per call, for a wait that only a
+    # busy moment causes): opening one is bounded by the pool's connect timeout.
+    async with pool.acquire() as connection:
         row: Mapping[str, Any] | None = await connection.fetchrow(
             statement.sql, *statement.arguments(parameters)
         )

@@ -27,6 +27,14 @@ def sends_in_process() -> bool:
     return bool(app.conf.task_always_eager)
 
 
+def would_notify(session_id: int) -> bool:
+    """Whether :func:`notify_answers` would do anything now: in-process always, with a broker
+    once per session per second (the web app asks first, to skip a thread hop for the rest)."""
+    if sends_in_process():
+        return True
+    return time.monotonic() - _last_kick.get(session_id, -math.inf) >= KICK_DELAY_S
+
+
 def notify_answers(session_id: int) -> None:
     """After an answer with a mail was committed: see that a sender goes through the outbox.
 

@@ -30,7 +30,7 @@ from newsletter.tokens import Purpose
 from newsletter.web.faults import is_unavailable
 from newsletter.web.links import addressee, check_form_token, form_token, read_token
 from newsletter.web.pages import page
-from tasks.rsvp import notify_answers
+from tasks.rsvp import notify_answers, would_notify
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ async def _notify(session_id: int, recorded: Recorded) -> None:
     with the answer, so a broker that is down delays them and loses nothing)."""
     confirmed = recorded.answer == Answer.yes and not recorded.waitlisted
     if not recorded.changed or not (confirmed or recorded.promoted):
+        return
+    if not would_notify(session_id):  # most answers of a burst: a sender is already asked
         return
     try:
         # Off the event loop either way: in-process the mails go out now; with a broker the
