@@ -99,7 +99,7 @@ def main() -> None:
         record, archive, organizer=organizer, timezone=settings.timezone
     )
     factory = MessageFactory.for_settings(
-        settings, subject=template.subject, list_name=record.series
+        settings, subject=template.subject, list_name=record.series, installation="0" * 16
     )
     compiled = CompiledCampaign(1, record.number, record.number, template, factory)
     build_ms = (time.perf_counter() - started) * 1000

@@ -256,10 +256,12 @@ def main() -> None:
         write_subscribers(people, n)
         newsletter("subscribers", "import", str(people), timeout=max(300.0, n / 500))
         eml = work / "invitation.eml"
-        newsletter("preview", str(SESSION), "--to", address(0), "--out", str(eml))
+        newsletter("preview", str(SESSION), "--past", "--to", address(0), "--out", str(eml))
         message_file = lf_copy(eml, work / "invitation.lf")
         campaign_id = int(
-            newsletter("campaign", "create", str(SESSION), timeout=max(120.0, n / 1000)).split()[-1]
+            newsletter(
+                "campaign", "create", str(SESSION), "--past", timeout=max(120.0, n / 1000)
+            ).split()[-1]
         )
         setup_s = time.perf_counter() - started
         message_bytes = eml.stat().st_size

@@ -7,8 +7,6 @@ receivers drop a message whose Message-ID they have seen before.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from sqlalchemy import CheckConstraint, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -34,8 +32,11 @@ def installation_token(session: Session) -> str:
     return token
 
 
-@lru_cache(maxsize=8)
 def installation_token_for(url: str) -> str:
-    """The installation id of the database at ``url``, read once per process."""
+    """The installation id of the database at ``url`` (one small query).
+
+    Not cached: a database reset and migrated again under a running process gets a new id,
+    and that id must be used from then on (its delivery ids start at 1 again).
+    """
     with get_sessionmaker(url)() as session:
         return installation_token(session)

@@ -63,8 +63,8 @@ def test_snapshot_takes_active_subscribers_with_the_tag(db_url: str) -> None:
         other = Subscriber(email="other@example.org", name="Other", created_at=utcnow())
         session.add_all([gone, other])
     with session_scope(db_url) as session:
-        everyone = service.create_campaign(session, 61)
-        tagged = service.create_campaign(session, 61, tag="zju")
+        everyone = service.create_campaign(session, 61, past=True)
+        tagged = service.create_campaign(session, 61, tag="zju", past=True)
         assert (everyone.recipient_count, tagged.recipient_count) == (4, 3)
         assert everyone.subject == "第 61 期机器学习学术沙龙邀请函：联邦学习的鲁棒性"
         assert repo.delivery_counts(session, everyone.id)["queued"] == 4
@@ -81,7 +81,7 @@ def test_claims_never_overlap_between_concurrent_workers(db_url: str) -> None:
     load_examples(db_url)
     with session_scope(db_url) as session:
         add_people(session, 300)
-        campaign_id = service.create_campaign(session, 61).id
+        campaign_id = service.create_campaign(session, 61, past=True).id
     claimed: list[int] = []
     lock = threading.Lock()
 
@@ -109,7 +109,7 @@ def test_rows_of_a_worker_whose_heartbeat_stopped_come_back_marked_maybe_sent(
     load_examples(db_url)
     with session_scope(db_url) as session:
         add_people(session, 6)
-        campaign_id = service.create_campaign(session, 61).id
+        campaign_id = service.create_campaign(session, 61, past=True).id
         dead = repo.claim_batch(session, campaign_id, worker="dead", limit=3)
         alive = repo.claim_batch(session, campaign_id, worker="alive", limit=3)
     assert [c.attempts for c in dead + alive] == [0] * 6  # a claim is not an attempt
@@ -155,7 +155,7 @@ def test_a_maybe_sent_row_refused_on_resend_ends_unconfirmed_not_failed(db_url: 
     load_examples(db_url)
     with session_scope(db_url) as session:
         add_people(session, 2)
-        campaign_id = service.create_campaign(session, 61).id
+        campaign_id = service.create_campaign(session, 61, past=True).id
         session.execute(update(Delivery).values(maybe_sent=Delivery.id == 1))
         claimed = repo.claim_batch(session, campaign_id, worker="w", limit=2)
         ids = [c.delivery_id for c in claimed]
@@ -173,7 +173,7 @@ def test_send_mails_everyone_once_and_sending_again_mails_nobody(
     load_examples(settings.database_url)
     with session_scope(settings.database_url) as session:
         add_people(session, 20)
-        campaign_id = service.create_campaign(session, 61).id
+        campaign_id = service.create_campaign(session, 61, past=True).id
     enqueue(start_campaign, campaign_id)
     enqueue(start_campaign, campaign_id)  # a second send: rows decide, nobody is mailed again
     messages = outbox_messages(settings)
@@ -199,7 +199,7 @@ def test_unsubscribed_after_creation_is_skipped_at_send_time(configure: Configur
     load_examples(settings.database_url)
     with session_scope(settings.database_url) as session:
         ids = add_people(session, 3)
-        campaign_id = service.create_campaign(session, 61).id
+        campaign_id = service.create_campaign(session, 61, past=True).id
         session.execute(
             update(Subscriber)
             .where(Subscriber.id == ids[0])
@@ -225,7 +225,7 @@ def test_dead_smtp_server_is_probed_then_pauses_in_process_and_loses_nothing(
     load_examples(settings.database_url)
     with session_scope(settings.database_url) as session:
         add_people(session, 4)
-        campaign_id = service.create_campaign(session, 61).id
+        campaign_id = service.create_campaign(session, 61, past=True).id
     enqueue(start_campaign, campaign_id)
     with session_scope(settings.database_url) as session:
         progress = service.progress(session, campaign_id)
@@ -244,7 +244,7 @@ def test_pause_resume_cancel(db_url: str) -> None:
     load_examples(db_url)
     with session_scope(db_url) as session:
         add_people(session, 3)
-        campaign_id = service.create_campaign(session, 61).id
+        campaign_id = service.create_campaign(session, 61, past=True).id
     with session_scope(db_url) as session:
         with pytest.raises(InvalidStateError, match="cannot resume"):
             service.resume_campaign(session, campaign_id)
@@ -267,7 +267,7 @@ def test_waiting_for_the_relay_follows_the_table_and_can_be_paused_or_cancelled(
     load_examples(db_url)
     with session_scope(db_url) as session:
         add_people(session, 2)
-        campaign_id = service.create_campaign(session, 61).id
+        campaign_id = service.create_campaign(session, 61, past=True).id
         service.start_campaign(session, campaign_id)
     zone, delays = ZoneInfo("Asia/Shanghai"), [5.0, 60.0]
     steps = []

@@ -65,6 +65,10 @@ HTML = (
 TEXT = "张三，您好！\n\n诚邀您参加第 61 期机器学习学术沙龙。\n我会参加: https://salon.example.org/rsvp/t?answer=yes\n"
 
 
+# The installation id of the golden files: what migration 0004 would make, but fixed.
+INSTALLATION = "5a1f0e2d3c4b6a79"
+
+
 def check_golden(name: str, data: bytes) -> None:
     """Compare ``data`` with ``tests/golden/{name}`` byte for byte."""
     path = GOLDEN / name
@@ -80,6 +84,7 @@ def make_factory(**overrides: str) -> MessageFactory:
         "from_address": "salon@example.org",
         "subject": LONG_SUBJECT,
         "mail_domain": "example.org",
+        "installation": INSTALLATION,
         "bounce_address": "bounces@example.org",
         **overrides,
     }
@@ -95,6 +100,7 @@ def build(
     text: str | bytes = TEXT,
     delivery_id: int = 42,
     date: datetime | None = FIXED_DATE,
+    message_id: str | None = None,
 ) -> OutgoingMessage:
     return (factory or make_factory()).build(
         delivery_id=delivery_id,
@@ -105,6 +111,7 @@ def build(
         unsubscribe_url=UNSUBSCRIBE_URL,
         unsubscribe_mailto=UNSUBSCRIBE_MAILTO,
         date=date,
+        message_id=message_id,
     )
 
 
@@ -391,11 +398,29 @@ def test_message_id_is_stable_per_delivery_and_uses_the_mail_domain(
     first = build(delivery_id=7)
     again = build(make_factory(subject="another campaign, same delivery"), delivery_id=7)
     other = build(delivery_id=8)
-    assert first.message_id == again.message_id == format_message_id(7, "example.org")
+    assert first.message_id == again.message_id == format_message_id(7, "example.org", INSTALLATION)
     assert first.message_id != other.message_id
-    assert re.fullmatch(r"<d7\.[0-9a-f]{8}@example\.org>", first.message_id)
+    assert first.message_id == f"<d7.{INSTALLATION}@example.org>"
     assert parse(first.data)["Message-ID"] == first.message_id
-    assert format_message_id(7, "Example.ORG") == first.message_id
+    assert format_message_id(7, "Example.ORG", INSTALLATION) == first.message_id
+
+
+def test_another_installation_never_makes_the_same_message_id() -> None:
+    ours = build(delivery_id=1)
+    theirs = build(make_factory(installation="9f8e7d6c5b4a3210"), delivery_id=1)
+    assert ours.message_id != theirs.message_id
+    assert delivery_id_from_message_id(ours.message_id, "example.org", INSTALLATION) == 1
+    assert delivery_id_from_message_id(theirs.message_id, "example.org", INSTALLATION) is None
+
+
+def test_a_preview_message_id_is_fresh_and_never_a_deliverys() -> None:
+    factory = make_factory()
+    first, second = factory.preview_message_id(), factory.preview_message_id()
+    assert first != second
+    assert re.fullmatch(rf"<p[0-9a-f]{{16}}\.{INSTALLATION}@example\.org>", first)
+    assert delivery_id_from_message_id(first, "example.org", INSTALLATION) is None
+    message = build(factory, delivery_id=0, message_id=first)
+    assert message.message_id == first and parse(message.data)["Message-ID"] == first
 
 
 def test_a_resent_delivery_is_the_same_bytes() -> None:
@@ -403,9 +428,15 @@ def test_a_resent_delivery_is_the_same_bytes() -> None:
 
 
 def test_delivery_id_can_be_read_back_from_the_message_id() -> None:
-    message_id = format_message_id(123456, "example.org")
+    message_id = format_message_id(123456, "example.org", INSTALLATION)
     assert delivery_id_from_message_id(message_id, "example.org") == 123456
+    assert delivery_id_from_message_id(message_id, "example.org", INSTALLATION) == 123456
     assert delivery_id_from_message_id(message_id, "example.net") is None
+    # Mail sent before installation ids (a digest of the domain) still finds its delivery.
+    assert delivery_id_from_message_id("<d12.bfabc374@example.org>", "example.org") == 12
+    assert (
+        delivery_id_from_message_id("<d12.bfabc374@example.org>", "example.org", INSTALLATION) == 12
+    )
     assert delivery_id_from_message_id("<d12@example.org>", "example.org") is None
     assert delivery_id_from_message_id("<CAF+x@mail.gmail.com>", "example.org") is None
 
@@ -457,7 +488,7 @@ def test_default_date_is_now() -> None:
 
 
 def test_factory_from_settings(settings: Settings) -> None:
-    factory = MessageFactory.for_settings(settings, subject="第 28 期")
+    factory = MessageFactory.for_settings(settings, subject="第 28 期", installation=INSTALLATION)
     message = build(factory)
     parsed = parse(message.data)
     assert parsed["From"].addresses[0].display_name == "Mo 人工智能俱乐部"
@@ -471,6 +502,7 @@ def test_from_address_may_carry_its_display_name() -> None:
         from_address="Mo 人工智能俱乐部 <salon@example.org>",
         subject="第 28 期",
         mail_domain="example.org",
+        installation=INSTALLATION,
     )
     sender = parse(build(factory).data)["From"].addresses[0]
     assert (sender.display_name, sender.addr_spec) == ("Mo 人工智能俱乐部", "salon@example.org")
@@ -502,6 +534,7 @@ def test_built_messages_never_start_a_line_with_a_dot() -> None:
         from_address="Mo 人工智能俱乐部 <salon@example.org>",
         subject=".开头的主题 " * 12,
         mail_domain="example.org",
+        installation=INSTALLATION,
     )
     message = factory.build(
         delivery_id=5,

@@ -23,6 +23,7 @@ from newsletter.campaigns.models import Campaign, CampaignKind, CampaignStatus, 
 from newsletter.cli import app as cli_app
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.installation import installation_token_for
 from newsletter.mail.message import format_message_id
 from newsletter.migrate import upgrade
 from newsletter.rendering import REMINDER, InvitationTemplate, Recipient, render_invitation
@@ -280,7 +281,9 @@ def test_reminder_through_a_real_smtp_server_reaches_exactly_the_confirmed(
         assert message.get_content_type() == "multipart/alternative"
         assert str(message["Subject"]) == SUBJECT
         delivery_id = int(item.mail_from.removeprefix("bounces+").split("@")[0])
-        assert message["Message-ID"] == format_message_id(delivery_id, "example.org")
+        assert message["Message-ID"] == format_message_id(
+            delivery_id, "example.org", installation_token_for(url)
+        )
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         listed = re.findall(r"<([^>]+)>", str(message["List-Unsubscribe"]))
         assert listed[1].startswith("mailto:bounces@example.org")

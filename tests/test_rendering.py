@@ -199,12 +199,26 @@ def test_markdown_inline_has_no_paragraph() -> None:
     assert str(markdown_inline("**交流**与分享")) == "<strong>交流</strong>与分享"
 
 
-def test_markdown_for_text_keeps_the_source_and_shows_image_urls() -> None:
-    source = "近期 [Mo](https://momodel.cn) 活动！\n\n![](https://imgbed.momodel.cn/a.png)\n![二维码](https://x.org/q.png)"
-    assert markdown_text(source) == (
-        "近期 [Mo](https://momodel.cn) 活动！\n\nhttps://imgbed.momodel.cn/a.png\n"
-        "二维码：https://x.org/q.png"
+def test_markdown_for_text_is_plain_text_from_a_parse() -> None:
+    source = (
+        "## 关于 **Mo**\n\n近期 [Mo](https://momodel.cn) 活动，*欢迎* 参加！见 <https://x.org/a>\n"
+        "或写信 <club@example.org>。\n\n- 第一点 `code`\n- 第二点\n  1. 子项\n  2. 子项二\n\n"
+        "> 引用 [链接](https://q.org)\n\n![](https://imgbed.momodel.cn/a.png)\n"
+        "![二维码](https://x.org/q.png)\n\n---\n\n    缩进代码\n"
     )
+    assert markdown_text(source) == (
+        "关于 Mo\n\n"
+        "近期 Mo <https://momodel.cn> 活动，欢迎 参加！见 https://x.org/a\n"
+        "或写信 club@example.org。\n\n"
+        "• 第一点 code\n• 第二点\n  1. 子项\n  2. 子项二\n\n"
+        "> 引用 链接 <https://q.org>\n\n"
+        "https://imgbed.momodel.cn/a.png\n二维码：https://x.org/q.png\n\n"
+        "————\n\n"
+        "    缩进代码"
+    )
+    assert markdown_text(None) == markdown_text("") == ""
+    assert markdown_text("2 * 3 = 6, a_b_c") == "2 * 3 = 6, a_b_c"  # no emphasis: kept
+    assert markdown_text("![](https://x.org/联系人.png)") == "https://x.org/联系人.png"
 
 
 # --- subject, names, links ---------------------------------------------------------------------

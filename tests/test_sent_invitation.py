@@ -20,6 +20,7 @@ import pytest
 from newsletter.campaigns import service
 from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
+from newsletter.installation import installation_token_for
 from newsletter.mail.message import format_message_id
 from newsletter.migrate import upgrade
 from newsletter.sessions.service import import_records
@@ -34,8 +35,8 @@ HOSTILE = """\
 number: 62
 series: 机器学习学术沙龙
 title: 攻击测试 <script>alert("x")</script> & more
-starts_at: 2020-10-25T19:30:00+08:00
-ends_at: 2020-10-25T20:30:00+08:00
+starts_at: 2099-10-25T19:30:00+08:00
+ends_at: 2099-10-25T20:30:00+08:00
 venue:
   mode: online
   streams:
@@ -101,8 +102,14 @@ def send_campaign(configure: Configure, smtp: SmtpServer, number: int) -> tuple[
         mail_url=f"smtp://127.0.0.1:{smtp.port}", bounce_address="bounces@example.org"
     )
     upgrade(settings.database_url)
+    # The sample session, moved into the future: an invitation for a session that has
+    # ended is refused (and `--past` mails no RSVP links), see tests/test_past_sessions.py.
+    sample = (EXAMPLES / "sessions" / f"{number:03d}.yaml").read_text(encoding="utf-8")
+    upcoming = Path(f"upcoming-{number}.yaml")  # the configure fixture's temp directory
+    upcoming.write_text(re.sub(r"\b20\d\d-", "2099-", sample), encoding="utf-8")
     with session_scope(settings.database_url) as session:
         import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+        import_records(session, [upcoming], timezone="Asia/Shanghai")
         session.add_all(
             Subscriber(email=address, name=name, created_at=utcnow()) for address, name in PEOPLE
         )
@@ -158,7 +165,9 @@ def test_every_subscriber_gets_one_well_formed_invitation(
         assert unsubscribe[0].startswith("https://salon.example.org/unsubscribe/")
         assert unsubscribe[1].startswith("mailto:bounces@example.org")
         delivery_id = int(item.mail_from.split("+")[1].split("@")[0])
-        assert message["Message-ID"] == format_message_id(delivery_id, "example.org")
+        assert message["Message-ID"] == format_message_id(
+            delivery_id, "example.org", installation_token_for(settings.database_url)
+        )
         message_ids.add(message["Message-ID"])
     assert len(message_ids) == len(PEOPLE)
     with session_scope(settings.database_url) as session:

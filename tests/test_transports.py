@@ -38,6 +38,7 @@ FACTORY = MessageFactory(
     from_address="salon@example.org",
     subject="第 61 期机器学习学术沙龙邀请函",
     mail_domain="example.org",
+    installation="0123456789abcdef",
     bounce_address="bounces@example.org",
 )
 

@@ -17,6 +17,7 @@ from newsletter.campaigns import repo
 from newsletter.campaigns.models import CampaignKind
 from newsletter.config import Settings
 from newsletter.db import session_scope
+from newsletter.installation import installation_token
 from newsletter.links import RecipientLinks, recipient_links
 from newsletter.mail.message import MessageFactory, OutgoingMessage
 from newsletter.rendering import INVITATION, REMINDER, InvitationTemplate, Recipient
@@ -50,9 +51,10 @@ def compile_invitation(
     campaign_id: int,
     settings: Settings,
     kind: str = CampaignKind.invitation,
+    rsvp: bool = True,
 ) -> CompiledCampaign:
     """Compile the mail of ``salon`` for a campaign of ``kind`` (Jinja + premailer, once) and
-    its header factory."""
+    its header factory; ``rsvp=False`` for a session already over (no answering in it)."""
     record = sessions_repo.record_of(salon)
     kind = CampaignKind(kind)
     # Only the invitation shows the archive table (the query reads every earlier session);
@@ -69,12 +71,14 @@ def compile_invitation(
         organizer=record.organizer or settings.organizer,
         timezone=salon.timezone,
         template=TEMPLATE_OF[kind],
+        rsvp=rsvp,
     )
     factory = MessageFactory(
         from_address=settings.from_address,
         subject=template.subject,
         list_name=record.series,
         mail_domain=settings.sender_domain,
+        installation=installation_token(session),
         bounce_address=settings.bounce_address,
     )
     return CompiledCampaign(campaign_id, salon.id, salon.number, template, factory)
@@ -95,6 +99,9 @@ def _compiled(url: str, campaign_id: int, revision: int, settings: Settings) -> 
             campaign_id=campaign_id,
             settings=settings,
             kind=campaign.kind,
+            # Created after the session ended: only `campaign create --past` makes such a
+            # campaign, and its mail offers no answer that the server would refuse.
+            rsvp=campaign.created_at < salon.ends_at,
         )
 
 
@@ -139,8 +146,10 @@ def build_message(
     email: str,
     settings: Settings,
     keys: list[str],
+    message_id: str | None = None,
 ) -> OutgoingMessage:
-    """The finished message for one recipient: links, personalised body, MIME bytes."""
+    """The finished message for one recipient: links, personalised body, MIME bytes
+    (``message_id``: the delivery's own unless given, as a preview does)."""
     links, recipient = recipient_for(compiled, subscriber_id, name, settings, keys)
     # The UTF-8 variant: the big static chunks were encoded once per campaign.
     rendered = compiled.template.personalise_utf8(recipient)
@@ -152,4 +161,5 @@ def build_message(
         text=rendered.text,
         unsubscribe_url=links.unsubscribe,
         unsubscribe_mailto=links.unsubscribe_mailto,
+        message_id=message_id,
     )

@@ -37,12 +37,15 @@ def create_campaign(
     subject: str | None = None,
     tag: str | None = None,
     kind: CampaignKind = CampaignKind.invitation,
+    past: bool = False,
 ) -> Campaign:
     """Create a draft campaign for session ``number`` with one queued delivery per recipient.
 
     The recipient snapshot is taken in the caller's transaction, so the campaign and all its
     deliveries appear together or not at all. Reminders have their own audience: make them
-    with :func:`create_reminder`.
+    with :func:`create_reminder`. A session that has ended is refused with
+    :class:`InvalidStateError` unless ``past`` is given; such a campaign (created after the
+    end) mails no RSVP buttons, which the server would refuse (see ``campaigns.compiled``).
     """
     if kind == CampaignKind.reminder:
         raise ValueError("reminders go to confirmed attendees only: use create_reminder()")
@@ -50,6 +53,13 @@ def create_campaign(
     record = sessions_repo.record_of(salon)
     if record.cancelled:
         raise InvalidStateError(f"session {number} is cancelled; no invitation can be sent")
+    if salon.ends_at <= utcnow() and not past:
+        held = cn_datetime_range(salon.starts_at, salon.ends_at, ZoneInfo(salon.timezone))
+        raise InvalidStateError(
+            f"session {number} is over (it was held {held}): an invitation would offer RSVP"
+            " buttons that are refused; to mail it anyway, without them, use"
+            f" `newsletter campaign create {number} --past`"
+        )
     campaign = _draft(
         session,
         salon.id,

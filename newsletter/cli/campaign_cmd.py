@@ -47,12 +47,20 @@ def create(
     number: int = typer.Argument(..., help="The session number."),
     subject: str | None = typer.Option(None, help="Subject line (default: from the record)."),
     tag: str | None = typer.Option(None, help="Only subscribers with this tag."),
+    past: bool = typer.Option(
+        False,
+        "--past",
+        help="Allow a session that has already ended; its mail then has no RSVP buttons.",
+    ),
 ) -> None:
-    """Create a campaign for a session; prints the campaign id."""
+    """Create a campaign for a session; prints the campaign id.
+
+    A session that has ended is refused unless --past is given.
+    """
     settings = get_settings()
     database_for_writing()
     with session_scope(settings.database_url) as session:
-        campaign = service.create_campaign(session, number, subject=subject, tag=tag)
+        campaign = service.create_campaign(session, number, subject=subject, tag=tag, past=past)
         campaign_id, count = campaign.id, campaign.recipient_count
     err_console.print(f"campaign {campaign_id}: {count} recipients, draft")
     console.print(str(campaign_id))

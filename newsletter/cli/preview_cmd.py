@@ -16,7 +16,7 @@ from newsletter.cli.common import (
     handles_errors,
 )
 from newsletter.config import Settings, get_settings
-from newsletter.db import session_scope
+from newsletter.db import session_scope, utcnow
 from newsletter.sessions.service import require_session
 from subscribers import repo as subscribers_repo
 from subscribers.validation import normalise_email
@@ -33,6 +33,11 @@ def preview(
     reminder: bool = typer.Option(
         False, "--reminder", help="The reminder that `campaign remind` sends, not the invitation."
     ),
+    past: bool = typer.Option(
+        False,
+        "--past",
+        help="The mail of `campaign create --past` (a session that has ended): no RSVP buttons.",
+    ),
 ) -> None:
     """Render one invitation (or reminder) exactly as a campaign would send it.
 
@@ -41,7 +46,9 @@ def preview(
     settings = get_settings()
     database_for_reading()
     kind = CampaignKind.reminder if reminder else CampaignKind.invitation
-    path, size = write_preview(settings, number, to=to, out=out, subject=subject, kind=kind)
+    path, size = write_preview(
+        settings, number, to=to, out=out, subject=subject, kind=kind, rsvp=not past
+    )
     console.print(f"wrote {path} ({size:,} bytes as a message)")
 
 
@@ -53,11 +60,14 @@ def write_preview(
     out: Path | None = None,
     subject: str | None = None,
     kind: CampaignKind = CampaignKind.invitation,
+    rsvp: bool = True,
 ) -> tuple[Path, int]:
     """Write session ``number``'s invitation (or reminder) for ``to`` (or a sample reader)
     to ``out``.
 
-    Returns the path written and the size of the whole message in bytes.
+    With ``rsvp=False``, the mail of a ``--past`` campaign (no answering). The message gets
+    a Message-ID of its own (``<p…>``), never one a delivery could have. Returns the path
+    written and the size of the whole message in bytes.
     """
     if out is None:
         out = settings.var_dir / f"preview-{number}.html"
@@ -65,6 +75,12 @@ def write_preview(
         raise fail(f"{out}: --out must end in .html or .eml")
     with session_scope(settings.database_url) as session:
         salon = require_session(session, number)
+        if rsvp and kind is CampaignKind.invitation and salon.ends_at <= utcnow():
+            err_console.print(
+                f"session {number} has ended: a campaign for it needs `campaign create --past`,"
+                " whose mail has no RSVP buttons (see it with `preview --past`)",
+                markup=False,
+            )
         name, address, subscriber_id = "订阅者", "subscriber@example.org", 0
         if to:
             address = normalise_email(to)
@@ -74,10 +90,25 @@ def write_preview(
             else:
                 name, subscriber_id = person.name, person.id
         compiled = compile_invitation(
-            session, salon, subject=subject, campaign_id=0, settings=settings, kind=kind
+            session,
+            salon,
+            subject=subject,
+            campaign_id=0,
+            settings=settings,
+            kind=kind,
+            rsvp=rsvp,
         )
     keys = settings.secret_keys
-    message = build_message(compiled, 0, subscriber_id, name, address, settings, keys)
+    message = build_message(
+        compiled,
+        0,
+        subscriber_id,
+        name,
+        address,
+        settings,
+        keys,
+        message_id=compiled.factory.preview_message_id(),
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".eml":
         out.write_bytes(message.data)

@@ -13,15 +13,18 @@ So the bytes are written directly:
   can render, so HTML wins where it can), both parts UTF-8 in base64 (quoted-printable
   would triple Chinese text), CRLF line ends everywhere, base64 lines of 76 characters.
 
-Nothing here depends on the host: the Message-ID and the MIME boundary derive from the
-delivery id and the configured mail domain, so a delivery re-sent after a crash is the very
-same message, byte for byte (apart from Date), and receivers can drop the copy.
+Nothing here depends on the host: the Message-ID derives from the delivery id, this
+installation's random id (kept in the database, :mod:`newsletter.installation`) and the
+configured mail domain, and the MIME boundary from the delivery id; so a delivery re-sent
+after a crash is the very same message, byte for byte (apart from Date), and receivers can
+drop the copy, while a second installation (or a database made afresh) never repeats an id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import struct
 import time
 from dataclasses import dataclass
@@ -50,7 +53,9 @@ BASE64_LINE = 76  # RFC 2045 6.8: encoded lines are at most 76 characters
 # A List-Unsubscribe URL goes between angle brackets: printable ASCII without "<", ">" or space.
 _HEADER_URL = re.compile(r"[!-;=?-~]+")
 _LIST_ID = re.compile(r"[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
-_MESSAGE_ID = re.compile(r"<d(\d+)\.([0-9a-f]{8})@([^>]+)>")
+_MESSAGE_ID = re.compile(r"<d(\d+)\.([0-9a-z]{8,32})@([^>]+)>")
+# An installation id: what migration 0004 makes (16 hex digits); anything header-safe passes.
+_INSTALLATION = re.compile(r"[0-9a-z]{8,32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,34 +90,53 @@ def _normal_domain(mail_domain: str) -> str:
 
 
 def _domain_tag(domain: str) -> str:
-    # A short digest of the domain keeps our Message-IDs apart from ids that other software
-    # sending for the same domain might make from small numbers ("d12@example.org").
+    # What Message-IDs carried before the installation id: a digest of the domain. Still
+    # recognised, so that bounces of mail sent before the upgrade find their delivery.
     return hashlib.sha256(domain.encode("ascii")).hexdigest()[:8]
 
 
-def format_message_id(delivery_id: int, mail_domain: str) -> str:
-    """The Message-ID of a delivery: ``<d{delivery_id}.{tag}@{mail_domain}>``.
+def _installation_tag(installation: str) -> str:
+    tag = installation.strip().lower()
+    if not _INSTALLATION.fullmatch(tag):
+        raise ValueError(f"{installation!r} is not an installation id (8 to 32 letters/digits)")
+    return tag
 
-    Stable (same delivery, same id, so a resend is recognisably the same message) and made
-    from the configured domain only, never from the host name (``socket.getfqdn`` can be slow,
-    wrong in containers, and leaks the machine's name).
+
+def format_message_id(delivery_id: int, mail_domain: str, installation: str) -> str:
+    """The Message-ID of a delivery: ``<d{delivery_id}.{installation}@{mail_domain}>``.
+
+    Stable (same delivery, same id, so a resend is recognisably the same message); unique
+    across installations thanks to ``installation``, the random id of this database
+    (:func:`newsletter.installation.installation_token`), since delivery ids restart at 1 in
+    every database; made from the configured domain, never from the host name
+    (``socket.getfqdn`` can be slow, wrong in containers, and leaks the machine's name).
     """
     if type(delivery_id) is not int or delivery_id < 0:
         raise ValueError(f"delivery ids are non-negative integers, got {delivery_id!r}")
     domain = _normal_domain(mail_domain)
-    return f"<d{delivery_id}.{_domain_tag(domain)}@{domain}>"
+    return f"<d{delivery_id}.{_installation_tag(installation)}@{domain}>"
 
 
-def delivery_id_from_message_id(message_id: str, mail_domain: str) -> int | None:
+def delivery_id_from_message_id(
+    message_id: str, mail_domain: str, installation: str | None = None
+) -> int | None:
     """The delivery id inside a Message-ID we made for ``mail_domain``, else None.
 
     For matching bounces and replies (their ``In-Reply-To``/``References``) to deliveries.
+    With ``installation``, only this installation's ids match (another installation's
+    delivery 12 is not ours); ids made before installation ids existed still match.
     """
     found = _MESSAGE_ID.fullmatch(message_id.strip())
     if found is None:
         return None
     domain = _normal_domain(mail_domain)
-    if found.group(3).lower() != domain or found.group(2) != _domain_tag(domain):
+    if found.group(3).lower() != domain:
+        return None
+    tag = found.group(2)
+    legacy = tag == _domain_tag(domain)
+    if installation is not None and not legacy and tag != _installation_tag(installation):
+        return None
+    if installation is None and not legacy and len(tag) != 16:
         return None
     return int(found.group(1))
 
@@ -185,6 +209,7 @@ class MessageFactory:
         from_address: str,
         subject: str,
         mail_domain: str,
+        installation: str,
         from_name: str | None = None,
         list_id: str | None = None,
         list_name: str | None = None,
@@ -194,7 +219,8 @@ class MessageFactory:
 
         ``from_address`` is a bare address with ``from_name`` as its display name, or, when
         ``from_name`` is None, the whole ``Display Name <address>`` (``FROM_ADDRESS``).
-        ``mail_domain`` makes the Message-IDs and the default List-Id ``salon.{mail_domain}``;
+        ``mail_domain`` and ``installation`` (this database's id) make the Message-IDs;
+        the domain also makes the default List-Id ``salon.{mail_domain}``;
         ``list_name`` (default: ``from_name``) is List-Id's display name. With
         ``bounce_address`` the envelope sender is its per-delivery VERP form, else the
         From address. Raises :class:`ConfigurationError` for unusable values.
@@ -208,6 +234,8 @@ class MessageFactory:
             self.mail_domain = _normal_domain(mail_domain)
             what = "the bounce address"
             self.bounce_address = addr_spec(bounce_address) if bounce_address else None
+            what = "the installation id"
+            self.installation = _installation_tag(installation)
         except ValueError as exc:
             raise ConfigurationError(f"{what} cannot be used to send mail: {exc}") from None
         list_id = list_id or f"salon.{self.mail_domain}"
@@ -216,7 +244,7 @@ class MessageFactory:
         self.subject = subject
         verp = self.bounce_address.rpartition("@") if self.bounce_address else None
         self._verp = (verp[0], verp[2]) if verp else None
-        self._message_id_suffix = f".{_domain_tag(self.mail_domain)}@{self.mail_domain}>"
+        self._message_id_suffix = f".{self.installation}@{self.mail_domain}>"
         list_tokens = phrase(from_name if list_name is None else list_name, MAX_LINE - 9)
         self._from_header = address_header("From", from_name, self.from_address)
         self._subject_header = unstructured("Subject", subject)
@@ -224,13 +252,15 @@ class MessageFactory:
 
     @classmethod
     def for_settings(
-        cls, settings: Settings, *, subject: str, list_name: str | None = None
+        cls, settings: Settings, *, subject: str, installation: str, list_name: str | None = None
     ) -> MessageFactory:
-        """A factory for ``subject`` with From, mail domain and bounce address from settings."""
+        """A factory for ``subject`` with From, mail domain and bounce address from settings
+        (``installation``: :func:`newsletter.installation.installation_token`)."""
         return cls(
             from_address=settings.from_address,
             subject=subject,
             mail_domain=settings.sender_domain,
+            installation=installation,
             list_name=list_name,
             bounce_address=settings.bounce_address,
         )
@@ -238,6 +268,14 @@ class MessageFactory:
     def message_id(self, delivery_id: int) -> str:
         """The Message-ID of ``delivery_id`` (same as :func:`format_message_id`)."""
         return f"<d{delivery_id}{self._message_id_suffix}"
+
+    def preview_message_id(self) -> str:
+        """A fresh Message-ID for a preview: ``p`` and random digits, never a delivery's ``d``.
+
+        A preview is no delivery; should one be sent by hand, it must not share an id with a
+        real mail (receivers would drop one of the two) nor with another preview.
+        """
+        return f"<p{secrets.token_hex(8)}{self._message_id_suffix}"
 
     def build(
         self,
@@ -250,13 +288,15 @@ class MessageFactory:
         unsubscribe_url: str,
         unsubscribe_mailto: str | None = None,
         date: datetime | None = None,
+        message_id: str | None = None,
     ) -> OutgoingMessage:
         """The finished message for one delivery.
 
         ``html`` and ``text`` are the rendered bodies (``bytes`` must be UTF-8; passing bytes
         saves the encoding when the renderer has them). ``unsubscribe_url`` (https) and the
         optional ``unsubscribe_mailto`` go into ``List-Unsubscribe``; ``date`` defaults to
-        now. A recipient address that cannot be written into a header raises
+        now; ``message_id`` defaults to the delivery's (:meth:`message_id`), a preview passes
+        :meth:`preview_message_id`. A recipient address that cannot be written into a header raises
         :class:`DeliveryError` with ``permanent=True``: no retry can fix it.
         """
         if type(delivery_id) is not int:  # it goes into headers: nothing but digits
@@ -274,7 +314,14 @@ class MessageFactory:
         for url in unsubscribe:
             if not _HEADER_URL.fullmatch(url):
                 raise ValueError("an unsubscribe URL holds spaces, angle brackets or non-ASCII")
-        message_id = f"<d{delivery_id}{self._message_id_suffix}"
+        if message_id is None:
+            message_id = f"<d{delivery_id}{self._message_id_suffix}"
+        elif not (
+            message_id[:1] == "<"
+            and message_id[-1:] == ">"
+            and _HEADER_URL.fullmatch(message_id[1:-1])
+        ):
+            raise ValueError(f"{message_id!r} is not a Message-ID: <printable ASCII>")
         # Base64 never holds "=" followed by "_", so this boundary cannot occur in a body.
         boundary = f"=_d{delivery_id}.alt"
         head = "\r\n".join(

@@ -27,6 +27,7 @@ def build_notice(
     *,
     from_address: str,
     mail_domain: str,
+    installation: str,
     recipient_name: str,
     recipient_address: str,
     subject: str,
@@ -46,7 +47,7 @@ def build_notice(
     except ValueError as exc:
         raise DeliveryError(f"the recipient address is unusable: {exc}", permanent=True) from None
     unique = secrets.token_hex(8)
-    message_id = f"<n.{unique}@{mail_domain}>"
+    message_id = f"<n{unique}.{installation}@{mail_domain}>"  # installation: as campaign mail
     boundary = f"=_n{unique}.alt"
     head = [
         address_header("From", from_name, sender),

@@ -9,7 +9,6 @@ HTML switched off, so a record can hold ``<script>`` and it arrives as text.
 from __future__ import annotations
 
 import importlib.util
-import re
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +22,8 @@ from markdown_it.renderer import RendererHTML
 from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 from markupsafe import Markup, escape
+
+from newsletter.rendering.plaintext import markdown_plain
 
 # Re-exported (``newsletter.rendering.TEMPLATES_DIR``); newsletter.resources says where it is.
 from newsletter.resources import TEMPLATES_DIR as TEMPLATES_DIR
@@ -132,20 +133,11 @@ def markdown_inline(source: str | None) -> Markup:
     return Markup(_MD.renderInline(source).strip())
 
 
-_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\(\s*<?([^\s)>]+)>?(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")
-
-
 def markdown_text(source: str | None) -> str:
-    """Markdown for the plain-text part: the source as written, with each image replaced by its
-    URL (``alt：URL`` when it has alt text), since a text mail cannot show pictures."""
-    if not source:
-        return ""
-
-    def url_of(match: re.Match[str]) -> str:
-        alt, url = match.group(1).strip(), match.group(2)
-        return f"{alt}：{url}" if alt else url
-
-    return _MD_IMAGE.sub(url_of, source.strip())
+    """Markdown for the plain-text part, as text: links as ``text <url>``, no emphasis marks,
+    list items on lines with a bullet, headings as plain lines, images as ``alt：URL``
+    (:mod:`newsletter.rendering.plaintext`, from the same parse as the HTML part)."""
+    return markdown_plain(_MD, source.strip() if source else None)
 
 
 # --- the environment ---------------------------------------------------------------------------

@@ -221,8 +221,14 @@ def invitation_context(
     subject: str,
     organizer: str,
     timezone: str,
+    rsvp: bool = True,
 ) -> dict[str, Any]:
-    """Everything the invitation templates print except the recipient's values (``r``)."""
+    """Everything the invitation templates print except the recipient's values (``r``).
+
+    ``rsvp=False`` is the mail about a session that has already ended (``campaign create
+    --past``): no RSVP buttons or links, no calendar link and no seats or deadline line,
+    since the server refuses answers for it; a line says that the session is over.
+    """
     tz = session_zone(record, timezone)
     when = cn_datetime_range(record.starts_at, record.ends_at, tz)
     shown_organizer = record.organizer or organizer
@@ -236,7 +242,9 @@ def invitation_context(
         "when": when,
         "mode_text": _mode_text(record),
         "venue_phrase": _venue_phrase(record),
-        "seats_line": _seats_line(record, tz),
+        "seats_line": _seats_line(record, tz) if rsvp else "",
+        "rsvp_open": rsvp and not record.cancelled,
+        "ended": not rsvp,
         "about": record.about or template_source(CLUB_PROFILE),
         # The line inbox lists show after the subject; hidden in the mail itself.
         "preheader": f"{'【已取消】' if record.cancelled else ''}{when} · {place} · {record.title}",
@@ -260,17 +268,19 @@ def render_invitation(
     organizer: str,
     timezone: str,
     template: str = INVITATION,
+    rsvp: bool = True,
 ) -> RenderedInvitation:
     """Render one invitation (or another mail of :data:`MAIL_TEMPLATES`) in full: Jinja with
     the recipient's values, then premailer.
 
     Milliseconds per call; campaigns use :class:`InvitationTemplate` instead, which gives the
     same bytes in microseconds. ``organizer`` and ``timezone`` are the configured defaults for a
-    record that names neither.
+    record that names neither; ``rsvp=False`` leaves out answering (see
+    :func:`invitation_context`).
     """
     final_subject = subject or subject_for(template, record, timezone)
     context = invitation_context(
-        record, archive, subject=final_subject, organizer=organizer, timezone=timezone
+        record, archive, subject=final_subject, organizer=organizer, timezone=timezone, rsvp=rsvp
     )
     context["r"] = Slots.of(slot_values(recipient))
     html, text = render_parts(template, context)

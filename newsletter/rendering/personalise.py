@@ -113,14 +113,21 @@ class InvitationTemplate:
         organizer: str,
         timezone: str,
         template: str = INVITATION,
+        rsvp: bool = True,
     ) -> InvitationTemplate:
         """Render the invitation (or ``template``, one of ``MAIL_TEMPLATES``) once with
         sentinels, inline its CSS once, and cut it into chunks and slots. ``organizer`` and
-        ``timezone`` are the configured defaults for a record that names neither. Raises
+        ``timezone`` are the configured defaults for a record that names neither; ``rsvp=False``
+        leaves out answering, for a session already over. Raises
         :class:`RenderingError` if a sentinel did not survive rendering intact."""
         final_subject = subject or subject_for(template, record, timezone)
         context = invitation_context(
-            record, archive, subject=final_subject, organizer=organizer, timezone=timezone
+            record,
+            archive,
+            subject=final_subject,
+            organizer=organizer,
+            timezone=timezone,
+            rsvp=rsvp,
         )
         # A fresh random word per build: record text cannot contain it by accident.
         nonce = secrets.token_hex(8)

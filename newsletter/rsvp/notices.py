@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from newsletter.calendar import session_calendar
 from newsletter.config import Settings
 from newsletter.db import utcnow
+from newsletter.installation import installation_token
 from newsletter.links import recipient_links
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.notice import build_notice
@@ -113,6 +114,7 @@ def build_rsvp_notice(
     return build_notice(
         from_address=settings.from_address,
         mail_domain=settings.sender_domain,
+        installation=installation_token(session),
         recipient_name=person.name,
         recipient_address=person.email,
         subject=compiled.subject,
