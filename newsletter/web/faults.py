@@ -86,7 +86,7 @@ def install(app: FastAPI) -> None:
         log.warning(
             "%s %s: 503, a dependency is unavailable: %s: %s",
             request.method,
-            request.scope.get("route_path", "?"),
+            getattr(request.scope.get("route"), "path", "?"),  # the template: no token
             type(error).__name__,
             str(error).splitlines()[0] if str(error) else "",
         )

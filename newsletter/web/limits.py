@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CLOSE = {"Connection": "close"}
@@ -47,7 +48,14 @@ class RequestLimits:
     started one (e.g. the same error page the app's handlers render).
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, timeout_s: float, refuse: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        timeout_s: float,
+        refuse: Callable[[Scope, HTTPException], Response],
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.timeout_s = timeout_s
