@@ -479,3 +479,32 @@ def test_every_compose_command_exists_in_the_package(installed: Installed) -> No
         result = installed.run(cwd, [*argv, "--help"], env, timeout=120)
         assert result.returncode == 0, (argv, result.stdout, result.stderr)
         assert "Usage" in result.stdout, (argv, result.stdout)
+
+
+# Run inside the installed venv: every command and subcommand of `newsletter`, with --help,
+# through typer's test runner (one process instead of one per command).
+EVERY_HELP = """
+import typer.main
+from typer.testing import CliRunner
+from newsletter.cli import app
+
+def walk(command, path):
+    yield path
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from walk(sub, [*path, name])
+
+for path in walk(typer.main.get_command(app), []):
+    result = CliRunner().invoke(app, [*path, "--help"])
+    print(result.exit_code, " ".join(path) or "(newsletter)", flush=True)
+"""
+
+
+def test_every_newsletter_command_starts_from_any_directory(installed: Installed) -> None:
+    result = installed.run(
+        installed.empty_dir("help"), ["python", "-c", EVERY_HELP], installed.env()
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line.split(" ", 1) for line in result.stdout.splitlines()]
+    assert len(lines) > 20, result.stdout  # the groups and their commands, not just the root
+    failed = [name for code, name in lines if code != "0"]
+    assert not failed, result.stdout
