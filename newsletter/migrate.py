@@ -9,11 +9,12 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from newsletter.errors import ConfigurationError, NewsletterError
-from newsletter.redaction import redact_url
+from newsletter.redaction import redact_text, redact_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -34,9 +35,19 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (default: the newest)."""
+    """Bring the database at ``url`` to ``revision`` (default: the newest).
+
+    A database at a revision these migrations do not know (made by a newer version) raises
+    :class:`SchemaNotCurrent` in one line instead of Alembic's ``CommandError``.
+    """
     _check_url(url)
-    command.upgrade(alembic_config(url), revision)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except CommandError as exc:
+        raise SchemaNotCurrent(
+            f"cannot upgrade the database at {redact_url(url)}: {redact_text(str(exc))}"
+            " (was it migrated by a newer version of newsletter?)"
+        ) from None
 
 
 def head_revision() -> str:

@@ -6,6 +6,7 @@ Read-only commands never migrate.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,15 @@ def test_an_unreachable_database_is_one_line_naming_the_host_not_the_password(
         f"cannot use the database at postgresql+psycopg://***@127.0.0.1:{port}/newsletter" in line
     )
     assert "SECRET" not in line
+
+
+@pytest.mark.parametrize("args", [("campaign", "list"), ("sessions", "import", str(EXAMPLES))])
+def test_a_database_from_a_newer_version_is_one_line_for_reads_and_writes(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    upgrade(url)
+    with sqlite3.connect(tmp_path / "newer.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    line = one_error_line(run(tmp_path, *args, database_url=url))
+    assert "0099" in line and "newer version" in line
