@@ -18,6 +18,6 @@ __all__ = [
     "SessionLink",
     "Subscriber",
     "Tag",
-    "subscriber_tags",
     "WorkerHeartbeat",
+    "subscriber_tags",
 ]
