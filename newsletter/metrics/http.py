@@ -22,6 +22,11 @@ REQUEST_SECONDS = Histogram(
 )
 
 UNMATCHED = "unmatched"
+# Methods named in the labels; any other a client makes up is "other" (bounded series).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The histogram's series by (method, route template, status): a bounded set, as routes are
+# templates, methods the ones above and statuses the app's.
+_series: dict[tuple[str, str, int], Histogram] = {}
 
 
 class RequestTimer:
@@ -47,7 +52,9 @@ class RequestTimer:
             await self.app(scope, receive, timed_send)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED
-            REQUEST_SECONDS.labels(scope["method"], template, str(status)).observe(
-                time.perf_counter() - start
-            )
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            key = (method, getattr(route, "path", None) or UNMATCHED, status)
+            series = _series.get(key)
+            if series is None:  # labels() takes a lock and builds a key: once per series
+                series = _series[key] = REQUEST_SECONDS.labels(key[0], key[1], str(status))
+            series.observe(time.perf_counter() - start)
