@@ -12,6 +12,8 @@ import csv
 import email
 import email.policy
 import io
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -20,24 +22,26 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from typer.testing import CliRunner, Result
 
 from newsletter.campaigns import service as campaigns
 from newsletter.campaigns.models import Delivery
 from newsletter.cli import app as newsletter_app
-from newsletter.db import session_scope, utcnow
+from newsletter.db import get_sessionmaker, session_scope, utcnow
 from newsletter.rsvp import notice_repo
 from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.models import Answer, RsvpEvent
+from newsletter.rsvp.service import record_answer
 from subscribers.models import Subscriber, SubscriberStatus
-from subscribers.service import suppress
+from subscribers.service import suppress, unsubscribe
 from tasks.rsvp import send_rsvp_notices
-from tests.conftest import Configure
+from tests.conftest import Configure, _empty_tables
 from tests.servers import free_port
 from tests.smtp import SmtpServer
 from tests.test_admin import log_in
 from tests.test_rsvp_service import answer as record_by_service
+from tests.test_rsvp_service import setup_session
 from tests.webapp import Live, form_token, serve_live
 
 StartSmtp = Callable[..., SmtpServer]
@@ -255,6 +259,45 @@ def test_a_waitlist_place_is_given_up_and_those_behind_move_forward(
         assert answers(live) == {0: ("yes", False), 1: ("no", False), 2: ("yes", True)}
 
 
+def test_an_answer_being_recorded_while_its_person_leaves_is_withdrawn_too(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The answer took the seat (its transaction still open) when the person unsubscribed:
+    the departure waits for it, sees it and gives the seat to the next person."""
+    _empty_tables(postgres_url)
+    sid, people = setup_session(postgres_url, tmp_path, capacity=1, people=2)
+    answering = get_sessionmaker(postgres_url)()
+    left: list[bool] = []
+
+    def leave() -> None:
+        with session_scope(postgres_url) as session:
+            left.append(unsubscribe(session, people[0], "unsubscribed by link (campaign 1)"))
+
+    try:
+        assert not record_answer(answering, sid, people[0], Answer.yes).waitlisted
+        leaving = threading.Thread(target=leave)
+        leaving.start()
+        while leaving.is_alive() and not _someone_waits_for_a_lock(postgres_url):
+            time.sleep(0.01)
+        answering.commit()
+    finally:
+        answering.close()
+    leaving.join(30)
+    assert left == [True]
+    assert record_by_service(postgres_url, sid, people[1], Answer.yes).waitlisted is False
+    with session_scope(postgres_url) as session:
+        mine = rsvp_repo.get(session, sid, people[0])
+        assert mine is not None and mine.answer == Answer.no
+
+
+def _someone_waits_for_a_lock(url: str) -> bool:
+    with session_scope(url) as session:
+        waiting = session.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        )
+    return bool(waiting)
+
+
 # --- answers from people who left are refused ------------------------------------------------
 
 
@@ -433,8 +476,8 @@ def test_every_csv_cell_a_person_typed_is_neutralised(
             "api": live.client.get("/api/sessions/95/rsvps.csv", headers=ADMIN).text,
             "admin": live.client.get("/admin/sessions/95/rsvps.csv").text,
         }
-    for where, text in exports.items():
-        rows = list(csv.DictReader(io.StringIO(text)))
+    for where, body in exports.items():
+        rows = list(csv.DictReader(io.StringIO(body)))
         cells = {(row["email"], row["name"]) for row in rows}
         assert cells == {
             ("w0@example.org", "访客0"),

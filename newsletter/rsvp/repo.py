@@ -70,6 +70,41 @@ def get(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
     ).first()
 
 
+def get_with_status(
+    session: Session, session_id: int, subscriber_id: int
+) -> tuple[Rsvp | None, str | None]:
+    """A subscriber's current answer for a session and their status now (None: no such
+    subscriber), in one round trip: read under the session's lock, the status cannot be one
+    that a departure committed before this answer took its seat."""
+    row = session.execute(
+        select(Subscriber.status, Rsvp)
+        .outerjoin(Rsvp, (Rsvp.subscriber_id == Subscriber.id) & (Rsvp.session_id == session_id))
+        .where(Subscriber.id == subscriber_id)
+        # The status column, not a cached Subscriber object: the row may have changed.
+        .execution_options(populate_existing=True)
+    ).first()
+    return (None, None) if row is None else (row[1], row[0])
+
+
+def lock_sessions_ahead(session: Session, now: datetime) -> None:
+    """Lock every session still ahead (not started, not cancelled) until the transaction
+    ends, in id order: someone leaving the list then waits for any answer of theirs being
+    recorded, so it sees that answer and withdraws it too. SQLite: the write lock of the
+    database, as in :func:`lock_session`."""
+    ahead = (SalonSession.starts_at > now) & SalonSession.cancelled.is_(False)
+    if is_postgresql(session):
+        session.execute(
+            select(SalonSession.id).where(ahead).order_by(SalonSession.id).with_for_update()
+        )
+        return
+    session.execute(
+        update(SalonSession)
+        .where(ahead)
+        .values(revision=SalonSession.revision)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def seats_taken(session: Session, session_id: int) -> int:
     """Seats held by confirmed "yes" answers, guests included."""
     taken = session.scalar(

@@ -108,12 +108,18 @@ def withdraw_answers(
     (who are mailed, as after any "no"), and their own mails not sent yet are given up.
 
     ``why`` (e.g. "unsubscribed (removed by organizer)") is kept on the history rows and on
-    the dropped notices. Idempotent; the caller commits. Sessions are locked in id order, so
-    two people leaving at once cannot deadlock.
+    the dropped notices. Idempotent; the caller commits, after making the subscriber not
+    active in the same transaction. Sessions are locked in id order, so two people leaving
+    at once cannot deadlock. (For sessions without a seat limit, an answer racing the
+    departure may still be recorded; it holds no seat, and no mail goes to someone not
+    active.)
     """
     now = now or utcnow()
     changed: list[int] = []
     promoted: dict[int, list[int]] = {}
+    # Locked before the answers are read: an answer being recorded right now (its status
+    # check passed before this departure committed) is then seen and withdrawn as well.
+    repo.lock_sessions_ahead(session, now)
     for session_id in repo.answered_ahead(session, subscriber_id, now):
         salon = sessions_repo.get_by_id(session, session_id)
         assert salon is not None, "answered_ahead joins the session row"
@@ -149,7 +155,11 @@ def _record_locked(
     """
     limit = salon.capacity
     repo.lock_session(session, salon.id)
-    rsvp = repo.get(session, salon.id, subscriber_id)
+    rsvp, status = repo.get_with_status(session, salon.id, subscriber_id)
+    if note is None and status != SubscriberStatus.active:  # left while this answer waited
+        raise SubscriberNotActive(
+            f"subscriber #{subscriber_id} is {status or 'gone'}: only people on the list can answer"
+        )
     if rsvp is not None and rsvp.answer == answer and rsvp.guests == guests:
         position = repo.waitlist_position(session, rsvp) if rsvp.waitlisted else None
         return Recorded(answer, guests, rsvp.waitlisted, position, changed=False)
