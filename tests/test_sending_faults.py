@@ -105,7 +105,12 @@ def test_a_relay_answering_421_makes_the_campaign_wait_and_costs_no_attempt(
     relay.handler.rcpt_policy = lambda _address: next(answers, None)
     settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}", retry_backoff="0.1,0.2")
     campaign_id = prepare(settings, people(3))
-    with caplog.at_level(logging.INFO):
+    # Levels set on the two loggers themselves: a CLI test earlier in the run may have
+    # configured them (newsletter.logs) above INFO, and the root's level would not reach them.
+    with (
+        caplog.at_level(logging.INFO, logger="tasks"),
+        caplog.at_level(logging.INFO, logger="newsletter"),
+    ):
         enqueue(start_campaign, campaign_id)
     with session_scope(settings.database_url) as session:
         progress = service.progress(session, campaign_id)
