@@ -141,7 +141,19 @@ class Settings(BaseSettings):
     @property
     def admin_bearer_token(self) -> str:
         """The organizer token; generated into ``var/admin.token`` when not configured."""
-        return self.admin_token or _generated_secret(self.var_dir / "admin.token", "ADMIN_TOKEN")
+        return self.admin_token or _generated_secret(self._admin_token_file, "ADMIN_TOKEN")
+
+    @property
+    def admin_token_location(self) -> str:
+        """Where an organizer finds the admin token, for the demo and ``serve`` to print:
+        never the token itself, which would land in terminal scrollback and logs."""
+        if self.admin_token:
+            return "from NEWSLETTER_ADMIN_TOKEN"
+        return f"in {self._admin_token_file.resolve()}"
+
+    @property
+    def _admin_token_file(self) -> Path:
+        return self.var_dir / "admin.token"
 
     @property
     def sender_domain(self) -> str:

@@ -30,7 +30,21 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        # A broker that does not answer must not hold a web thread or a command for long:
+        # connect and socket timeouts of the dependency timeout, and a publish is retried
+        # briefly (two more tries within about a second), then fails: the web app answers
+        # 503, the campaign rows stay as they are, and beat's sweep or a resend picks up.
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "socket_connect_timeout": settings.dependency_timeout,
+            "socket_timeout": settings.dependency_timeout,
+        },
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.4,
+            "interval_max": 1.0,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         beat_schedule={

@@ -1,8 +1,8 @@
 """Database outages in tasks: one log line and the task again later, never a traceback.
 
 ``@survives_database_outages(countdown)`` wraps a task body: when the database does not
-answer (a PostgreSQL restart, a failover; see :func:`outage.is_database_outage`) the task
-logs one line and enqueues itself again after ``countdown`` seconds with the same
+answer (a PostgreSQL restart, a failover; see :func:`newsletter.outages.is_database_outage`)
+the task logs one line and enqueues itself again after ``countdown`` seconds with the same
 arguments. Nothing is lost: progress lives in rows, and a task that ran half-way is
 idempotent. In-process (no broker) the error propagates instead: the command that started
 the task is the one to report it.
@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec
 
-from newsletter.campaigns.outage import is_database_outage, outage_reason
+from newsletter.outages import is_database_outage, outage_reason
 from tasks.celery_app import app
 
 log = logging.getLogger(__name__)

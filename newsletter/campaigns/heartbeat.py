@@ -15,9 +15,9 @@ from datetime import timedelta
 from types import TracebackType
 
 from newsletter.campaigns import sweep_repo
-from newsletter.campaigns.outage import is_database_outage, outage_reason
 from newsletter.config import Settings
 from newsletter.db import session_scope
+from newsletter.outages import is_database_outage, outage_reason
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,8 @@
 """The database went away under a worker (a PostgreSQL restart, a failover): told in one
 line, waited out, never a traceback.
 
-:func:`is_database_outage` says whether an error is such an outage rather than a bug;
-:func:`outage_reason` is its one-line description (the driver's first line: no SQL, no
-parameters, so no address); :func:`patiently` runs a unit of work again until the database
-answers or the patience runs out.
+:func:`patiently` runs a unit of work again until the database answers or the patience
+runs out; what counts as an outage is :mod:`newsletter.outages`'s rule.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy import exc as sa_exc
+from newsletter.outages import is_database_outage, outage_reason
 
 T = TypeVar("T")
 
@@ -23,21 +21,6 @@ T = TypeVar("T")
 PATIENCE_SECONDS = 60.0
 # Pause between two tries.
 RETRY_SECONDS = 1.0
-
-
-def is_database_outage(error: BaseException) -> bool:
-    """Whether ``error`` means the database did not answer (refused, reset, shut down, no
-    pooled connection in time), as opposed to a bug or a constraint."""
-    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
-        return True
-    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
-
-
-def outage_reason(error: BaseException) -> str:
-    """A short reason for an outage: the driver's first line, without the statement."""
-    cause = error.orig if isinstance(error, sa_exc.DBAPIError) else error
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
 
 
 def patiently(

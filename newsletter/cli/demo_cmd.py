@@ -14,7 +14,7 @@ from newsletter.cli.campaign_cmd import progress_line, send_and_watch
 from newsletter.cli.common import console, fail, handles_errors
 from newsletter.cli.demo_session import upcoming_demo_record
 from newsletter.cli.preview_cmd import write_preview
-from newsletter.config import Settings, get_settings
+from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.links import recipient_links
 from newsletter.migrate import upgrade
@@ -128,25 +128,20 @@ def _demo(examples: Path, serve: bool) -> None:
         console.print(f"  {links.rsvp_yes}", soft_wrap=True)
     console.print(f"  The organizer dashboard: {settings.base_url}/admin", soft_wrap=True)
     console.print(
-        f"  (sign in with the admin token {_where_the_token_is(settings)}).", soft_wrap=True
+        f"  (sign in with the admin token {settings.admin_token_location}).", soft_wrap=True
     )
     if serve:
         parsed = urlsplit(settings.base_url)
         console.print(f"\nServing the RSVP web app on {settings.base_url} (Ctrl-C stops).")
         import uvicorn
 
+        from newsletter.web.server import server_options
+
+        # The same limits, timeouts and proxy trust as `newsletter serve`.
         uvicorn.run(
             "newsletter.web:create_app",
             factory=True,
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or 8000,
-            log_level="warning",
+            **server_options(settings),
         )
-
-
-def _where_the_token_is(settings: Settings) -> str:
-    """Where the organizer finds the admin token: never the token itself, which would land in
-    terminal scrollback and logs."""
-    if settings.admin_token:
-        return "from NEWSLETTER_ADMIN_TOKEN"
-    return f"in {(settings.var_dir / 'admin.token').resolve()}"

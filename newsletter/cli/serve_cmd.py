@@ -33,10 +33,7 @@ def serve(
     options = server_options(settings)
     logging.getLogger("newsletter").setLevel(logging.INFO)
     log.info("dashboard: %s/admin", settings.base_url)
-    if settings.admin_token:
-        log.info("admin token: from NEWSLETTER_ADMIN_TOKEN")
-    else:
-        log.info("admin token: in %s", (settings.var_dir / "admin.token").resolve())
+    log.info("admin token: %s", settings.admin_token_location)
     shared_metrics = _multiprocess_metrics(settings.var_dir, workers)
     try:
         if settings.metrics_listen:

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.metrics import probes, repo
-from newsletter.web.faults import is_unavailable
+from newsletter.outages import is_unavailable
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,12 @@ from newsletter.campaigns.service import CampaignProgress
 from newsletter.config import get_settings
 from newsletter.db import session_scope
 from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.outages import is_unavailable
 from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.export import attendees_csv
 from newsletter.sessions import repo as sessions_repo
 from newsletter.web.auth import require_organizer
-from newsletter.web.faults import RETRY_AFTER_S, is_unavailable
+from newsletter.web.faults import RETRY_AFTER_S
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 

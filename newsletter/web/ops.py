@@ -19,8 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from newsletter.config import Settings, get_settings
 from newsletter.metrics import probes
 from newsletter.metrics.exposition import CONTENT_TYPE, render
+from newsletter.outages import is_unavailable
 from newsletter.web.auth import require_organizer
-from newsletter.web.faults import RETRY_AFTER_S, is_unavailable
+from newsletter.web.faults import RETRY_AFTER_S
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)

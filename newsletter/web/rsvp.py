@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from newsletter.config import get_settings
 from newsletter.db import run_unit, session_scope, utcnow
 from newsletter.errors import InvalidStateError
+from newsletter.outages import is_unavailable
 from newsletter.rendering.session_view import SessionView, known_view, view_of
 from newsletter.rsvp.models import Answer
 from newsletter.rsvp.service import (
@@ -27,7 +28,6 @@ from newsletter.rsvp.unlimited import answer_open_session
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from newsletter.tokens import Purpose
-from newsletter.web.faults import is_unavailable
 from newsletter.web.links import addressee, check_form_token, form_token, read_token
 from newsletter.web.pages import page
 from tasks.rsvp import notify_answers, would_notify
