@@ -131,6 +131,13 @@ class Stack:
         app = make_celery(self.settings)
         app.send_task("campaigns.start", args=[campaign_id])
 
+    def wait_for_received(self, count: int, timeout: float = 60) -> None:
+        """Until the relay has accepted ``count`` messages (a fault is injected after that)."""
+        deadline = time.monotonic() + timeout
+        while len(self.smtp.handler.received) < count:
+            assert time.monotonic() < deadline, f"stuck below {count} accepted"
+            time.sleep(0.01)
+
     def wait_until(self, campaign_id: int, statuses: set[str], timeout: float = 120) -> str:
         deadline = time.monotonic() + timeout
         while True:
@@ -197,10 +204,7 @@ def test_kill_9_a_worker_mid_campaign_then_another_finishes(stack: Stack) -> Non
     first = stack.start_worker()
     campaign_id = stack.create_campaign()
     stack.send(campaign_id)
-    deadline = time.monotonic() + 60
-    while len(stack.smtp.handler.received) < 50:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    stack.wait_for_received(50)
     stack.kill(first)
     killed_at = len(stack.smtp.handler.received)
     assert killed_at < PEOPLE, "the first worker finished before the kill; make PEOPLE larger"
@@ -225,10 +229,7 @@ def test_redis_restart_mid_campaign_still_finishes(
             stack.start_worker(beat=True)
             campaign_id = stack.create_campaign()
             stack.send(campaign_id)
-            deadline = time.monotonic() + 60
-            while len(stack.smtp.handler.received) < 40:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            stack.wait_for_received(40)
             assert first.process is not None
             first.process.terminate()
             first.process.wait(10)
@@ -302,10 +303,7 @@ def test_pause_resume_and_cancel_mid_flight(stack: Stack) -> None:
     stack.start_worker()
     campaign_id = stack.create_campaign()
     stack.send(campaign_id)
-    deadline = time.monotonic() + 60
-    while len(stack.smtp.handler.received) < 30:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    stack.wait_for_received(30)
     with session_scope(stack.database_url) as session:
         service.pause_campaign(session, campaign_id)
     # Within one batch (20 here, reports every 100 messages) nothing more leaves.
@@ -322,10 +320,7 @@ def test_pause_resume_and_cancel_mid_flight(stack: Stack) -> None:
 
     second = stack.create_campaign(people=0)  # same people, a second campaign
     stack.send(second)
-    deadline = time.monotonic() + 60
-    while len(stack.smtp.handler.received) < PEOPLE + 20:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    stack.wait_for_received(PEOPLE + 20)
     with session_scope(stack.database_url) as session:
         service.cancel_campaign(session, second)
     time.sleep(2.0)
@@ -364,10 +359,7 @@ def test_kill_9_during_retry_waits_with_a_greylisting_relay(stack: Stack) -> Non
     stack.send(campaign_id)
     kills = 0
     for threshold in (150, 350):
-        deadline = time.monotonic() + 60
-        while len(stack.smtp.handler.received) < threshold:
-            assert time.monotonic() < deadline, f"stuck below {threshold} accepted"
-            time.sleep(0.01)
+        stack.wait_for_received(threshold)
         victim = workers.pop(0)  # the oldest: the beat worker first, then the other
         stack.kill(victim)
         kills += 1
@@ -443,10 +435,7 @@ def test_postgresql_restart_mid_campaign_no_traceback_everyone_once(
             stack.start_worker()
             campaign_id = stack.create_campaign(people=400)
             stack.send(campaign_id)
-            deadline = time.monotonic() + 60
-            while len(stack.smtp.handler.received) < 100:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            stack.wait_for_received(100)
             _pg_ctl(server, "stop")
             at_stop = len(stack.smtp.handler.received)
             time.sleep(4.0)  # workers meet the outage: failed reports, heartbeats, sweeps
@@ -473,10 +462,7 @@ def test_relay_down_for_a_while_waits_then_finishes_by_itself(stack: Stack) -> N
     stack.start_worker(beat=True)
     campaign_id = stack.create_campaign()
     stack.send(campaign_id)
-    deadline = time.monotonic() + 60
-    while len(stack.smtp.handler.received) < 60:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    stack.wait_for_received(60)
     stack.smtp.stop()
     assert stack.wait_until(campaign_id, {"waiting", "paused"}, timeout=60) == "waiting"
     with session_scope(stack.database_url) as session:
