@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     error_budget_min: int = Field(default=50, ge=1)
     # … or when the relay refused this many messages in a row, temporarily, with no success.
     error_streak: int = Field(default=200, ge=1)
+    # SMTP connections each worker process keeps open to the relay and sends on at once
+    # (a relay's own per-client connection limit is the ceiling to respect).
+    smtp_connections: int = Field(default=4, ge=1, le=64)
 
     # --- Operations and limits (SPEC "Operations and limits") ---
     # Request bodies larger than this get 413 before anything parses or authenticates them.
