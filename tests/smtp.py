@@ -1,11 +1,14 @@
 """A real SMTP server for tests: aiosmtpd on 127.0.0.1 that records what it accepts.
 
 Used by the transport tests and the end-to-end sending tests; it can refuse recipients,
-answer DATA with a chosen reply, or hang up, so failures are rehearsed against a real peer.
+answer DATA with a chosen reply, hang up, answer slowly, or keep a limit of messages per
+connection, so failures are rehearsed against a real peer. It counts the sessions (TCP
+connections) open at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from tests.servers import free_port
 
@@ -49,11 +53,41 @@ class Recorder:
     rcpt_refusals: Counter[str] = field(default_factory=Counter)
     # MAIL FROM parameters of each accepted message, in order (SMTPUTF8, BODY=8BITMIME, …).
     mail_options: list[list[str]] = field(default_factory=list)
+    # Connections open now and the most open at once; sessions greeted (EHLO) in all, which
+    # leaves out the Controller's own check that the server is up.
+    open_sessions: int = 0
+    most_sessions: int = 0
+    sessions: int = 0
+    # A relay's limit of messages per connection: MAIL beyond it gets 421 and the
+    # connection is closed; each such MAIL is counted in over_limit.
+    per_connection: int | None = None
+    over_limit: int = 0
+    # Called with (session number from 1, messages accepted on it so far) at each MAIL: a
+    # 421 reply to answer and close the connection with, or None.
+    session_policy: Callable[[int, int], str | None] | None = None
+    # Seconds the relay takes to answer each DATA (a slow relay).
+    data_delay: float = 0.0
+    # Messages accepted per session number.
+    accepted_on: Counter[int] = field(default_factory=Counter)
+
+    def opened(self) -> None:
+        self.open_sessions += 1
+        self.most_sessions = max(self.most_sessions, self.open_sessions)
+
+    def closed(self) -> None:
+        self.open_sessions -= 1
+
+    def _closing(self, server: Any, reply: str) -> str:
+        asyncio.get_running_loop().call_later(0.05, server.transport.close)
+        return reply
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         self.ehlo_count += 1
+        if not hasattr(session, "number"):
+            self.sessions += 1
+            session.number = self.sessions
         session.host_name = hostname
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
@@ -64,6 +98,14 @@ class Recorder:
     ) -> str:
         if self.mail_reply:
             return self.mail_reply
+        number = getattr(session, "number", 0)
+        if self.per_connection is not None and self.accepted_on[number] >= self.per_connection:
+            self.over_limit += 1
+            return self._closing(server, "421 4.7.0 Too many messages on this connection")
+        if self.session_policy is not None:
+            refusal = self.session_policy(number, self.accepted_on[number])
+            if refusal is not None:
+                return self._closing(server, refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -82,6 +124,8 @@ class Recorder:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.data_calls += 1
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         if self.hang_up_after_data:
             self.hang_up_after_data = False
             server.transport.close()  # the message arrived, the reply never leaves
@@ -91,6 +135,7 @@ class Recorder:
         if self.data_calls <= self.refuse_first:
             return self.refuse_first_reply
         self.mail_options.append(list(envelope.mail_options))
+        self.accepted_on[getattr(session, "number", 0)] += 1
         self.received.append(
             Received(
                 peer=session.peer,
@@ -109,6 +154,25 @@ class Recorder:
         return len({r.peer for r in self.received})
 
 
+class _CountingSMTP(SMTP):
+    """aiosmtpd's server, telling the Recorder when a connection opens and closes."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if isinstance(self.event_handler, Recorder):
+            self.event_handler.opened()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if isinstance(self.event_handler, Recorder):
+            self.event_handler.closed()
+        super().connection_lost(error)
+
+
+class _CountingController(Controller):
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+
 @dataclass
 class SmtpServer:
     handler: Recorder
@@ -125,7 +189,7 @@ class SmtpServer:
     def restart(self) -> None:
         """Listen again on the same port, with the same handler and options."""
         self.stop()
-        self.controller = Controller(
+        self.controller = _CountingController(
             self.handler, hostname="127.0.0.1", port=self.port, **self.options
         )
         self.controller.start()

@@ -18,16 +18,28 @@ The rules kept here, in one place:
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import repo
+from newsletter.campaigns import repo, service, sweep_repo
+from newsletter.campaigns.models import CampaignStatus
+from newsletter.campaigns.outage import patiently
 from newsletter.campaigns.repo import ClaimedDelivery
-from newsletter.db import utcnow
+from newsletter.config import Settings
+from newsletter.db import session_scope, utcnow
 from subscribers.models import SubscriberStatus
 from subscribers.service import suppress
+
+log = logging.getLogger(__name__)
+
+# Lanes wait for a report when this many outcomes are unwritten (see Ledger.file). At the
+# default batch size (500) no batch reaches it, so reports go by time alone.
+REPORT_EVERY = 1000
 
 
 @dataclass
@@ -72,18 +84,16 @@ class Outcomes:
             | {delivery_id for delivery_id, _ in self.unanswered}
         )
 
-    def clear(self) -> None:
-        """Forget the written outcomes, remembering which deliveries they were."""
-        self.reported |= self.ids()
-        for pending in (
-            self.sent,
-            self.skipped,
-            self.deferred,
-            self.failed,
-            self.unanswered,
-            self.bounced,
-        ):
-            pending.clear()
+    def take(self) -> Outcomes:
+        """Move the outcomes not yet written into a new Outcomes (to write), remembering here
+        which deliveries they were; senders go on filing into this one meanwhile."""
+        taken = Outcomes(
+            self.sent, self.skipped, self.deferred, self.failed, self.unanswered, self.bounced
+        )
+        self.reported |= taken.ids()
+        self.sent, self.skipped, self.deferred = [], [], []
+        self.failed, self.unanswered, self.bounced = [], [], []
+        return taken
 
     def refused(self, item: ClaimedDelivery, reason: str, delays: list[float]) -> bool:
         """File a temporary refusal of ``item``; True when it was its last allowed attempt."""
@@ -128,3 +138,130 @@ class Outcomes:
                 status=SubscriberStatus.bounced,
                 reason=reason,
             )
+
+
+@dataclass
+class BatchResult:
+    """What one batch did; ``more`` tells the caller to schedule another batch at once;
+    ``probe_at`` when the campaign now waits for the relay, the time of its next probe."""
+
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    retried: int = 0
+    unconfirmed: int = 0
+    given_back: int = 0
+    more: bool = False
+    stopped_because: str | None = None
+    probe_at: datetime | None = None
+
+
+class Ledger:
+    """One claimed batch in the hands of one worker: the outcomes its lanes file (from several
+    threads, under ``filed``) and the reports that write them down (from one)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        campaign_id: int,
+        worker: str,
+        claimed: list[repo.ClaimedDelivery],
+        *,
+        probe_forever: bool,
+    ) -> None:
+        self.settings = settings
+        self.probe_forever = probe_forever
+        self.campaign_id = campaign_id
+        self.worker = worker
+        self.claimed = claimed
+        self.result = BatchResult(claimed=len(claimed))
+        self.todo = Outcomes()  # filed by the lanes, under `filed`
+        self.filed = threading.Condition()
+        self.unwritten = 0  # outcomes filed since the last report
+        self.reports = 0  # reports written so far
+        self.inactive: set[int] = set()  # subscribers found not active at a report
+        self.stop = threading.Event()  # lanes take no more rows
+        self.wake = threading.Event()  # the reporter: report now, or the lanes are done
+
+    def file(self, filer: Callable[[Outcomes], None]) -> None:
+        """File one message's outcome. When REPORT_EVERY are unwritten, wait for the next
+        report to be written (statuses re-read included) before taking another row."""
+        with self.filed:
+            filer(self.todo)
+            self.unwritten += 1
+            if self.unwritten >= REPORT_EVERY:
+                due = self.reports + 1
+                self.wake.set()
+                while self.reports < due and not self.stop.is_set():
+                    self.filed.wait(0.5)
+
+    def report(self, untaken: list[repo.ClaimedDelivery]) -> str | None:
+        """Write the outcomes filed so far, renew the claim on the rows still in hand and
+        re-read the statuses of ``untaken`` people; return why to stop, if so. Waits out a
+        database outage (up to a minute)."""
+        with self.filed:
+            taken = self.todo.take()
+            self.unwritten = 0
+            reported = self.todo.reported
+            held = [c.delivery_id for c in self.claimed if c.delivery_id not in reported]
+        stop = patiently(
+            lambda: self._write(taken, held, [c.subscriber_id for c in untaken]),
+            what=f"campaign {self.campaign_id}",
+            log=log,
+        )
+        with self.filed:
+            self.reports += 1
+            self.filed.notify_all()
+        result = self.result
+        result.sent += len(taken.sent)
+        result.skipped += len(taken.skipped)
+        result.retried += len(taken.deferred)
+        result.given_back += len(taken.unanswered)
+        for failed in taken.failed:
+            if failed.item.maybe_sent:
+                result.unconfirmed += 1
+            else:
+                result.failed += 1
+        return stop
+
+    def _write(self, todo: Outcomes, held: list[int], people: list[int]) -> str | None:
+        settings = self.settings
+        with session_scope(settings.database_url) as session:
+            sweep_repo.record_heartbeat(session, self.worker)
+            todo.write(session, worker=self.worker, delays=settings.retry_delays)
+            repo.touch_claims(session, held, worker=self.worker)
+            self.inactive = repo.inactive_subscribers(session, people)
+            streak = repo.record_progress(
+                session,
+                self.campaign_id,
+                succeeded=len(todo.sent),
+                refused_temporarily=len(todo.deferred),
+            )
+            stop, halt = self._verdict(session, todo, streak)
+            if halt and stop:
+                service.halt_campaign(session, self.campaign_id, stop)
+        return stop
+
+    def _verdict(self, session: Session, todo: Outcomes, streak: int) -> tuple[str | None, bool]:
+        """Why the batch must stop, and whether it must pause the campaign itself.
+
+        It stops when the campaign left ``sending`` (an organizer paused or cancelled it) or
+        when the error budget is spent; in the second case it pauses the campaign.
+        """
+        settings = self.settings
+        campaign = repo.get_campaign(session, self.campaign_id)
+        if campaign is None or campaign.status != CampaignStatus.sending:
+            return (campaign.status if campaign else "missing"), False
+        if streak >= settings.error_streak:
+            last = todo.deferred[-1].reason if todo.deferred else "temporary refusals"
+            return f"error budget: the relay refused {streak} messages in a row ({last})", True
+        if todo.failed:
+            sent, failed = repo.final_counts(session, self.campaign_id)
+            done = sent + failed
+            if done >= settings.error_budget_min and failed > settings.error_budget * done:
+                return (
+                    f"error budget: {failed} of {done} deliveries failed for good "
+                    f"(more than {settings.error_budget:.0%}; last: {todo.failed[-1].reason})"
+                ), True
+        return None, False

@@ -2,7 +2,14 @@
 
 Protocol: ``with transport:`` connects (TLS, EHLO, AUTH) once; each ``send`` runs one
 ``MAIL FROM`` / ``RCPT TO`` / ``DATA`` transaction on that connection; leaving the block
-QUITs. A transport object serves one thread.
+QUITs. A transport object is one connection and serves one thread; a worker sends over
+several at once with :mod:`newsletter.mail.lanes`. ``max_messages`` (the mail URL's
+``?max_messages=N``) is a relay's limit of messages per connection: after N, the transport
+QUITs and opens a fresh connection before the next message, so the relay never has to refuse.
+The transports of one batch share a :class:`RelayHealth`: a connection lost (or a 421) on a
+connection that has not delivered yet counts against the relay, and two such in a row on any
+of them, with no delivery in between, mean the relay is unavailable; the same on a connection
+that did deliver is that connection's end (an idle timeout, a relay's limit), not the relay's.
 
 Replies map to what the sender needs to decide on a retry:
 
@@ -11,9 +18,10 @@ Replies map to what the sender needs to decide on a retry:
   status code such as ``5.1.1`` tells a hard bounce from a policy refusal) — except a
   refused MAIL FROM, which is about us, not the recipient, and stays ``permanent=False``;
 * 421 (service not available, closing), no connection at all, or the connection lost before
-  the message was handed over (typically: the server closed an idle connection) → reconnect
-  once and retry; failing again → :class:`RelayUnavailable`: the relay, not this message, is
-  the problem, and the relay did not answer for the message;
+  the message was handed over (typically: the server closed an idle connection, or ended a
+  connection at its limit of messages) → reconnect once and retry; failing again →
+  :class:`RelayUnavailable`: the relay, not this message, is the problem, and the relay did
+  not answer for the message;
 * connection lost *while* the message was being transferred, before the reply →
   :class:`HandoverUnconfirmed`. We do not retry on our own: the server may already have the
   message, and resending is the campaign's decision;
@@ -31,6 +39,7 @@ import ipaddress
 import re
 import smtplib
 import ssl
+import threading
 from types import TracebackType
 from typing import Literal, NoReturn, Self
 
@@ -38,7 +47,14 @@ from newsletter.errors import ConfigurationError, DeliveryError
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.smtp_errors import HandoverUnconfirmed, RelayUnavailable, SmtpRefused
 
-__all__ = ["HandoverUnconfirmed", "RelayUnavailable", "SmtpRefused", "SmtpTransport", "TlsMode"]
+__all__ = [
+    "HandoverUnconfirmed",
+    "RelayHealth",
+    "RelayUnavailable",
+    "SmtpRefused",
+    "SmtpTransport",
+    "TlsMode",
+]
 
 TlsMode = Literal["none", "starttls", "implicit"]
 
@@ -75,6 +91,27 @@ class _ConnectionLost(Exception):
         self.code = code
 
 
+class RelayHealth:
+    """Connections lost on fresh connections since the relay last accepted a message, shared
+    by the transports of one batch (see the module docstring). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fresh_losses = 0
+
+    def delivered(self) -> None:
+        """The relay answered a transaction: it is there."""
+        if self._fresh_losses:  # read without the lock: the common case writes nothing
+            with self._lock:
+                self._fresh_losses = 0
+
+    def lost_fresh(self) -> int:
+        """Count a fresh connection lost before any delivery; returns the count in a row."""
+        with self._lock:
+            self._fresh_losses += 1
+            return self._fresh_losses
+
+
 class SmtpTransport:
     """Sends through one SMTP server; see the module docstring for the protocol."""
 
@@ -89,13 +126,17 @@ class SmtpTransport:
         timeout: float = 30.0,
         local_hostname: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_messages: int | None = None,
+        health: RelayHealth | None = None,
     ) -> None:
         """Configure (without connecting) a transport to ``host:port``.
 
         ``tls`` is ``"implicit"`` (smtps, port 465), ``"starttls"`` or ``"none"``. Credentials
         are refused on an unencrypted connection to anything but the local host, where they
         would cross the network in clear. ``local_hostname`` is the EHLO name (smtplib's
-        default, the host's FQDN, when None).
+        default, the host's FQDN, when None). ``max_messages``: the relay's limit of messages
+        per connection; ``health``: shared with the other connections of a batch (see the
+        module docstring; a transport of its own gets one of its own).
         """
         if username and tls == "none" and not _is_loopback(host):
             raise ConfigurationError(
@@ -113,6 +154,11 @@ class SmtpTransport:
         self._smtp: smtplib.SMTP | None = None  # None inside a batch: reconnect on next send
         self._in_batch = False
         self.connections = 0  # how many connections this transport has opened (for metrics)
+        if max_messages is not None and max_messages < 1:
+            raise ConfigurationError("max_messages must be a positive number of messages")
+        self.max_messages = max_messages
+        self.health = health or RelayHealth()
+        self._on_connection = 0  # messages the relay answered on the current connection
 
     def __repr__(self) -> str:
         user = f"{self.username}@" if self.username else ""
@@ -189,6 +235,7 @@ class SmtpTransport:
                 f"cannot connect to SMTP server {self._where}: {_reason(exc)}"
             ) from None
         self.connections += 1
+        self._on_connection = 0
         return smtp
 
     def _login(self, smtp: smtplib.SMTP, username: str) -> None:
@@ -219,25 +266,38 @@ class SmtpTransport:
         """Hand ``message`` to the server on the batch's connection; raise DeliveryError if not."""
         if not self._in_batch:
             raise RuntimeError("open the transport with `with transport:` before sending")
+        if self.max_messages is not None and self._on_connection >= self.max_messages:
+            self._close(polite=True)  # the relay's limit: a fresh connection, not a refusal
         for attempt in (1, 2):
             if self._smtp is None:  # an earlier failure closed the connection
                 self._smtp = self._connect()
             try:
                 self._transact(self._smtp, message)
-                return
             except _ConnectionLost as lost:
+                fresh = self._on_connection == 0
                 self._close(polite=False)
                 if lost.handed_over:
                     raise HandoverUnconfirmed(
                         f"lost the connection to SMTP server {self._where} while handing over"
                         f" delivery {message.delivery_id} ({lost}); the server may have it"
                     ) from None
-                if attempt == 2:
+                if attempt == 2 or (fresh and self.health.lost_fresh() >= 2):
                     raise RelayUnavailable(
                         f"lost the connection to SMTP server {self._where} twice before"
                         f" delivery {message.delivery_id} could be sent: {lost}",
                         code=lost.code,
                     ) from None
+                continue
+            except SmtpRefused:
+                self._answered()
+                raise
+            self._answered()
+            return
+
+    def _answered(self) -> None:
+        """The relay answered a transaction on this connection (an accept or a refusal)."""
+        self._on_connection += 1
+        self.health.delivered()
 
     def _transact(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> None:
         """One MAIL/RCPT/DATA transaction; raises SmtpRefused, RelayUnavailable (a 421

@@ -12,6 +12,7 @@ accepted by the SMTP server), so the caller may mark the delivery sent right aft
 * ``file://var/outbox`` (relative to the working directory) or ``file:///abs/path``: one
   ``.eml`` per message, the embedded default (:class:`FileTransport`);
 * ``smtp://user:pass@host:587?starttls=true``, ``smtps://…`` (:mod:`newsletter.mail.smtp`);
+  ``?max_messages=N`` for a relay that takes at most N messages per connection;
 * ``memory://name``: kept in a process-wide list, for tests (:class:`MemoryTransport`).
 """
 
@@ -117,7 +118,7 @@ def _smtp_transport(parts: SplitResult, ssl_context: ssl.SSLContext | None) -> S
     if not parts.hostname:
         raise ValueError("no host")
     query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-    unknown = set(query) - {"starttls", "timeout", "helo"}
+    unknown = set(query) - {"starttls", "timeout", "helo", "max_messages"}
     if unknown:
         # A typo such as "startls=true" must not silently send in clear.
         raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}")
@@ -131,6 +132,9 @@ def _smtp_transport(parts: SplitResult, ssl_context: ssl.SSLContext | None) -> S
     timeout = float(query.get("timeout", "30"))
     if not timeout > 0:
         raise ValueError("timeout must be a positive number of seconds")
+    limit = query.get("max_messages")
+    if limit is not None and not (limit.isdigit() and int(limit) > 0):
+        raise ValueError(f"max_messages must be a positive whole number, not {limit!r}")
     return SmtpTransport(
         parts.hostname,
         parts.port or (465 if implicit else 25),
@@ -140,6 +144,7 @@ def _smtp_transport(parts: SplitResult, ssl_context: ssl.SSLContext | None) -> S
         timeout=timeout,
         local_hostname=query.get("helo"),
         ssl_context=ssl_context,
+        max_messages=int(limit) if limit is not None else None,
     )
 
 
