@@ -2,7 +2,8 @@
 
 Creates N subscribers, starts throwaway PostgreSQL and Redis servers, two worker processes
 (``newsletter worker --concurrency 1`` each) and Postfix's ``smtp-sink`` on loopback, sends one
-campaign of the no. 61 invitation, and prints from the same run:
+campaign of the no. 61 invitation (the sample moved to next week, so that the mail carries its
+RSVP buttons as a real invitation does), and prints from the same run:
 
 * end to end: N / (seconds from launching ``newsletter campaign send ID`` to the sink having
   accepted N messages of the campaign);
@@ -27,6 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import email
+import email.message
+import email.policy
 import json
 import os
 import platform
@@ -39,8 +43,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.servers
@@ -86,6 +95,25 @@ def write_subscribers(path: Path, n: int) -> None:
         writer = csv.writer(handle)
         writer.writerow(["email", "name"])
         writer.writerows((address(i), NAMES[i % len(NAMES)]) for i in range(n))
+
+
+def upcoming_record(folder: Path) -> Path:
+    """Session no. 61's sample record moved to 19:30 a week from now (its length kept)."""
+    record = yaml.safe_load((ROOT / "examples" / "sessions" / f"{SESSION:03d}.yaml").read_text())
+    starts, ends = (_aware(record[key]) for key in ("starts_at", "ends_at"))
+    zone = ZoneInfo(str(record.get("timezone") or "Asia/Shanghai"))
+    day = (datetime.now(UTC) + timedelta(days=7)).astimezone(zone).date()
+    moved = datetime(day.year, day.month, day.day, 19, 30, tzinfo=zone)
+    record.update(starts_at=moved.isoformat(), ends_at=(moved + (ends - starts)).isoformat())
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{SESSION:03d}.yaml"
+    path.write_text(yaml.safe_dump(record, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _aware(value: object) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -196,6 +224,14 @@ def main() -> None:
         help="give up after this many seconds without a new message at the sink",
     )
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument(
+        "--peer",
+        type=int,
+        default=0,
+        metavar="M",
+        help="then send the same invitation to M subscribers with django-newsletter 1.2 (its "
+        "own venv, benchmarks/peers/.venv) into the same sink, and compare",
+    )
     args = parser.parse_args()
     n = args.n
     ceiling_count = args.ceiling_count or min(n, 20_000)
@@ -252,16 +288,17 @@ def main() -> None:
         # ------------------------------------------------------------ setup (not timed)
         started = time.perf_counter()
         newsletter("sessions", "import", str(ROOT / "examples" / "sessions"))
+        # The sample sessions are all past; a real invitation is for a session ahead, with
+        # RSVP buttons (as the demo does): no. 61 moved to next week, imported again.
+        newsletter("sessions", "import", str(upcoming_record(work / "upcoming")))
         people = work / "subscribers.csv"
         write_subscribers(people, n)
         newsletter("subscribers", "import", str(people), timeout=max(300.0, n / 500))
         eml = work / "invitation.eml"
-        newsletter("preview", str(SESSION), "--past", "--to", address(0), "--out", str(eml))
+        newsletter("preview", str(SESSION), "--to", address(0), "--out", str(eml))
         message_file = lf_copy(eml, work / "invitation.lf")
         campaign_id = int(
-            newsletter(
-                "campaign", "create", str(SESSION), "--past", timeout=max(120.0, n / 1000)
-            ).split()[-1]
+            newsletter("campaign", "create", str(SESSION), timeout=max(120.0, n / 1000)).split()[-1]
         )
         setup_s = time.perf_counter() - started
         message_bytes = eml.stat().st_size
@@ -382,6 +419,7 @@ def main() -> None:
                 spy.wait(30)
 
         ceiling_after = ceiling("ceiling-after")
+        peer = _run_peer(sink, eml, args.peer) if args.peer else None
         seen = sink.envelopes()["pipeline"]
         if sink.dump:
             seen = sink.dumped("campaign")
@@ -419,6 +457,13 @@ def main() -> None:
             f"after {ceiling_after:,.0f})"
         )
         print(f"ratio end to end / ceiling: {ratio:.2f}")
+        if peer is not None:
+            print(
+                f"peer: django-newsletter {peer['version']}, same invitation, same sink: "
+                f"{peer['n']:,} messages in {peer['seconds']:.2f} s = {peer['msgs_per_s']:,.1f} "
+                f"msg/s (the sink counted {peer['delivered']:,}); ours / peer = "
+                f"{msgs_per_s / peer['msgs_per_s']:.1f}×"
+            )
 
         print("peak RSS (VmHWM) per worker: the pool process that runs the tasks; main process")
         task_rss: list[float] = []
@@ -492,11 +537,74 @@ def main() -> None:
             "message_bytes": message_bytes,
             "capture": args.capture,
         }
+        if peer is not None:
+            summary |= {
+                "peer_msgs_per_s": peer["msgs_per_s"],
+                "peer_n": peer["n"],
+                "peer_delivered": peer["delivered"],
+                "ours_over_peer": round(msgs_per_s / peer["msgs_per_s"], 1),
+            }
         print(json.dumps(summary))
         if args.keep:
             print(f"kept: {work} and {sink_dir}", file=sys.stderr)
         if args.py_spy:
             print(f"py-spy stacks: {args.py_spy}", file=sys.stderr)
+
+
+PEER_VENV = Path(__file__).resolve().parent / "peers" / ".venv"
+PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "django_newsletter.py"
+PEER_REQUIREMENT = "django-newsletter==1.2.*"
+
+
+def _peer_python() -> Path:
+    """The peer venv's python, made (with django-newsletter 1.2 from PyPI) when missing."""
+    python = PEER_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"peer: creating {PEER_VENV} with {PEER_REQUIREMENT} (once)")
+        run([sys.executable, "-m", "venv", str(PEER_VENV)], timeout=300)
+        run([str(python), "-m", "pip", "install", "-q", PEER_REQUIREMENT], timeout=900)
+    return python
+
+
+def _run_peer(sink: Sink, eml: Path, count: int) -> dict[str, Any]:
+    """django-newsletter sends our invitation's two parts to ``count`` people into ``sink``."""
+    python = _peer_python()
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    parts = {}
+    for kind in ("html", "plain"):
+        part = message.get_body((kind,))
+        assert part is not None, f"the preview has no {kind} part"
+        parts[kind] = eml.with_suffix(f".{kind}")
+        parts[kind].write_text(str(part.get_content()), encoding="utf-8")
+    sink.begin("peer")
+    base = sink.count()
+    line = (
+        run(
+            [
+                str(python),
+                str(PEER_SCRIPT),
+                "--port",
+                str(sink.port),
+                "--html",
+                str(parts["html"]),
+                "--text",
+                str(parts["plain"]),
+                "--subject",
+                str(message["Subject"]),
+                "--name",
+                NAMES[0],
+                "--n",
+                str(count),
+            ],
+            timeout=max(600.0, count / 20),
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+    figures: dict[str, Any] = json.loads(line)
+    figures["delivered"] = sink.count() - base
+    return figures
 
 
 def _start_py_spy(
