@@ -553,16 +553,17 @@ def main() -> None:
 
 PEER_VENV = Path(__file__).resolve().parent / "peers" / ".venv"
 PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "django_newsletter.py"
-PEER_REQUIREMENT = "django-newsletter==1.2.*"
+# django-newsletter imports sorl-thumbnail (or easy-thumbnails) without depending on either.
+PEER_REQUIREMENTS = ("django-newsletter==1.2.*", "sorl-thumbnail")
 
 
 def _peer_python() -> Path:
     """The peer venv's python, made (with django-newsletter 1.2 from PyPI) when missing."""
     python = PEER_VENV / "bin" / "python"
     if not python.exists():
-        print(f"peer: creating {PEER_VENV} with {PEER_REQUIREMENT} (once)")
+        print(f"peer: creating {PEER_VENV} with {', '.join(PEER_REQUIREMENTS)} (once)")
         run([sys.executable, "-m", "venv", str(PEER_VENV)], timeout=300)
-        run([str(python), "-m", "pip", "install", "-q", PEER_REQUIREMENT], timeout=900)
+        run([str(python), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS], timeout=900)
     return python
 
 
@@ -579,29 +580,13 @@ def _run_peer(sink: Sink, eml: Path, count: int) -> dict[str, Any]:
         parts[kind].write_text(str(part.get_content()), encoding="utf-8")
     sink.begin("peer")
     base = sink.count()
-    line = (
-        run(
-            [
-                str(python),
-                str(PEER_SCRIPT),
-                "--port",
-                str(sink.port),
-                "--html",
-                str(parts["html"]),
-                "--text",
-                str(parts["plain"]),
-                "--subject",
-                str(message["Subject"]),
-                "--name",
-                NAMES[0],
-                "--n",
-                str(count),
-            ],
-            timeout=max(600.0, count / 20),
-        )
-        .strip()
-        .splitlines()[-1]
-    )
+    argv = [str(python), str(PEER_SCRIPT), "--port", str(sink.port), "--n", str(count)]
+    argv += ["--html", str(parts["html"]), "--text", str(parts["plain"])]
+    argv += ["--subject", str(message["Subject"]), "--name", NAMES[0]]
+    # Its own packages only: our `newsletter` must not shadow django-newsletter's.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    output = run(argv, env=env, cwd=eml.parent, timeout=max(600.0, count / 20))
+    line = output.strip().splitlines()[-1]
     figures: dict[str, Any] = json.loads(line)
     figures["delivered"] = sink.count() - base
     return figures
