@@ -58,6 +58,10 @@ class Recorder:
     open_sessions: int = 0
     most_sessions: int = 0
     sessions: int = 0
+    # A relay's limit of connections at once: beyond it, a 421 greeting and the connection
+    # is closed; each such connection is counted in refused_connections.
+    max_connections: int | None = None
+    refused_connections: int = 0
     # A relay's limit of messages per connection: MAIL beyond it gets 421 and the
     # connection is closed; each such MAIL is counted in over_limit.
     per_connection: int | None = None
@@ -74,10 +78,15 @@ class Recorder:
         self.open_sessions += 1
         self.most_sessions = max(self.most_sessions, self.open_sessions)
 
-    def closed(self) -> None:
-        self.open_sessions -= 1
+    def closed(self, session: Any) -> None:
+        if not getattr(session, "ended", False):
+            session.ended = True
+            self.open_sessions -= 1
 
-    def _closing(self, server: Any, reply: str) -> str:
+    def _closing(self, server: Any, session: Any, reply: str) -> str:
+        # Over from the moment the relay says so: the client may reconnect before the
+        # close below reaches the event loop, and that is not two connections at once.
+        self.closed(session)
         asyncio.get_running_loop().call_later(0.05, server.transport.close)
         return reply
 
@@ -101,11 +110,11 @@ class Recorder:
         number = getattr(session, "number", 0)
         if self.per_connection is not None and self.accepted_on[number] >= self.per_connection:
             self.over_limit += 1
-            return self._closing(server, "421 4.7.0 Too many messages on this connection")
+            return self._closing(server, session, "421 4.7.0 Too many messages on this connection")
         if self.session_policy is not None:
             refusal = self.session_policy(number, self.accepted_on[number])
             if refusal is not None:
-                return self._closing(server, refusal)
+                return self._closing(server, session, refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -157,14 +166,30 @@ class Recorder:
 class _CountingSMTP(SMTP):
     """aiosmtpd's server, telling the Recorder when a connection opens and closes."""
 
+    refused = False
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler = self.event_handler
+        if (
+            isinstance(handler, Recorder)
+            and handler.max_connections is not None
+            and handler.open_sessions >= handler.max_connections
+            and isinstance(transport, asyncio.WriteTransport)
+        ):
+            self.refused = True
+            handler.refused_connections += 1
+            transport.write(b"421 4.7.0 Too many connections from your host\r\n")
+            transport.close()
+            return
         super().connection_made(transport)
-        if isinstance(self.event_handler, Recorder):
-            self.event_handler.opened()
+        if isinstance(handler, Recorder):
+            handler.opened()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return
         if isinstance(self.event_handler, Recorder):
-            self.event_handler.closed()
+            self.event_handler.closed(self.session)
         super().connection_lost(error)
 
 

@@ -158,6 +158,27 @@ def test_connections_all_closed_at_a_relay_limit_at_once_reconnect_without_waiti
     assert {(d.status, d.attempts) for d in deliveries(settings)} == {(DeliveryStatus.sent, 1)}
 
 
+def test_a_relay_taking_fewer_connections_than_configured_gets_those_and_no_outage(
+    configure: Configure, postgres_url: str, start_smtp: Callable[..., SmtpServer]
+) -> None:
+    relay = start_smtp()
+    relay.handler.max_connections = 2  # "421 Too many connections" to a third
+    relay.handler.data_delay = 0.02
+    settings = configure(
+        database_url=postgres_url,
+        mail_url=f"smtp://127.0.0.1:{relay.port}",
+        smtp_connections="4",
+        batch_size="30",
+    )
+    campaign_id = prepare(settings, 30)
+    (result,) = send_all(settings, campaign_id)
+    assert (result.sent, result.given_back, result.stopped_because) == (30, 0, None)
+    assert relay.handler.refused_connections == 2 and relay.handler.most_sessions == 2
+    assert_everyone_once(relay, 30)
+    with session_scope(settings.database_url) as session:
+        assert service.progress(session, campaign_id).status == CampaignStatus.sending
+
+
 def test_a_slow_relay_keeps_the_claims_renewed_so_the_sweeper_leaves_them(
     configure: Configure, postgres_url: str, start_smtp: Callable[..., SmtpServer]
 ) -> None:

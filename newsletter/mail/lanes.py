@@ -11,6 +11,11 @@ memory URL (those have no connection to share out). :class:`Lanes` runs a work f
 one thread per transport, inside that transport's ``with`` block, so the connections open
 together and each is QUIT when its lane ends. A lane that raises sets the shared ``stop``
 event (the others stop taking work); :meth:`Lanes.join` re-raises the first error.
+
+A relay that takes fewer connections than configured (it refuses the extra ones, typically
+with a 421 greeting) is not down: a lane that cannot open its connection while another lane
+did open one stands down, and the batch goes on over the connections the relay accepted.
+Only when no lane can connect is the relay unavailable.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from newsletter.mail.smtp import RelayHealth, SmtpTransport
+from newsletter.mail.smtp import RelayHealth, RelayUnavailable, SmtpTransport
 from newsletter.mail.transports import Transport, transport_from_url
 
 __all__ = ["Lanes", "transports_for"]
@@ -58,6 +63,9 @@ class Lanes:
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._running = len(transports)
+        self._connected = 0  # lanes whose connection opened
+        self._settled = 0  # lanes whose first connection opened or failed
+        self._opening = threading.Condition(self._lock)
         self._threads = [
             threading.Thread(target=self._run, args=(transport,), name=f"lane-{i}", daemon=True)
             for i, transport in enumerate(transports)
@@ -75,8 +83,17 @@ class Lanes:
 
     def _run(self, transport: Transport) -> None:
         try:
-            with transport:
+            try:
+                transport.__enter__()
+            except RelayUnavailable:
+                if self._opened(False):
+                    return  # another lane is connected: the relay wants fewer connections
+                raise
+            self._opened(True)
+            try:
                 self._work(transport)
+            finally:
+                transport.__exit__(None, None, None)
         except BaseException as exc:  # handed to join(): a lane must never die silently
             with self._lock:
                 self._errors.append(exc)
@@ -86,6 +103,20 @@ class Lanes:
                 self._running -= 1
                 if not self._running:
                     self._finished.set()
+
+    def _opened(self, connected: bool) -> bool:
+        """Note how this lane's first connection went. For a failed one, wait until every
+        lane knows (each connect is bounded by the transport's timeout) and say whether
+        another lane did connect."""
+        with self._opening:
+            self._settled += 1
+            self._connected += connected
+            self._opening.notify_all()
+            if connected:
+                return True
+            while self._settled < len(self._threads) and not self._connected:
+                self._opening.wait()
+            return self._connected > 0
 
     def join(self) -> None:
         """Wait for every lane; re-raise the first error one of them met."""
