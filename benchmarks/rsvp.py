@@ -27,16 +27,19 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import func, insert, select  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
 
 from newsletter.db import session_scope, utcnow  # noqa: E402
 from newsletter.migrate import upgrade  # noqa: E402
 from newsletter.rsvp.models import NoticeKind, Rsvp, RsvpEvent  # noqa: E402
 from newsletter.sessions import repo as sessions_repo  # noqa: E402
+from newsletter.sessions.models import SalonSession  # noqa: E402
 from newsletter.sessions.service import import_records  # noqa: E402
 from newsletter.tokens import Purpose, sign  # noqa: E402
 from subscribers.models import Subscriber  # noqa: E402
@@ -164,6 +167,47 @@ def client(
     asyncio.run(main())
 
 
+def answer_order(session: Session) -> dict[str, Any]:
+    """Whether the waitlist is in answer order: the order in which the answers were recorded
+    is the order of their history rows (ids taken inside the statement that decided each
+    answer); the waitlist, read in its own order, must list the same people in the same
+    order, and every seated person must have answered before every waiting one."""
+    waiting = list(
+        session.scalars(
+            select(Rsvp.subscriber_id)
+            .where(Rsvp.waitlisted.is_(True))
+            .order_by(Rsvp.queue_no, Rsvp.id)
+        )
+    )
+    answered = list(
+        session.scalars(
+            select(RsvpEvent.subscriber_id).where(RsvpEvent.answer == "yes").order_by(RsvpEvent.id)
+        )
+    )
+    seated = set(
+        session.scalars(
+            select(Rsvp.subscriber_id).where(Rsvp.answer == "yes", Rsvp.waitlisted.is_(False))
+        )
+    )
+    seats = int(
+        session.scalar(
+            select(func.coalesce(func.sum(1 + Rsvp.guests), 0)).where(
+                Rsvp.answer == "yes", Rsvp.waitlisted.is_(False)
+            )
+        )
+        or 0
+    )
+    counter = int(session.scalar(select(func.max(SalonSession.seats_taken))) or 0)
+    queued = [person for person in answered if person not in seated]
+    return {
+        "in_order": queued == waiting,
+        "seated_first": set(answered[: len(seated)]) == seated,
+        "waiting": len(waiting),
+        "seats": seats,
+        "counter": counter if waiting else seats,  # kept only under a seat limit
+    }
+
+
 def server_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by process ``pid`` and its descendants, from
     /proc: the server's cost per request, whatever else shares the machine."""
@@ -254,6 +298,7 @@ def main() -> None:
                 )
                 or 0
             )
+            order = answer_order(session)
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
@@ -267,6 +312,11 @@ def main() -> None:
     print(f"confirmation mails queued with them: {mails:,}")
     print(f"server CPU per confirmation: {cpu_ms:.2f} ms (all server processes)")
     print(
+        f"waitlist in answer order: {order['in_order']} ({order['waiting']:,} waiting, "
+        f"{order['seats']:,} seats taken, counter {order['counter']:,}, "
+        f"seated first: {order['seated_first']})"
+    )
+    print(
         json.dumps(
             {
                 "sent": len(latencies),
@@ -277,6 +327,8 @@ def main() -> None:
                 "non_200": failures,
                 "mails_queued": mails,
                 "server_cpu_ms": round(cpu_ms, 3),
+                "waitlist_in_order": order["in_order"],
+                "seats_counter_right": order["counter"] == order["seats"],
             }
         )
     )

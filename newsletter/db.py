@@ -1,25 +1,36 @@
-"""Engine, sessions and the declarative base; schema changes go through Alembic migrations."""
+"""Engine, sessions and the declarative base; schema changes go through Alembic migrations.
+
+How the web process reaches the database: two mechanisms, two pools, each for a reason.
+
+* The RSVP confirmation (``POST /rsvp/…``, the burst after every send) on PostgreSQL: the
+  driver pool (:func:`fetch_row_alone`, asyncpg, on the event loop). An answer is one
+  statement committed on its own; through SQLAlchemy's asyncio layer a statement costs about
+  500 µs of CPU, through a thread hand-off more, straight on the driver 50-100 µs: at a
+  thousand answers a second the difference is the whole budget.
+* Everything else (the RSVP page's GET, unsubscribe, the dashboard, the API, the calendar,
+  and every answer on SQLite, which has no asyncio driver): a synchronous ORM
+  :class:`~sqlalchemy.orm.Session` from :func:`session_scope`, in the thread FastAPI runs
+  synchronous routes in. These are a person's clicks, not a burst, and the ORM and its
+  services are the code's one way of saying everything else.
+
+Both compile their SQL from the same SQLAlchemy statements (:class:`AloneStatement`); the
+asyncio ORM engine (``AsyncSession.run_sync``) and its third pool are gone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import asyncpg
 from sqlalchemy import DateTime, Dialect, Engine, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
@@ -100,7 +111,8 @@ def get_engine(url: str) -> Engine:
 
 
 # Connections each process keeps open to PostgreSQL (the web app runs this many handler
-# threads; see web/app.py). Up to 10 more are opened for a moment under a peak.
+# threads; see web/app.py). Up to 10 more are opened for a moment under a peak. With the
+# driver pool beside it a web process holds at most 10 + 10 + 16 connections.
 POOL_SIZE = 10
 
 
@@ -155,62 +167,6 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
-T = TypeVar("T")
-
-
-async def run_unit(url: str, work: Callable[[Session], T]) -> T:
-    """Run ``work(session)`` as one unit of work (committed at the end, rolled back if it
-    raises) from async code, without blocking the event loop.
-
-    PostgreSQL: on an asyncio connection, through SQLAlchemy's greenlet bridge
-    (``AsyncSession.run_sync``): the same synchronous service code, with no hand-off to a
-    thread. Under a burst of RSVP confirmations those hand-offs, and the threads taking turns
-    at the GIL, cost more than the answer itself. SQLite (no asyncio driver): ``work`` runs in
-    a worker thread inside :func:`session_scope`.
-    """
-    absolute = _absolute(url)
-    if not is_postgresql_url(absolute):
-        return await asyncio.to_thread(_run_in_scope, absolute, work)
-    factory = _async_sessionmaker(absolute, asyncio.get_running_loop())
-    async with factory() as session, session.begin():
-        return await session.run_sync(work)
-
-
-def _run_in_scope(url: str, work: Callable[[Session], T]) -> T:
-    with session_scope(url) as session:
-        return work(session)
-
-
-# Keyed by the event loop too: an asyncio connection belongs to the loop that opened it (a
-# test suite starts many servers, each with its own loop; a server process has one).
-_async_engines: dict[tuple[str, asyncio.AbstractEventLoop], AsyncEngine] = {}
-
-
-def _async_engine(url: str, loop: asyncio.AbstractEventLoop) -> AsyncEngine:
-    engine = _async_engines.get((url, loop))
-    if engine is None:
-        # No overflow: with the synchronous pool and the driver pool beside it, a web
-        # process holds at most 10 + 10 + 8 + 16 connections.
-        async_url = make_url(url).set(drivername="postgresql+asyncpg")
-        wait = _dependency_timeout()
-        engine = create_async_engine(
-            async_url,
-            pool_pre_ping=True,
-            pool_size=8,
-            max_overflow=0,
-            pool_timeout=wait,
-            connect_args={"timeout": wait},  # asyncpg's connect timeout
-        )
-        _async_engines[(url, loop)] = engine
-    return engine
-
-
-def _async_sessionmaker(
-    url: str, loop: asyncio.AbstractEventLoop
-) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(_async_engine(url, loop), expire_on_commit=False)
-
-
 _ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()()
 
 
@@ -234,6 +190,30 @@ class AloneStatement:
         """The positional arguments of the SQL for these named parameters."""
         values = self._compiled.construct_params(parameters) or {}
         return [values[name] for name in self._order]
+
+
+class SessionStatement:
+    """A SQLAlchemy statement compiled once for the session's own driver, run in the
+    session's transaction by :meth:`first_row`: for the answer statement, whose CTEs read
+    one CTE several times, which SQLAlchemy's statement cache does not key correctly."""
+
+    def __init__(self, statement: ClauseElement) -> None:
+        self._statement = statement
+        self._compiled: dict[str, SQLCompiler] = {}
+
+    def first_row(self, session: Session, parameters: dict[str, Any]) -> Mapping[str, Any] | None:
+        """The statement's first row (as a mapping) in ``session``'s transaction, or None."""
+        dialect = session.get_bind().dialect
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            compiled = self._compiled[dialect.name] = cast(
+                SQLCompiler, self._statement.compile(dialect=dialect)
+            )
+        values = compiled.construct_params(parameters)
+        result = session.connection().exec_driver_sql(str(compiled), values)
+        row = result.mappings().first()
+        result.close()
+        return cast(Mapping[str, Any] | None, row)
 
 
 async def fetch_row_alone(
@@ -295,16 +275,13 @@ async def _no_reset(_connection: asyncpg.Connection) -> None:
 
 
 async def close_async_connections() -> None:
-    """Close this event loop's connections (the asyncio engines and driver pools): a server
-    calls it when it stops, so that its connections do not outlive the loop they belong to."""
+    """Close this event loop's driver pools: a server calls it when it stops, so that its
+    connections do not outlive the loop they belong to."""
     loop = asyncio.get_running_loop()
     for key in [key for key in _driver_pools if key[1] is loop]:
         opening = _driver_pools.pop(key)
         if opening.done() and _opened(opening):
             await opening.result().close()
-    for url, engine_loop in list(_async_engines):
-        if engine_loop is loop:
-            await _async_engines.pop((url, engine_loop)).dispose()
 
 
 @lru_cache(maxsize=8)

@@ -32,9 +32,9 @@ class Rsvp(Base):
     __tablename__ = "rsvps"
     __table_args__ = (
         UniqueConstraint("session_id", "subscriber_id"),
-        # Seats taken, the waitlist in order and a place in it are read under the session's
-        # lock on every answer to a session with a seat limit.
-        Index("ix_rsvps_session_waitlist", "session_id", "waitlisted", "answered_at", "id"),
+        # The waitlist in order: the next person who fits when a seat frees, and a place in
+        # line counted for a page that shows one (not on the burst's path: see answer_repo).
+        Index("ix_rsvps_session_queue", "session_id", "waitlisted", "queue_no"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -42,9 +42,13 @@ class Rsvp(Base):
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
     answer: Mapped[str] = mapped_column(String(8))
     guests: Mapped[int] = mapped_column(Integer, default=0)
-    # A "yes" past capacity waits here; the waitlist is ordered by answered_at.
+    # A "yes" past capacity waits here; the waitlist is ordered by queue_no.
     waitlisted: Mapped[bool] = mapped_column(default=False)
     answered_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The session's queue_next when this "yes" was given (a new "yes" after a "maybe" or a
+    # "no" queues anew): the order of answers as they took the session's row, which two web
+    # processes' clocks cannot disagree about. 0 for answers that never were a "yes".
+    queue_no: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

@@ -1,25 +1,19 @@
-"""All SQL about answers: the per-session lock, seat counts, the waitlist, the history."""
+"""SQL about answers other than recording one (that is :mod:`newsletter.rsvp.answer_repo`):
+the link's rows, the sessions a departure gives up, counts and lists."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import (
-    ColumnElement,
-    ScalarResult,
-    bindparam,
-    case,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.orm import Session, defer, lazyload
 
 from newsletter.db import is_postgresql
-from newsletter.rsvp.models import Answer, NoticeKind, Rsvp, RsvpEvent
+from newsletter.rsvp.answer_repo import place_statement
+from newsletter.rsvp.models import Answer, Rsvp
 from newsletter.sessions.models import SalonSession
-from subscribers.models import Subscriber, SubscriberStatus
+from subscribers.models import Subscriber
 
 # Built once: on the answer path, building these statements cost more CPU than running them.
 _ADDRESSEE = (
@@ -42,27 +36,6 @@ def addressee_rows(
     return (row[0], row[1]) if row else None
 
 
-def lock_session(session: Session, session_id: int) -> None:
-    """Serialise answers for one session until the transaction ends (sessions with seats).
-
-    PostgreSQL: ``SELECT … FOR UPDATE`` on the session row. SQLite: a no-op UPDATE, which
-    takes the database write lock before anything is read, so the reads that follow see the
-    latest answers (a read-then-write transaction would instead fail with a stale snapshot).
-    Either way two answers for the last seat cannot both see it free.
-    """
-    if is_postgresql(session):
-        session.execute(
-            select(SalonSession.id).where(SalonSession.id == session_id).with_for_update()
-        )
-        return
-    session.execute(
-        update(SalonSession)
-        .where(SalonSession.id == session_id)
-        .values(revision=SalonSession.revision)
-        .execution_options(synchronize_session=False)
-    )
-
-
 def get(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
     """A subscriber's current answer for a session."""
     return session.scalars(
@@ -70,27 +43,10 @@ def get(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
     ).first()
 
 
-def get_with_status(
-    session: Session, session_id: int, subscriber_id: int
-) -> tuple[Rsvp | None, str | None]:
-    """A subscriber's current answer for a session and their status now (None: no such
-    subscriber), in one round trip: read under the session's lock, the status cannot be one
-    that a departure committed before this answer took its seat."""
-    row = session.execute(
-        select(Subscriber.status, Rsvp)
-        .outerjoin(Rsvp, (Rsvp.subscriber_id == Subscriber.id) & (Rsvp.session_id == session_id))
-        .where(Subscriber.id == subscriber_id)
-        # The status column, not a cached Subscriber object: the row may have changed.
-        .execution_options(populate_existing=True)
-    ).first()
-    return (None, None) if row is None else (row[1], row[0])
-
-
 def lock_sessions_ahead(session: Session, now: datetime) -> None:
     """Lock every session still ahead (not started, not cancelled) until the transaction
-    ends, in id order: someone leaving the list then waits for any answer of theirs being
-    recorded, so it sees that answer and withdraws it too. SQLite: the write lock of the
-    database, as in :func:`lock_session`."""
+    ends, in id order, before their answers are read: two people leaving at once take them
+    in the same order. SQLite: the write lock of the database."""
     ahead = (SalonSession.starts_at > now) & SalonSession.cancelled.is_(False)
     if is_postgresql(session):
         session.execute(
@@ -105,65 +61,12 @@ def lock_sessions_ahead(session: Session, now: datetime) -> None:
     )
 
 
-def seats_taken(session: Session, session_id: int) -> int:
-    """Seats held by confirmed "yes" answers, guests included."""
-    taken = session.scalar(
-        select(func.coalesce(func.sum(1 + Rsvp.guests), 0)).where(
-            Rsvp.session_id == session_id,
-            Rsvp.answer == Answer.yes,
-            Rsvp.waitlisted.is_(False),
-        )
-    )
-    return int(taken or 0)
-
-
-def _active() -> ColumnElement[bool]:
-    """Whether an answer's subscriber is still on the list: someone who unsubscribed,
-    bounced or was suppressed neither moves up the waitlist nor counts ahead of others.
-    (Leaving the list withdraws the answers; this also covers rows older than that rule.)
-
-    Said as "no row of theirs that is not active" (``status`` is never NULL, and the foreign
-    key guarantees the row): the only index that can serve ``id = … AND status <> …`` is the
-    primary key, so the plan is one key lookup per answer whatever the statistics say. Said
-    as ``status = 'active'``, a table not analysed yet after an import (a new list's first
-    burst) was planned as a scan of every active subscriber through the status index for each
-    waiting answer: 35 ms per position at 700 answers, and a seat burst fell from 190 to 44/s.
-    """
-    return ~(
-        select(Subscriber.id)
-        .where(Subscriber.id == Rsvp.subscriber_id, Subscriber.status != SubscriberStatus.active)
-        .exists()
-    )
-
-
-def waitlist(session: Session, session_id: int) -> ScalarResult[Rsvp]:
-    """Waiting "yes" answers of active subscribers, first come first served, fetched 50 at a
-    time as iterated; close the result when done with it."""
-    return session.scalars(
-        select(Rsvp)
-        .where(
-            Rsvp.session_id == session_id,
-            Rsvp.waitlisted.is_(True),
-            _active(),
-        )
-        .order_by(Rsvp.answered_at, Rsvp.id)
-        .execution_options(yield_per=50)
-    )
-
-
 def waitlist_position(session: Session, rsvp: Rsvp) -> int:
-    """1 for the first in line (only active subscribers are in line)."""
-    session.flush()  # a new answer needs its id to be placed among equal times
-    ahead = session.scalar(
-        select(func.count()).where(
-            Rsvp.session_id == rsvp.session_id,
-            Rsvp.waitlisted.is_(True),
-            (Rsvp.answered_at < rsvp.answered_at)
-            | ((Rsvp.answered_at == rsvp.answered_at) & (Rsvp.id < rsvp.id)),
-            _active(),
-        )
-    )
-    return int(ahead or 0) + 1
+    """1 for the first in line (only active subscribers are in line); see
+    :func:`newsletter.rsvp.answer_repo.place_statement`."""
+    session.flush()
+    values = {"session_id": rsvp.session_id, "queue_no": rsvp.queue_no, "rsvp_id": rsvp.id}
+    return int(session.scalar(place_statement(), values) or 1)
 
 
 def answered_ahead(session: Session, subscriber_id: int, now: datetime) -> list[int]:
@@ -183,55 +86,6 @@ def answered_ahead(session: Session, subscriber_id: int, now: datetime) -> list[
                 SalonSession.cancelled.is_(False),
             )
             .order_by(Rsvp.session_id)
-        )
-    )
-
-
-def add_event(
-    session: Session,
-    rsvp: Rsvp,
-    at: datetime,
-    notice: NoticeKind | None = None,
-    *,
-    note: str | None = None,
-) -> None:
-    """Append the answer to the history the dashboard charts, with the mail it triggers, or
-    with a ``note`` saying why the answer changed without the person giving it."""
-    add_event_row(
-        session,
-        rsvp.session_id,
-        rsvp.subscriber_id,
-        rsvp.answer,
-        rsvp.waitlisted,
-        at,
-        notice,
-        note=note,
-    )
-
-
-def add_event_row(
-    session: Session,
-    session_id: int,
-    subscriber_id: int,
-    answer: str,
-    waitlisted: bool,
-    at: datetime,
-    notice: NoticeKind | None,
-    *,
-    note: str | None = None,
-) -> None:
-    """Append one answer to the history, by ids; a notice is due at once. ``note`` goes
-    where a notice's outcome would (a row with a note has no notice)."""
-    session.add(
-        RsvpEvent(
-            session_id=session_id,
-            subscriber_id=subscriber_id,
-            answer=answer,
-            waitlisted=waitlisted,
-            at=at,
-            notice=notice.value if notice else None,
-            notice_due_at=at if notice else None,
-            notice_error=note,
         )
     )
 
@@ -295,6 +149,6 @@ def attendees(session: Session, session_id: int) -> list[AttendeeRow]:
         )
         .join(Subscriber, Subscriber.id == Rsvp.subscriber_id)
         .where(Rsvp.session_id == session_id)
-        .order_by(order, Rsvp.answered_at, Rsvp.id)
+        .order_by(order, Rsvp.queue_no, Rsvp.answered_at, Rsvp.id)
     )
     return [AttendeeRow(*row) for row in rows]

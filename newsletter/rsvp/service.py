@@ -1,25 +1,35 @@
 """Recording answers: idempotent, capacity and waitlist, promotion on a "no", the deadline,
 and giving every answer up when a subscriber leaves the list.
 
-The one home of these rules: the web app, the CLI and the subscribers service (on unsubscribe,
-bounce, suppression or removal) all come here.
+Every way an answer is recorded comes here: the web app (:func:`answer_alone` on
+PostgreSQL, :func:`record_answer` on SQLite), the CLI and tests (:func:`record_answer`), the
+subscribers service when someone leaves the list (:func:`withdraw_answers`). The rules
+themselves are one definition, in SQL, in :mod:`newsletter.rsvp.answer_repo`; this module
+runs it on each database and says in words why an answer was refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
+from typing import Any
 
+from sqlalchemy import Executable, Result
 from sqlalchemy.orm import Session
 
-from newsletter.db import utcnow
+from newsletter.db import (
+    AloneStatement,
+    SessionStatement,
+    fetch_row_alone,
+    is_postgresql,
+    utcnow,
+)
 from newsletter.errors import InvalidStateError, NotFoundError
-from newsletter.rsvp import notice_repo, repo
-from newsletter.rsvp.models import Answer, NoticeKind, Rsvp
-from newsletter.rsvp.unlimited import save_unlimited_answer
-from newsletter.sessions import repo as sessions_repo
+from newsletter.rsvp import answer_repo, notice_repo, repo
+from newsletter.rsvp.models import Answer, Rsvp
 from newsletter.sessions.models import SalonSession
-from subscribers import repo as subscribers_repo
 from subscribers.models import SubscriberStatus
 
 
@@ -45,6 +55,16 @@ class Recorded:
 
 
 @dataclass(frozen=True, slots=True)
+class Answered:
+    """An answer recorded by :func:`answer_alone`, and the version of the session then (the
+    page's view of the session is kept per version)."""
+
+    recorded: Recorded
+    revision: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Withdrawn:
     """What a subscriber who left the list gave up."""
 
@@ -58,6 +78,13 @@ def closes_at(salon: SalonSession) -> datetime:
     return salon.deadline or salon.starts_at
 
 
+# A decision can meet a row it could not see (the same person's first two answers racing):
+# it then writes nothing and is made again, at most this many times in all.
+_DECISIONS = 3
+
+Row = Mapping[Any, Any]
+
+
 def record_answer(
     session: Session,
     session_id: int,
@@ -67,37 +94,206 @@ def record_answer(
     guests: int = 0,
     now: datetime | None = None,
 ) -> Recorded:
-    """Record (or change) a subscriber's answer; the caller commits.
+    """Record (or change) a subscriber's answer in the caller's transaction; the caller
+    commits. The session's seat counter stays locked until then (PostgreSQL).
 
     A "yes" takes seats (one plus guests) while there are any, else joins the waitlist in
     order of answering; a "maybe" or "no" from a confirmed "yes" frees its seats, and the
     first on the waitlist who fit are promoted. Answering the same again changes nothing.
     """
-    now = now or utcnow()
-    salon = sessions_repo.get_by_id(session, session_id)
-    if salon is None:
+    values = answer_repo.parameters(session_id, subscriber_id, answer, guests, now or utcnow())
+    return _record(session, values)
+
+
+def _record(session: Session, values: dict[str, Any]) -> Recorded:
+    if is_postgresql(session):
+        for _ in range(_DECISIONS):
+            row = _in_session()[0].first_row(session, values) or {}
+            if not _undecided(row):
+                break
+        _refuse_unless_allowed(row, values)
+        promoted = [row["promoted"]] if row["promoted"] is not None else []
+        if row["wrote"] and row["free_left"] and promoted:  # a party freed several seats
+            promoted += _promote_more(lambda: _promote_once(session, values))
+    else:
+        row, promoted = _record_sqlite(session, values)
+    return _recorded(row, values, promoted, lambda: _place(session, row, values))
+
+
+def _record_sqlite(session: Session, values: dict[str, Any]) -> tuple[Row, list[int]]:
+    """The same decision, then its writes one by one, under the database's write lock."""
+    _run(session, answer_repo.lock_sqlite(), values)
+    row = _run(session, answer_repo.decision(), values).mappings().one()
+    _refuse_unless_allowed(row, values)
+    if not row["writes"]:
+        return row, []
+    decided = {f"d_{name}": row[name] for name in row.keys()}  # noqa: SIM118 (a RowMapping)
+    both = values | decided
+    _run(session, answer_repo.write_answer_sqlite(), both)
+    _run(session, answer_repo.write_counters_sqlite(), both)
+    _run(session, answer_repo.write_event_sqlite(), both)
+    promoted = _promote_more(lambda: _promote_sqlite(session, values))
+    return row, promoted
+
+
+def _promote_sqlite(session: Session, values: dict[str, Any]) -> int | None:
+    free = _run(session, answer_repo.free_seats_sqlite(), values).scalar()
+    if not free or free <= 0:
+        return None
+    picked = _run(session, answer_repo.pick_next_sqlite(), values | {"free": free}).first()
+    if picked is None:
+        return None
+    moved = values | {"picked": picked.id, "p_guests": picked.guests}
+    moved["p_subscriber_id"] = picked.subscriber_id
+    _run(session, answer_repo.promote_sqlite(), moved)
+    _run(session, answer_repo.promoted_counters_sqlite(), moved)
+    _run(session, answer_repo.promoted_event_sqlite(), moved)
+    return int(picked.subscriber_id)
+
+
+def _run(session: Session, statement: Executable, values: dict[str, Any]) -> Result[Any]:
+    """``statement`` with the values it names: Core would take any other key that is also a
+    column's name for one more column to set."""
+    names = _bind_names(statement)
+    return session.execute(statement, {name: values[name] for name in names if name in values})
+
+
+_names: dict[int, frozenset[str]] = {}
+
+
+def _bind_names(statement: Executable) -> frozenset[str]:
+    # Keyed by identity: the SQLite statements are built once (lru_cache) and live as long.
+    found = _names.get(id(statement))
+    if found is None:
+        found = _names[id(statement)] = frozenset(statement.compile().params)  # type: ignore[attr-defined]
+    return found
+
+
+def _promote_once(session: Session, values: dict[str, Any]) -> int | None:
+    row = _in_session()[1].first_row(session, values)
+    return None if row is None or row["promoted"] is None else int(row["promoted"])
+
+
+def _promote_more(promote: Callable[[], int | None]) -> list[int]:
+    """Promote one person at a time while someone fits the seats left: the same people in the
+    same order as a pass down the waitlist (seats only get fewer, so whoever did not fit
+    once never fits later), one short statement each."""
+    promoted = []
+    while (moved := promote()) is not None:
+        promoted.append(moved)
+    return promoted
+
+
+async def _promote_more_async(promote: Callable[[], Awaitable[int | None]]) -> list[int]:
+    promoted = []
+    while (moved := await promote()) is not None:
+        promoted.append(moved)
+    return promoted
+
+
+def _undecided(row: Row) -> bool:
+    """The decision met a row it could not see: nothing was written, decide again."""
+    if row["writes"] and not row["wrote"]:
+        return True
+    # The session changed its limit while this was read (an import): read it again.
+    return not row["session_found"] and bool(row["session_exists"])
+
+
+def _refuse_unless_allowed(row: Row, values: dict[str, Any]) -> None:
+    """Raise, in words, what the rules refused (nothing was written)."""
+    if row["writes"] or row["unchanged"]:
+        return
+    session_id, subscriber_id = values["session_id"], values["subscriber_id"]
+    if not row["session_found"]:
         raise NotFoundError(f"session #{session_id} does not exist")
-    person = subscribers_repo.get_by_id(session, subscriber_id)
-    if person is None:
+    if row["status"] is None:
         raise NotFoundError(f"subscriber #{subscriber_id} does not exist")
-    if person.status != SubscriberStatus.active:
+    if row["status"] != SubscriberStatus.active and values["note"] is None:
         raise SubscriberNotActive(
-            f"subscriber #{subscriber_id} is {person.status}: only people on the list can answer"
+            f"subscriber #{subscriber_id} is {row['status']}: only people on the list can answer"
         )
-    if salon.cancelled:
-        raise AnswersClosed(f"session {salon.number} was cancelled")
-    if now >= closes_at(salon):
-        raise AnswersClosed(f"answers for session {salon.number} closed at {closes_at(salon)}")
-    registration = sessions_repo.record_of(salon).registration
-    allowed = registration.plus_ones if registration else 0
-    if not 0 <= guests <= allowed:
-        raise InvalidStateError(f"session {salon.number} allows at most {allowed} guests")
-    if salon.capacity is None:
-        changed = save_unlimited_answer(session, session_id, subscriber_id, answer, guests, now)
-        if changed is None:  # cancelled or closed since it was read above
-            raise AnswersClosed(f"answers for session {salon.number} are closed")
-        return Recorded(answer, guests, waitlisted=False, position=None, changed=changed)
-    return _record_locked(session, salon, subscriber_id, answer, guests, now)
+    if not row["open"]:
+        raise AnswersClosed(f"answers for session #{session_id} are closed")
+    if not row["guests_ok"]:
+        raise InvalidStateError(f"this session allows at most {row['plus_ones']} guests")
+    raise InvalidStateError(f"the answer for session #{session_id} could not be recorded")
+
+
+def _needs_count(row: Row) -> bool:
+    """Whether the answer waits without being new at the back of the line (whose place the
+    statement knows from the session's count of those waiting)."""
+    waiting = row["waitlisted"] if row["writes"] else row["old_waitlisted"]
+    return bool(waiting) and not (row["writes"] and row["place"])
+
+
+def _recorded(
+    row: Row, values: dict[str, Any], promoted: list[int], place: Callable[[], int]
+) -> Recorded:
+    answer, guests = Answer(values["answer"]), int(values["guests"])
+    waitlisted = bool(row["waitlisted"] if row["writes"] else row["old_waitlisted"])
+    position = None
+    if waitlisted:
+        position = place() if _needs_count(row) else row["place"] - len(promoted)
+    return Recorded(answer, guests, waitlisted, position, bool(row["writes"]), promoted)
+
+
+def _place(session: Session, row: Row, values: dict[str, Any]) -> int:
+    rsvp = repo.get(session, values["session_id"], values["subscriber_id"])
+    assert rsvp is not None, "a waiting answer has its row"
+    return repo.waitlist_position(session, rsvp)
+
+
+# --- the web app on PostgreSQL: the driver pool, each statement committed on its own ------
+
+
+@lru_cache(maxsize=1)
+def _in_session() -> tuple[SessionStatement, SessionStatement]:
+    return (
+        SessionStatement(answer_repo.answer_statement()),
+        SessionStatement(answer_repo.promote_statement()),
+    )
+
+
+@lru_cache(maxsize=1)
+def _alone() -> tuple[AloneStatement, AloneStatement, AloneStatement]:
+    return (
+        AloneStatement(answer_repo.answer_statement()),
+        AloneStatement(answer_repo.promote_statement()),
+        AloneStatement(answer_repo.place_statement()),
+    )
+
+
+async def answer_alone(
+    url: str, session_id: int, subscriber_id: int, answer: Answer, guests: int, now: datetime
+) -> Answered:
+    """Record an answer on PostgreSQL with the answer statement committed on its own: one
+    round trip (plus one per further seat given when a party frees several, and one to count
+    the place of a waiting answer that kept it). Raises as :func:`record_answer` does."""
+    answering, promoting, placing = _alone()
+    values = answer_repo.parameters(session_id, subscriber_id, answer, guests, now)
+    for _ in range(_DECISIONS):
+        found = await fetch_row_alone(url, answering, values)
+        assert found is not None, "the answer statement returns one row"
+        row = found
+        if not _undecided(row):
+            break
+    _refuse_unless_allowed(row, values)
+    promoted = [row["promoted"]] if row["promoted"] is not None else []
+
+    async def promote_once() -> int | None:
+        moved = await fetch_row_alone(url, promoting, values)
+        return None if moved is None or moved["promoted"] is None else int(moved["promoted"])
+
+    if row["wrote"] and row["free_left"] and promoted:
+        promoted += await _promote_more_async(promote_once)
+    place = 1
+    if _needs_count(row):  # a waiting answer that kept its place: count who is ahead
+        queue_no = row["queue_no"] if row["writes"] else row["old_queue_no"]
+        placed = values | {"queue_no": queue_no, "rsvp_id": row["old_id"]}
+        counted = await fetch_row_alone(url, placing, placed)
+        place = int(counted["place"]) if counted is not None else 1
+    recorded = _recorded(row, values, promoted, lambda: place)
+    return Answered(recorded, row["revision"], row["updated_at"])
 
 
 def withdraw_answers(
@@ -110,102 +306,24 @@ def withdraw_answers(
     ``why`` (e.g. "unsubscribed (removed by organizer)") is kept on the history rows and on
     the dropped notices. Idempotent; the caller commits, after making the subscriber not
     active in the same transaction. Sessions are locked in id order, so two people leaving
-    at once cannot deadlock. (For sessions without a seat limit, an answer racing the
-    departure may still be recorded; it holds no seat, and no mail goes to someone not
-    active.)
+    at once cannot deadlock; an answer of theirs being recorded right now holds the
+    subscriber's row (``FOR SHARE``), so the status change waited for it and its answer is
+    seen here, or it sees the status and records nothing.
     """
     now = now or utcnow()
     changed: list[int] = []
     promoted: dict[int, list[int]] = {}
-    # Locked before the answers are read: an answer being recorded right now (its status
-    # check passed before this departure committed) is then seen and withdrawn as well.
     repo.lock_sessions_ahead(session, now)
+    note = f"withdrawn: subscriber {why}"
     for session_id in repo.answered_ahead(session, subscriber_id, now):
-        salon = sessions_repo.get_by_id(session, session_id)
-        assert salon is not None, "answered_ahead joins the session row"
-        recorded = _record_locked(
-            session, salon, subscriber_id, Answer.no, 0, now, note=f"withdrawn: subscriber {why}"
-        )
+        values = answer_repo.parameters(session_id, subscriber_id, Answer.no, 0, now, note)
+        recorded = _record(session, values)
         if recorded.changed:
             changed.append(session_id)
         if recorded.promoted:
             promoted[session_id] = recorded.promoted
     dropped = notice_repo.drop_pending(session, subscriber_id, reason=f"not sent: subscriber {why}")
     return Withdrawn(changed, promoted, dropped)
-
-
-def _record_locked(
-    session: Session,
-    salon: SalonSession,
-    subscriber_id: int,
-    answer: Answer,
-    guests: int,
-    now: datetime,
-    *,
-    note: str | None = None,
-) -> Recorded:
-    """An answer under the session's lock: every answer for a session with a seat limit, and
-    a withdrawal (for any session, as it is rare and the lock is cheap).
-
-    Every statement here runs while all other answers for the session wait, so the seats are
-    counted once, the fit is decided in Python, and the waitlist is read only when seats are
-    free (after a "no", or when the room grew): this path is what a burst of answers for an
-    offline session queues on. ``note`` says why the answer changed when the person did not
-    give it (they left the list).
-    """
-    limit = salon.capacity
-    repo.lock_session(session, salon.id)
-    rsvp, status = repo.get_with_status(session, salon.id, subscriber_id)
-    if note is None and status != SubscriberStatus.active:  # left while this answer waited
-        raise SubscriberNotActive(
-            f"subscriber #{subscriber_id} is {status or 'gone'}: only people on the list can answer"
-        )
-    if rsvp is not None and rsvp.answer == answer and rsvp.guests == guests:
-        position = repo.waitlist_position(session, rsvp) if rsvp.waitlisted else None
-        return Recorded(answer, guests, rsvp.waitlisted, position, changed=False)
-    was_confirmed = rsvp is not None and rsvp.answer == Answer.yes and not rsvp.waitlisted
-    held = 1 + rsvp.guests if rsvp is not None and was_confirmed else 0
-    taken_by_others = repo.seats_taken(session, salon.id) - held if limit is not None else 0
-    if rsvp is None:
-        rsvp = Rsvp(session_id=salon.id, subscriber_id=subscriber_id, answered_at=now)
-        session.add(rsvp)
-    rsvp.answer, rsvp.guests, rsvp.updated_at = answer, guests, now
-    if answer == Answer.yes:
-        if not was_confirmed and not rsvp.waitlisted:
-            rsvp.answered_at = now  # a new "yes" queues behind those who said yes before
-        rsvp.waitlisted = limit is not None and taken_by_others + 1 + guests > limit
-    else:
-        rsvp.waitlisted = False
-    confirmed = answer == Answer.yes and not rsvp.waitlisted
-    repo.add_event(session, rsvp, now, NoticeKind.confirmed if confirmed else None, note=note)
-    free = 0 if limit is None else limit - taken_by_others - (1 + guests if confirmed else 0)
-    promoted = _promote(session, salon.id, free, now) if free > 0 else []
-    position = repo.waitlist_position(session, rsvp) if rsvp.waitlisted else None
-    return Recorded(answer, guests, rsvp.waitlisted, position, changed=True, promoted=promoted)
-
-
-def _promote(session: Session, session_id: int, free: int, now: datetime) -> list[int]:
-    """Give ``free`` seats to the waitlist in order; someone too big for the seats left waits
-    on, and someone no longer on the list is passed over. The waitlist is read in pages and
-    only until the seats are gone."""
-    promoted = []
-    waiting_list = repo.waitlist(session, session_id)
-    try:
-        for waiting in waiting_list:
-            needed = 1 + waiting.guests
-            if needed > free:
-                continue
-            waiting.waitlisted = False
-            waiting.updated_at = now
-            free -= needed
-            repo.add_event(session, waiting, now, NoticeKind.promoted)
-            promoted.append(waiting.subscriber_id)
-            if free <= 0:
-                break
-    finally:
-        waiting_list.close()
-    session.flush()
-    return promoted
 
 
 def current_answer(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:

@@ -33,6 +33,16 @@ class SalonSession(Base):
     capacity: Mapped[int | None] = mapped_column(Integer)
     deadline: Mapped[datetime | None] = mapped_column(UtcDateTime)
     cancelled: Mapped[bool] = mapped_column(default=False)
+    # Guests each person may bring (the record's registration.plus_ones), a column because
+    # the answer statement checks it (newsletter/rsvp/answer_repo.py).
+    plus_ones: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Kept by every answer to a session with a seat limit, in the statement that records it
+    # (so an answer reads no other answer): seats held by confirmed "yes" answers, guests
+    # included; "yes" answers waiting; the queue number the next new "yes" gets (the
+    # waitlist's order is the order in which answers took the session's row).
+    seats_taken: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    waiting: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queue_next: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # Bumped on every import that changes the record: the calendar SEQUENCE.
     revision: Mapped[int] = mapped_column(Integer, default=0)
     record: Mapped[dict[str, Any]] = mapped_column(JSON)

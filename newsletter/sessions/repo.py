@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
+from typing import cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
-from newsletter.db import utcnow
+from newsletter.db import AloneStatement, fetch_row_alone, utcnow
 from newsletter.rsvp.models import Answer, Rsvp
 from newsletter.sessions.archive import ArchiveLink, ArchiveRow, ArchiveTalkGroup
 from newsletter.sessions.models import SalonSession, SessionLink, Talk
@@ -72,7 +75,10 @@ def upsert(
     row.ends_at = record.ends_at
     row.timezone = record.timezone or timezone
     row.venue_mode = record.venue.mode.value if record.venue else None
-    row.capacity = record.registration.capacity if record.registration else None
+    capacity = record.registration.capacity if record.registration else None
+    recount = capacity != row.capacity
+    row.capacity = capacity
+    row.plus_ones = record.registration.plus_ones if record.registration else 0
     row.deadline = record.registration.deadline if record.registration else None
     row.cancelled = record.cancelled
     row.record = data
@@ -95,7 +101,29 @@ def upsert(
         for i, link in enumerate(record.links)
     ]
     session.flush()
+    if recount and outcome is UpsertOutcome.updated:
+        _recount_seats(session, row.id)
     return row, outcome
+
+
+def _recount_seats(session: Session, session_id: int) -> None:
+    """The seat counters from the answers, when a session gets (or changes) its seat limit:
+    answers keep them only while there is a limit (see rsvp.answer_repo). Under the session
+    row's lock, as answers take it too."""
+    confirmed = (Rsvp.answer == Answer.yes) & Rsvp.waitlisted.is_(False)
+    taken, waiting, last = session.execute(
+        select(
+            func.coalesce(func.sum(case((confirmed, 1 + Rsvp.guests), else_=0)), 0),
+            func.coalesce(func.sum(case((Rsvp.waitlisted.is_(True), 1), else_=0)), 0),
+            func.coalesce(func.max(Rsvp.queue_no), 0),
+        ).where(Rsvp.session_id == session_id)
+    ).one()
+    session.execute(
+        update(SalonSession)
+        .where(SalonSession.id == session_id)
+        .values(seats_taken=int(taken), waiting=int(waiting), queue_next=int(last) + 1)
+        .execution_options(synchronize_session="fetch")
+    )
 
 
 def record_of(row: SalonSession) -> SessionRecord:
@@ -222,3 +250,21 @@ def archive_before(session: Session, number: int) -> list[ArchiveRow]:
             )
         )
     return rows
+
+
+@lru_cache(maxsize=1)
+def _alone_session() -> AloneStatement:
+    sessions = cast(Table, SalonSession.__table__)
+    return AloneStatement(select(sessions).where(sessions.c.id == bindparam("session_id")))
+
+
+async def load_alone(url: str, session_id: int) -> SalonSession | None:
+    """The session's row on PostgreSQL's driver pool (the web app's answer path), as a
+    detached object for the page's view of it; None if it is gone."""
+    row = await fetch_row_alone(url, _alone_session(), {"session_id": session_id})
+    if row is None:
+        return None
+    fields = dict(row)
+    if isinstance(fields["record"], str):  # asyncpg hands json over as text
+        fields["record"] = json.loads(fields["record"])
+    return SalonSession(**fields)

@@ -8,23 +8,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Query
 from fastapi.responses import HTMLResponse
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from newsletter.config import get_settings
-from newsletter.db import run_unit, session_scope, utcnow
-from newsletter.errors import InvalidStateError
+from newsletter.db import is_postgresql_url, session_scope, utcnow
+from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.outages import is_unavailable
 from newsletter.rendering.session_view import SessionView, known_view, view_of
 from newsletter.rsvp.models import Answer
 from newsletter.rsvp.service import (
     AnswersClosed,
     Recorded,
+    answer_alone,
     closes_at,
     current_answer,
     record_answer,
 )
-from newsletter.rsvp.unlimited import answer_open_session
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from newsletter.tokens import Purpose
@@ -82,8 +81,8 @@ async def confirm(
 ) -> HTMLResponse:
     """Record the answer a person confirmed; the page states what was recorded.
 
-    The burst after a send is made of these, so this one route runs on the event loop and
-    reaches the database through :func:`run_unit` rather than through a thread.
+    The burst after a send is made of these, so this one route runs on the event loop and,
+    on PostgreSQL, reaches the database through the driver pool rather than a thread.
     """
     ids = _ids(token)
     check_form_token(csrf, ids)
@@ -108,30 +107,42 @@ async def _record(
 ) -> tuple[Recorded, SessionView]:
     """Record the answer; what was recorded, and the session as the page shows it.
 
-    Most answers of a burst are decided by one statement (see rsvp.unlimited); the others
-    (seat limits, guests, SQLite, a closed session or a link to nobody) take the service's
-    full path, which also raises what is wrong.
+    PostgreSQL: the answer statement on the driver pool, committed on its own (one round
+    trip), and the page's view of the session from this process's cache (the first answer
+    after an import reads the session once more, on the same pool). SQLite, which has no
+    asyncio driver: the same rules in a worker thread's transaction.
     """
     settings = get_settings()
     url, base_url = settings.database_url, settings.base_url
+    if not is_postgresql_url(url):
+        return await run_in_threadpool(
+            _record_in_thread, url, base_url, session_id, subscriber_id, answer, guests
+        )
+    try:
+        answered = await answer_alone(url, session_id, subscriber_id, answer, guests, utcnow())
+    except NotFoundError:
+        raise HTTPException(404, "这个链接对应的活动或订阅者已不存在。") from None
+    shown = known_view(session_id, answered.revision, answered.updated_at, base_url)
+    if shown is None:  # the first answer since this version of the session was imported
+        salon = await sessions_repo.load_alone(url, session_id)
+        if salon is None:
+            raise HTTPException(404, "这个链接对应的活动或订阅者已不存在。")
+        shown = view_of(salon, base_url)
+    return answered.recorded, shown
 
-    def view(session: Session) -> SessionView:
-        return view_of(addressee(session, session_id, subscriber_id).salon, base_url)
 
-    quick = await answer_open_session(url, session_id, subscriber_id, answer, guests, utcnow())
-    if quick is not None:
-        recorded = Recorded(answer, 0, waitlisted=False, position=None, changed=quick.changed)
-        shown = known_view(session_id, quick.revision, quick.updated_at, base_url)
-        if shown is None:  # the first answer since this version of the session was imported
-            shown = await run_unit(url, view)
-        return recorded, shown
-
-    def work(session: Session) -> tuple[Recorded, SessionView]:
+def _record_in_thread(
+    url: str,
+    base_url: str,
+    session_id: int,
+    subscriber_id: int,
+    answer: Answer,
+    guests: int,
+) -> tuple[Recorded, SessionView]:
+    with session_scope(url) as session:
         who = addressee(session, session_id, subscriber_id)
         recorded = record_answer(session, who.salon.id, who.subscriber.id, answer, guests=guests)
         return recorded, view_of(who.salon, base_url)
-
-    return await run_unit(url, work)
 
 
 def _closed(salon: SalonSession) -> bool:
