@@ -184,12 +184,20 @@ class AloneStatement:
     def __init__(self, statement: ClauseElement) -> None:
         self._compiled = cast(SQLCompiler, statement.compile(dialect=_ASYNCPG))
         self.sql = str(self._compiled)
-        self._order = list(self._compiled.positiontup or ())
+        order = list(self._compiled.positiontup or ())
+        # The constants a statement carries (literal()s, the 1 of "1 + guests") are the same
+        # every time: worked out once, so that a call only places the caller's values.
+        required = {name for name, bind in self._compiled.binds.items() if bind.required}
+        constants = self._compiled.construct_params(dict.fromkeys(required)) or {}
+        self._template = [None if name in required else constants[name] for name in order]
+        self._places = [(index, name) for index, name in enumerate(order) if name in required]
 
     def arguments(self, parameters: dict[str, Any]) -> list[Any]:
         """The positional arguments of the SQL for these named parameters."""
-        values = self._compiled.construct_params(parameters) or {}
-        return [values[name] for name in self._order]
+        values = list(self._template)
+        for index, name in self._places:
+            values[index] = parameters[name]
+        return values
 
 
 class SessionStatement:
@@ -221,7 +229,7 @@ async def fetch_row_alone(
 ) -> Mapping[str, Any] | None:
     """Run ``statement`` on PostgreSQL in autocommit (one statement is atomic by itself, and
     needs no BEGIN or COMMIT round trip); its first row, or None."""
-    pool = await _driver_pool(_absolute(url))
+    pool = await _driver_pool(url)  # PostgreSQL: no relative path to resolve
     # No timeout on the wait for a free connection (a task per call, for a wait that only a
     # busy moment causes): opening one is bounded by the pool's connect timeout.
     async with pool.acquire() as connection:
@@ -266,6 +274,10 @@ async def _open_driver_pool(url: str) -> asyncpg.Pool:
         # this is waiting on a server that is not answering; the request gets 503.
         timeout=wait,
         command_timeout=STATEMENT_TIMEOUT_S,
+        # The answer statement is large (CTEs over one decision): planned once per
+        # connection, not again for each answer's values (custom plans would be re-planned on
+        # every execution, and a plan is all primary-key lookups whatever the values).
+        server_settings={"plan_cache_mode": "force_generic_plan"},
         **connect,
     )
 
