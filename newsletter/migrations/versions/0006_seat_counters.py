@@ -70,7 +70,8 @@ def _fill(connection: sa.Connection) -> None:
     for rsvp_id, place in connection.execute(places).all():
         connection.execute(sa.update(r).where(r.c.id == rsvp_id).values(queue_no=place))
     confirmed = yes & r.c.waitlisted.is_(False)
-    for session_id, record in connection.execute(sa.select(_SESSIONS.c.id, _SESSIONS.c.record)):
+    sessions = connection.execute(sa.select(_SESSIONS.c.id, _SESSIONS.c.record)).all()
+    for session_id, record in sessions:
         counts = connection.execute(
             sa.select(
                 sa.func.coalesce(sa.func.sum(sa.case((confirmed, 1 + r.c.guests), else_=0)), 0),
