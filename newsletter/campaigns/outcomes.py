@@ -1,4 +1,6 @@
-"""What one batch learnt about its deliveries, and how it is written down (see sending.py).
+"""What one batch learnt about its deliveries, and how it is written down (see sending.py):
+:class:`Outcomes` not yet written, and the :class:`Ledger` of a batch, into which its lanes
+file outcomes from several threads and whose reports write them, one at a time.
 
 The rules kept here, in one place:
 
