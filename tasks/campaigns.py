@@ -1,7 +1,8 @@
 """Campaign tasks. Each takes ids only, opens its own database session, calls one service.
 
-A database outage in any of them is logged in one line and the task runs again a little
-later (:mod:`tasks.faults`).
+They run on ``newsletter worker`` processes with a broker and on the embedded worker without
+one (:mod:`tasks.embedded`), the same code either way. A database outage in any of them is
+logged in one line and the task runs again a little later (:mod:`tasks.faults`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError
 from tasks.celery_app import app
-from tasks.dispatch import enqueue
+from tasks.dispatch import enqueue, probes_forever
 from tasks.faults import survives_database_outages
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,8 @@ def send_campaign_batch(campaign_id: int) -> None:
     (:func:`probe_relay`). A redelivered copy of this task is harmless: rows already sent are
     never claimed again."""
     settings = get_settings()
-    # In-process, the command that sends is the only prober: it stops after the table.
-    result = send_batch(settings, campaign_id, probe_forever=not app.conf.task_always_eager)
+    # A command's own embedded worker ends with the command: it stops probing after the table.
+    result = send_batch(settings, campaign_id, probe_forever=probes_forever())
     if result.probe_at is not None:
         wait = max((result.probe_at - utcnow()).total_seconds(), 0.0)
         enqueue(probe_relay, campaign_id, countdown=wait + 0.05)

@@ -1,10 +1,14 @@
 """The Celery app, configured from ``newsletter.config``.
 
-With no ``NEWSLETTER_BROKER_URL`` tasks run in-process (``task_always_eager``): the laptop
-demo needs no broker, and the same task code runs in both modes.
+With ``NEWSLETTER_BROKER_URL`` tasks are published to the broker and run by ``newsletter
+worker`` processes (``--beat`` runs the schedule below). Without one, this process runs them
+itself on its embedded worker (:mod:`tasks.embedded`): the same task functions and the same
+beat schedule, only the transport differs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from celery import Celery
 
@@ -15,14 +19,26 @@ from newsletter.config import Settings, get_settings
 VISIBILITY_TIMEOUT_S = 2 * 60 * 60
 
 
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """What Celery beat runs, and how often: with a broker ``newsletter worker --beat``
+    runs it, without one the embedded worker of a long-lived process (``newsletter serve``)."""
+    return {
+        "sweep": {"task": "campaigns.sweep", "schedule": settings.sweep_interval},
+        # Mails of answers whose sender was never asked for (the broker was down, a crash).
+        "rsvp-notices": {"task": "rsvp.notices", "schedule": settings.sweep_interval},
+    }
+
+
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app for ``settings``: JSON only, late acks, one task per prefetch."""
+    """A Celery app for ``settings``: JSON only, late acks, one task per prefetch.
+
+    ``conf.newsletter_embedded`` says whether tasks run on the embedded worker (no broker).
+    """
     celery = Celery("newsletter", include=["tasks.campaigns", "tasks.rsvp"])
-    eager = settings.broker_url is None
     celery.conf.update(
+        # Never used without a broker: tasks then go to the embedded worker, not to Celery.
         broker_url=settings.broker_url or "memory://",
-        task_always_eager=eager,
-        task_eager_propagates=True,
+        newsletter_embedded=settings.broker_url is None,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -47,11 +63,7 @@ def make_celery(settings: Settings) -> Celery:
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        beat_schedule={
-            "sweep": {"task": "campaigns.sweep", "schedule": settings.sweep_interval},
-            # Mails of answers whose sender was never asked for (the broker was down).
-            "rsvp-notices": {"task": "rsvp.notices", "schedule": settings.sweep_interval},
-        },
+        beat_schedule=beat_schedule(settings),
     )
     return celery
 

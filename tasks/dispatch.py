@@ -1,43 +1,44 @@
-"""Enqueueing tasks the same way in both modes.
+"""Handing tasks over, the same way in both modes: ``enqueue`` always returns at once.
 
-With a broker, ``enqueue`` hands the task to Redis (``countdown`` delays it). In-process,
-tasks that enqueue follow-up tasks (a batch scheduling the next batch) would recurse once per
-batch; instead follow-ups go onto a local queue drained by the outermost call, in order of
-the time they are due, so a million-recipient campaign runs as a flat loop with the same
-task code, and a back-off is a sleep.
+With a broker the task is published to Redis (``countdown`` delays it) and a ``newsletter
+worker`` runs it; without one it goes onto this process's embedded worker
+(:mod:`tasks.embedded`), which runs the same task on its own thread when it is due. Nothing
+runs in the caller's thread, so an HTTP request or a command never sends a campaign itself.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import threading
-import time
 from typing import Any
 
+from tasks import embedded
 from tasks.celery_app import app
-
-_local = threading.local()
-_order = itertools.count()
 
 
 def enqueue(task: Any, *args: Any, countdown: float | None = None) -> None:
-    """Run ``task(*args)`` on a worker (after ``countdown`` seconds), or in this process."""
-    if not app.conf.task_always_eager:
-        task.apply_async(args=args, countdown=countdown)
+    """Have ``task(*args)`` run (after ``countdown`` seconds) by a worker; returns at once.
+
+    With a broker a publish that fails raises (the caller tells the user, rows stay as they
+    are); without one the hand-over cannot fail short of arguments that are not JSON."""
+    if embedded.active():
+        embedded.submit(task.name, list(args), countdown)
         return
-    due = time.monotonic() + (countdown or 0.0)
-    pending: list[tuple[float, int, Any, tuple[Any, ...]]] | None = getattr(_local, "pending", None)
-    if pending is not None:  # already draining: the loop below will run it
-        heapq.heappush(pending, (due, next(_order), task, args))
+    task.apply_async(args=args, countdown=countdown)
+
+
+def enqueue_by_name(name: str, args: list[Any], countdown: float | None = None) -> None:
+    """:func:`enqueue` for a task known by its name only (a task re-enqueueing itself from a
+    wrapper that runs before Celery's task object exists)."""
+    if embedded.active():
+        embedded.submit(name, args, countdown)
         return
-    _local.pending = pending = [(due, next(_order), task, args)]
-    try:
-        while pending:
-            when, _, next_task, next_args = heapq.heappop(pending)
-            wait = when - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            next_task.apply(args=next_args).get()
-    finally:
-        _local.pending = None
+    app.send_task(name, args=args, countdown=countdown)
+
+
+def probes_forever() -> bool:
+    """Whether a campaign waiting for the relay is probed for as long as it takes.
+
+    Yes with a broker, and on the embedded worker of a long-lived process (one that runs
+    beat: the web app). A command's own embedded worker ends with the command, which waits
+    for the campaign: there the campaign pauses once the back-off table is used up, so that
+    the command ends and says so (``service.wait_for_relay``)."""
+    return not embedded.active() or embedded.runs_beat()

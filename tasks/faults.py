@@ -3,9 +3,9 @@
 ``@survives_database_outages(countdown)`` wraps a task body: when the database does not
 answer (a PostgreSQL restart, a failover; see :func:`newsletter.outages.is_database_outage`)
 the task logs one line and enqueues itself again after ``countdown`` seconds with the same
-arguments. Nothing is lost: progress lives in rows, and a task that ran half-way is
-idempotent. In-process (no broker) the error propagates instead: the command that started
-the task is the one to report it.
+arguments, on the broker or on the embedded worker alike. Nothing is lost: progress lives in
+rows, and a task that ran half-way is idempotent. Any other exception goes to the worker,
+which logs it (the embedded one in one line) and goes on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec
 
 from newsletter.outages import is_database_outage, outage_reason
-from tasks.celery_app import app
+from tasks.dispatch import enqueue_by_name
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def survives_database_outages(
             try:
                 body(*args, **kwargs)
             except Exception as exc:
-                if app.conf.task_always_eager or not is_database_outage(exc):
+                if not is_database_outage(exc):
                     raise
                 _again(name, args, countdown, outage_reason(exc))
 
@@ -49,7 +49,7 @@ def survives_database_outages(
 def _again(name: str, args: tuple[Any, ...], countdown: float, reason: str) -> None:
     shown = ", ".join(str(arg) for arg in args)
     try:
-        app.send_task(name, args=list(args), countdown=countdown)
+        enqueue_by_name(name, list(args), countdown)
     except Exception as exc:  # the broker is gone too: beat's sweep restarts what is stalled
         log.warning(
             "%s(%s): the database is unreachable (%s) and the broker refused the retry (%s);"

@@ -17,36 +17,26 @@ from tasks.faults import survives_database_outages
 
 log = logging.getLogger(__name__)
 
-# With a broker, answers to one session within this many seconds share one sender task.
+# Answers to one session within this many seconds share one sender task.
 KICK_DELAY_S = 1.0
 _last_kick: dict[int, float] = {}
 
 
-def sends_in_process() -> bool:
-    """Whether notify_answers sends the mails itself (no broker), which takes a while."""
-    return bool(app.conf.task_always_eager)
-
-
 def would_notify(session_id: int) -> bool:
-    """Whether :func:`notify_answers` would do anything now: in-process always, with a broker
-    once per session per second (the web app asks first, to skip a thread hop for the rest)."""
-    if sends_in_process():
-        return True
+    """Whether :func:`notify_answers` would do anything now: once per session per second
+    (the web app asks first, to skip a thread hop for the rest of a burst)."""
     return time.monotonic() - _last_kick.get(session_id, -math.inf) >= KICK_DELAY_S
 
 
 def notify_answers(session_id: int) -> None:
     """After an answer with a mail was committed: see that a sender goes through the outbox.
 
-    In-process (no broker) the mails go out now. With a broker, a burst of answers right
-    after a send would otherwise put one task per answer on Redis; instead each web process
-    asks for one sender per session per second, delayed by that second, so the sender sees
-    every answer committed before it runs. A lost request costs only time: beat's sweep
+    A burst of answers right after a send would otherwise hand over one task per answer;
+    instead each process asks for one sender per session per second, delayed by that
+    second, so the sender sees every answer committed before it runs. The same with a broker
+    and on the embedded worker. A lost request costs only time: beat's rsvp-notices entry
     sends whatever is still due.
     """
-    if sends_in_process():
-        enqueue(send_rsvp_notices, session_id)
-        return
     now = time.monotonic()
     if now - _last_kick.get(session_id, -math.inf) < KICK_DELAY_S:
         return
@@ -57,7 +47,7 @@ def notify_answers(session_id: int) -> None:
 @app.task(name="rsvp.notices", acks_late=True)
 @survives_database_outages("rsvp.notices")
 def send_rsvp_notices(session_id: int | None = None) -> None:
-    """Protocol: sends every due notice (of one session, or all when run by beat's sweep) in
+    """Protocol: sends every due notice (of one session, or all when run by beat) in
     batches over one connection each, recording after each batch what was sent, what waits
     for a retry and what was given up. Idempotent: concurrent senders lease different rows."""
     settings = get_settings()

@@ -140,6 +140,18 @@ def settings(configure: Configure) -> Settings:
 
 
 @pytest.fixture(autouse=True)
+def _embedded_worker_per_test() -> Iterator[None]:
+    """Tasks run under the settings of the test that handed them over: the embedded worker a
+    test started stops after it (what it still had queued is dropped, as at a process exit),
+    and the notice senders it asked for are forgotten with them."""
+    yield
+    from tasks import embedded, rsvp
+
+    embedded.stop()
+    rsvp._last_kick.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_login_throttle() -> Iterator[None]:
     """Each test starts with no wrong admin tokens counted (the count lives in the process)."""
     from newsletter.web.login_throttle import throttle

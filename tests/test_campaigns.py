@@ -24,6 +24,7 @@ from subscribers.models import Subscriber, SubscriberStatus, Tag
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 from tests.conftest import EXAMPLES, Configure
+from tests.worker import wait_for_worker
 
 
 def add_people(session: Session, count: int, *, tag: str | None = None) -> list[int]:
@@ -175,7 +176,9 @@ def test_send_mails_everyone_once_and_sending_again_mails_nobody(
         add_people(session, 20)
         campaign_id = service.create_campaign(session, 61, past=True).id
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     enqueue(start_campaign, campaign_id)  # a second send: rows decide, nobody is mailed again
+    wait_for_worker()
     messages = outbox_messages(settings)
     recipients = Counter(str(m["To"]) for m in messages)
     assert len(recipients) == 20
@@ -206,6 +209,7 @@ def test_unsubscribed_after_creation_is_skipped_at_send_time(configure: Configur
             .values(status=SubscriberStatus.unsubscribed)
         )
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     sent_to = {str(m["To"]) for m in outbox_messages(settings)}
     assert len(sent_to) == 2
     assert not any("p0@example.org" in to for to in sent_to)
@@ -227,6 +231,7 @@ def test_dead_smtp_server_is_probed_then_pauses_in_process_and_loses_nothing(
         add_people(session, 4)
         campaign_id = service.create_campaign(session, 61, past=True).id
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     with session_scope(settings.database_url) as session:
         progress = service.progress(session, campaign_id)
         statuses = set(session.scalars(select(Delivery.status)))

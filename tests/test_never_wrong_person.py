@@ -43,6 +43,7 @@ from tests.test_admin import log_in
 from tests.test_rsvp_service import answer as record_by_service
 from tests.test_rsvp_service import setup_session
 from tests.webapp import Live, form_token, serve_live
+from tests.worker import wait_for_worker
 
 StartSmtp = Callable[..., SmtpServer]
 ADMIN = {"Authorization": "Bearer test-admin-token"}
@@ -183,6 +184,7 @@ def test_a_waitlisted_person_who_unsubscribed_is_never_promoted_nor_mailed(
         one_click(live, 1)
         assert answers(live)[1] == ("no", False)  # the waitlist place was given up
         assert post_answer(live, 0, "no") == 200  # the seat frees: no. 2 moves up, not no. 1
+        wait_for_worker()  # the senders the answers asked for
         send_rsvp_notices(None)  # what the sweep runs
         assert answers(live) == {0: ("no", False), 1: ("no", False), 2: ("yes", False)}
         assert recipients(relay) == ["w0@example.org", "w2@example.org"]
@@ -211,6 +213,7 @@ def test_promotion_passes_over_anyone_not_active_even_on_old_rows(
         # The one still active behind them is first in line now.
         assert "候补名单第 <strong>1</strong> 位" in answer_page(live, 2, "yes").text
         assert post_answer(live, 0, "no") == 200
+        wait_for_worker()
         send_rsvp_notices(None)
         assert answers(live)[1] == ("yes", True) and answers(live)[2] == ("yes", False)
         assert recipients(relay) == ["w0@example.org", "w2@example.org"]
@@ -231,6 +234,7 @@ def test_leaving_gives_up_the_seat_and_the_next_person_is_promoted_and_told(
     with club(configure, tmp_path, relay, db_url, people=3) as live:
         for person in range(3):  # 0 has the seat; 1 and 2 wait in that order
             assert post_answer(live, person, "yes") == 200
+        wait_for_worker()  # 0's confirmation goes out
         leave(live, 0)
         assert answers(live) == {0: ("no", False), 1: ("yes", False), 2: ("yes", True)}
         with session_scope(live.settings.database_url) as session:
@@ -239,6 +243,7 @@ def test_leaving_gives_up_the_seat_and_the_next_person_is_promoted_and_told(
         (why,) = notes(live, 0)
         assert why.startswith("withdrawn: subscriber ")
         assert ("bounced" if leave is hard_bounce else "unsubscribed") in why
+        wait_for_worker()
         send_rsvp_notices(None)  # the sweep tells the person who moved up
         assert recipients(relay) == ["w0@example.org", "w1@example.org"]  # 0: the confirmation
         (promotion,) = mail_to(relay, "w1@example.org")
@@ -378,10 +383,13 @@ def test_a_notice_waiting_for_a_retry_is_dropped_when_the_person_leaves(
     relay = start_smtp()
     relay.handler.refuse_first = 2  # the first two mails: "421 Try again later"
     with club(configure, tmp_path, relay, db_url, capacity=1, people=3) as live:
+        # After each answer its sender has run, so the relay sees the mails in this order.
         assert post_answer(live, 0, "yes") == 200  # confirmation refused: waits for a retry
+        wait_for_worker()
         assert post_answer(live, 1, "yes") == 200  # waitlisted
         assert post_answer(live, 2, "yes") == 200  # waitlisted
         assert post_answer(live, 0, "no") == 200  # 1 moves up; the promotion is refused too
+        wait_for_worker()
         assert answers(live)[1] == ("yes", False)
         # 0's confirmation (stale now) and 1's promotion wait; nothing went out.
         assert pending(live) == 2 and recipients(relay) == []
@@ -435,6 +443,7 @@ def test_a_reminder_skips_whoever_unsubscribed_after_it_was_created(
     with club(configure, tmp_path, relay, db_url, capacity=3, people=3) as live:
         for person in range(3):
             assert post_answer(live, person, "yes") == 200
+        wait_for_worker()  # the confirmations go out
         with session_scope(db_url) as session:
             campaign_id = campaigns.create_reminder(session, 95).id
         button(live, 2)

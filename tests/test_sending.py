@@ -26,6 +26,7 @@ from subscribers.models import Subscriber, SubscriberStatus
 from tasks.campaigns import start_campaign, sweep
 from tasks.dispatch import enqueue
 from tests.conftest import EXAMPLES, Configure
+from tests.worker import wait_for_worker
 
 
 def prepare(settings: Settings, people: int) -> int:
@@ -62,6 +63,7 @@ def test_temporary_refusal_is_retried_after_the_back_off(mailbox_settings: Setti
         assert "451" in (row.last_error or "")
     del box.refuse["p2@example.org"]
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     assert sorted(m.recipient for m in box.messages) == [f"p{i}@example.org" for i in range(5)]
     with session_scope(mailbox_settings.database_url) as session:
         assert service.progress(session, campaign_id).status == CampaignStatus.finished
@@ -72,6 +74,7 @@ def test_a_delivery_fails_after_the_last_back_off_step(mailbox_settings: Setting
     box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
     box.refuse["p1@example.org"] = DeliveryError("421 closing", permanent=False, code=421)
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     with session_scope(mailbox_settings.database_url) as session:
         progress = service.progress(session, campaign_id)
         row = session.scalars(select(Delivery).where(Delivery.subscriber_id == 2)).one()
@@ -87,6 +90,7 @@ def test_hard_bounce_fails_and_suppresses_the_address(mailbox_settings: Settings
         "550 5.1.1 no such user", code=550, reply="5.1.1 no such user", stage="RCPT TO"
     )
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     with session_scope(mailbox_settings.database_url) as session:
         person = session.scalars(select(Subscriber).where(Subscriber.email == "p0@example.org"))
         assert person.one().status == SubscriberStatus.bounced
@@ -103,6 +107,7 @@ def test_error_budget_pauses_with_the_reason(configure: Configure) -> None:
     for i in range(0, 30, 2):
         box.refuse[f"p{i}@example.org"] = DeliveryError("554 policy", permanent=True, code=554)
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     with session_scope(settings.database_url) as session:
         progress = service.progress(session, campaign_id)
     assert progress.status == CampaignStatus.paused
@@ -117,6 +122,7 @@ def test_streak_of_temporary_refusals_pauses(configure: Configure) -> None:
     for i in range(12):
         box.refuse[f"p{i}@example.org"] = DeliveryError("421 overloaded", permanent=False)
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     with session_scope(settings.database_url) as session:
         progress = service.progress(session, campaign_id)
     assert progress.status == CampaignStatus.paused
@@ -134,6 +140,7 @@ def test_sweeper_starts_a_scheduled_campaign_when_due(mailbox_settings: Settings
     with session_scope(mailbox_settings.database_url) as session:
         service.require_campaign(session, campaign_id).scheduled_at = utcnow()
     enqueue(sweep)
+    wait_for_worker()
     assert len(box.messages) == 2
 
 
@@ -148,6 +155,7 @@ def test_sending_keeps_to_the_rate_limit(configure: Configure) -> None:
     campaign_id = prepare(settings, 30)
     started = time.monotonic()
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     elapsed = time.monotonic() - started
     assert len(memory_mailbox("paced").messages) == 30
     # 30 messages at 40/s with a burst of 4 cannot take less than (30 - 4) / 40 s.

@@ -27,6 +27,7 @@ from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 from tests.conftest import EXAMPLES, Configure
 from tests.smtp import SmtpServer
+from tests.worker import wait_for_worker
 
 UTF8_ADDRESS = "欧阳.娜娜@example.net"
 
@@ -60,6 +61,7 @@ def test_an_address_needing_smtputf8_fails_alone_on_a_relay_without_it(
     settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}")
     campaign_id = prepare(settings, [*people(2), UTF8_ADDRESS, *people(4)[2:]])
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     with session_scope(settings.database_url) as session:
         progress = service.progress(session, campaign_id)
     assert (progress.status, progress.sent, progress.failed) == ("finished", 4, 1)
@@ -77,6 +79,7 @@ def test_an_address_needing_smtputf8_is_sent_with_it_when_offered(
     settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}")
     campaign_id = prepare(settings, [*people(2), UTF8_ADDRESS])
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     with session_scope(settings.database_url) as session:
         assert service.progress(session, campaign_id).sent == 3
     assert [UTF8_ADDRESS] in [r.rcpt_tos for r in relay.handler.received]
@@ -88,6 +91,7 @@ def test_an_address_the_builder_refuses_fails_that_delivery_only(configure: Conf
     # Imported some other way: a line separator the header writer must not let through.
     campaign_id = prepare(settings, [*people(2), "bad\u2028local@example.org", *people(4)[2:]])
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     with session_scope(settings.database_url) as session:
         progress = service.progress(session, campaign_id)
     assert (progress.status, progress.sent, progress.failed) == ("finished", 4, 1)
@@ -112,6 +116,7 @@ def test_a_relay_answering_421_makes_the_campaign_wait_and_costs_no_attempt(
         caplog.at_level(logging.INFO, logger="newsletter"),
     ):
         enqueue(start_campaign, campaign_id)
+        wait_for_worker()
     with session_scope(settings.database_url) as session:
         progress = service.progress(session, campaign_id)
     assert (progress.status, progress.sent) == ("finished", 3)

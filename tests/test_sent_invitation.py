@@ -30,6 +30,7 @@ from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 from tests.conftest import EXAMPLES, Configure
 from tests.smtp import SmtpServer
+from tests.worker import wait_for_worker
 
 HOSTILE = """\
 number: 62
@@ -116,6 +117,7 @@ def send_campaign(configure: Configure, smtp: SmtpServer, number: int) -> tuple[
     with session_scope(settings.database_url) as session:
         campaign_id = service.create_campaign(session, number).id
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     return settings, campaign_id
 
 
@@ -235,6 +237,7 @@ def test_markup_in_records_and_names_arrives_as_text(
     with session_scope(settings.database_url) as session:
         campaign_id = service.create_campaign(session, 62).id
     enqueue(start_campaign, campaign_id)
+    wait_for_worker()
     for item in smtp.handler.received:
         message = parse(item.data)
         assert '<script>alert("x")</script>' in str(message["Subject"])  # a subject is text

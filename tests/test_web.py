@@ -17,6 +17,7 @@ from newsletter.db import session_scope
 from newsletter.sessions.service import import_records
 from subscribers.models import Subscriber, SubscriberStatus
 from tests.webapp import Live, form_token, live, write_record
+from tests.worker import wait_for_worker
 
 __all__ = ["live"]  # the fixture
 
@@ -144,6 +145,8 @@ def test_calendar_file_and_unknown_pages(live: Live) -> None:
 
 
 def outbox(live: Live) -> list[email.message.EmailMessage]:
+    """The mails in the outbox once the senders the answers asked for have run."""
+    wait_for_worker()
     folder = Path(live.settings.mail_url.removeprefix("file://"))
     messages = []
     for path in sorted(folder.glob("*.eml")):
@@ -232,6 +235,7 @@ def test_the_api_runs_a_campaign_and_reports_answers(live: Live) -> None:
     assert (campaign["status"], campaign["total"]) == ("draft", 3)
     sent = live.client.post(f"/api/campaigns/{campaign['id']}/send", headers=ADMIN)
     assert sent.status_code == 200
+    wait_for_worker()  # the API handed the sending over and answered at once
     status = live.client.get(f"/api/campaigns/{campaign['id']}", headers=ADMIN).json()
     assert (status["status"], status["sent"]) == ("finished", 3)
     again = live.client.post(f"/api/campaigns/{campaign['id']}/pause", headers=ADMIN)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime
 
@@ -31,6 +30,7 @@ from newsletter.cli.common import (
 from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
 from newsletter.mail.transports import transport_from_url
+from tasks import embedded
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 
@@ -39,6 +39,9 @@ app = typer.Typer(help="Invitation and reminder campaigns. " + SCHEMA_NOTE, no_a
 FINAL = {CampaignStatus.finished, CampaignStatus.cancelled, CampaignStatus.paused}
 # `send --wait` stops watching a campaign that no worker picked up within this long.
 NO_WORKER_SECONDS = 30.0
+# After Ctrl-C, how long the embedded worker gets to give back the rows of its batch (a
+# batch sees the pause within a second).
+INTERRUPT_GRACE_SECONDS = 5.0
 
 
 @app.command()
@@ -69,7 +72,7 @@ def create(
 def check_mail_url(settings: Settings) -> None:
     """Refuse, before anything changes, a mail URL that this process would fail to use.
 
-    Without a broker this process does the sending, so a malformed ``NEWSLETTER_MAIL_URL``
+    Without a broker this process's embedded worker sends, so a malformed ``NEWSLETTER_MAIL_URL``
     is a one-line error here rather than a campaign paused half-way; with a broker the
     workers' own settings decide, and they report it.
     """
@@ -95,70 +98,101 @@ def _read_progress(campaign_id: int) -> service.CampaignProgress:
 
 
 def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
-    """Enqueue the campaign; with ``wait``, show a progress bar until it stops moving.
+    """Hand the campaign over to a worker; with ``wait``, show a progress bar read from the
+    database until it stops moving. Returns the campaign's progress at the end.
 
-    The enqueue runs in a thread because without a broker it does the sending itself; the
-    bar then reads progress from the database, exactly as it does with remote workers.
+    With a broker, remote workers send: without ``wait`` this returns at once. Without one,
+    this process's embedded worker sends, and the command stays until that worker has
+    nothing left to do (with or without ``wait``), so that ``campaign send`` on a laptop
+    sends the campaign; Ctrl-C then pauses it, resumable with ``campaign resume``.
     """
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            enqueue(start_campaign, campaign_id)
-        except BaseException as exc:  # reported below, in the main thread
-            errors.append(exc)
-
-    sender = threading.Thread(target=run, name="enqueue", daemon=True)
-    sender.start()
-    if wait:
-        columns = (
-            TextColumn("[bold]sending"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=err_console, transient=False) as bar:
-            first = _read_progress(campaign_id)
-            task = bar.add_task("send", total=first.total, rate="")
-            started = time.monotonic()
-            baseline = first.done
-            while True:
-                current = _read_progress(campaign_id)
-                elapsed = max(time.monotonic() - started, 1e-6)
-                rate = f"{(current.done - baseline) / elapsed:,.0f} msg/s"
-                if current.status == CampaignStatus.waiting:  # "…; next try at HH:MM:SS"
-                    rate = current.status_reason or "waiting for the relay"
-                bar.update(task, completed=current.done, rate=rate)
-                if current.status in FINAL and not sender.is_alive():
-                    break
-                if current.status == first.status == CampaignStatus.draft and (
-                    not sender.is_alive() and elapsed > NO_WORKER_SECONDS
-                ):
-                    # With a broker and no worker the start task waits in Redis: say so
-                    # rather than watch a campaign that cannot move.
-                    err_console.print(
-                        f"no worker started campaign {campaign_id} within"
-                        f" {NO_WORKER_SECONDS:.0f} s: is `newsletter worker` running? It"
-                        " starts as soon as one is."
-                    )
-                    break
-                if errors and not sender.is_alive():
-                    # Sending failed in this process (the error is raised below): its rows
-                    # will not move, so waiting for them would never end.
-                    break
-                if (
-                    not sender.is_alive()
-                    and current.status == CampaignStatus.sending
-                    and (current.queued == 0 and current.inflight == 0)
-                ):
-                    break
-                time.sleep(0.2)
-    sender.join()
-    if errors:
-        raise errors[0]
+    enqueue(start_campaign, campaign_id)
+    try:
+        if wait:
+            _watch(campaign_id)
+        else:
+            while not embedded.wait_until_idle(timeout=0.5):  # at once with a broker
+                pass
+    except KeyboardInterrupt:
+        _interrupted(campaign_id)
+        raise
     return _read_progress(campaign_id)
+
+
+def _watch(campaign_id: int) -> None:
+    """The progress bar, read from the database, until the campaign stops moving: until the
+    embedded worker is idle, or with a broker until the rows say so."""
+    in_process = embedded.active()
+    columns = (
+        TextColumn("[bold]sending"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        first = _read_progress(campaign_id)
+        task = bar.add_task("send", total=first.total, rate="")
+        started = time.monotonic()
+        baseline = first.done
+        while True:
+            current = _read_progress(campaign_id)
+            elapsed = max(time.monotonic() - started, 1e-6)
+            rate = f"{(current.done - baseline) / elapsed:,.0f} msg/s"
+            if current.status == CampaignStatus.waiting:  # "…; next try at HH:MM:SS"
+                rate = current.status_reason or "waiting for the relay"
+            bar.update(task, completed=current.done, rate=rate)
+            if in_process:
+                if embedded.wait_until_idle(timeout=0.2):
+                    bar.update(task, completed=_read_progress(campaign_id).done)
+                    return
+                continue
+            if _remote_work_done(campaign_id, first, current, elapsed):
+                return
+            time.sleep(0.2)
+
+
+def _remote_work_done(
+    campaign_id: int,
+    first: service.CampaignProgress,
+    current: service.CampaignProgress,
+    elapsed: float,
+) -> bool:
+    """With a broker: whether the rows say that the campaign stopped moving."""
+    if current.status in FINAL:
+        return True
+    if current.status == first.status == CampaignStatus.draft and elapsed > NO_WORKER_SECONDS:
+        # The start task waits in Redis with no worker to take it: say so rather than
+        # watch a campaign that cannot move.
+        err_console.print(
+            f"no worker started campaign {campaign_id} within {NO_WORKER_SECONDS:.0f} s:"
+            " is `newsletter worker` running? It starts as soon as one is."
+        )
+        return True
+    return current.status == CampaignStatus.sending and current.queued == current.inflight == 0
+
+
+def _interrupted(campaign_id: int) -> None:
+    """Ctrl-C while this process sends: pause the campaign, so that its batch stops within a
+    second and gives back its rows, and say how to go on. With a broker the workers go on:
+    only the watching stops."""
+    if not embedded.active():
+        err_console.print(
+            f"stopped watching; the workers go on (`newsletter campaign status {campaign_id}`)"
+        )
+        return
+    with session_scope(get_settings().database_url) as session:
+        campaign = service.require_campaign(session, campaign_id)
+        paused = campaign.status in (CampaignStatus.sending, CampaignStatus.waiting)
+        if paused:
+            service.pause_campaign(session, campaign_id, "interrupted (Ctrl-C) while sending")
+    embedded.stop(INTERRUPT_GRACE_SECONDS)
+    if paused:
+        err_console.print(
+            f"campaign {campaign_id} paused; `newsletter campaign resume {campaign_id}` goes"
+            " on where it stopped, mailing nobody twice"
+        )
 
 
 @app.command()
@@ -170,7 +204,8 @@ def send(
         None,
         "--at",
         formats=["%Y-%m-%dT%H:%M%z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M%z"],
-        help="Send later, e.g. 2026-12-01T09:00+0800 (needs a broker and Celery beat).",
+        help="Send later, e.g. 2026-12-01T09:00+0800: beat starts it (a `newsletter worker"
+        " --beat`, or without a broker `newsletter serve`, running then).",
     ),
 ) -> None:
     """Start sending (or resume a paused one); sending twice mails nobody twice."""
@@ -178,14 +213,11 @@ def send(
     database_for_writing()
     check_mail_url(settings)
     if at is not None:
-        if settings.broker_url is None:
-            raise fail(
-                "--at needs NEWSLETTER_BROKER_URL and a running `newsletter worker --beat` "
-                "(or celery beat): without them nothing would start the campaign later"
-            )
         with session_scope(settings.database_url) as session:
             service.schedule_campaign(session, campaign_id, at)
         console.print(f"campaign {campaign_id} scheduled for {at.isoformat()}")
+        starter = "`newsletter serve`" if embedded.active() else "`newsletter worker --beat`"
+        err_console.print(f"beat's sweep starts it then: {starter} must be running at that time")
         return
     with session_scope(settings.database_url) as session:
         current = service.require_campaign(session, campaign_id)
@@ -198,6 +230,13 @@ def _send_and_report(campaign_id: int, *, wait: bool) -> None:
     """Send, print the counts, and exit non-zero if the campaign paused or lost deliveries."""
     result = send_and_watch(campaign_id, wait=wait)
     console.print(progress_line(result))
+    if embedded.active() and result.status not in FINAL:
+        # This process's worker has nothing left to do, yet the campaign did not end: a task
+        # failed (its one-line error is above). The rows are as they were left.
+        raise fail(
+            f"campaign {campaign_id} stopped moving while {result.status}; see the error"
+            f" above. `newsletter campaign send {campaign_id}` goes on where it stopped"
+        )
     if result.status == CampaignStatus.paused or result.failed:
         raise fail(
             f"campaign {campaign_id} is {result.status}"

@@ -19,8 +19,8 @@ def worker(
     """Run a Celery worker for the configured broker."""
     if get_settings().broker_url is None:
         raise fail(
-            "NEWSLETTER_BROKER_URL is not set: without a broker, tasks run inside the command "
-            "that starts them and no worker is needed"
+            "NEWSLETTER_BROKER_URL is not set: without a broker, `newsletter serve` and the "
+            "commands that send run their tasks on an embedded worker; no worker is needed"
         )
     from tasks.celery_app import app
 

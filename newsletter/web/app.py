@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -34,9 +32,7 @@ from newsletter.web.dashboard_login import redirect
 from newsletter.web.hosts import TrustedHosts, allowed_hosts
 from newsletter.web.limits import RequestLimits
 from newsletter.web.pages import error_page, page
-from tasks.rsvp import send_rsvp_notices, sends_in_process
-
-log = logging.getLogger(__name__)
+from tasks import embedded
 
 _TITLES = {
     400: "请求无效",
@@ -83,26 +79,15 @@ HANDLER_THREADS = min(4, POOL_SIZE)
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = HANDLER_THREADS
-    # No broker, hence no beat: this process retries the mails of answers that a relay
-    # refused for a while, or that a crash left unsent. With a broker beat's sweep does.
-    sweeper = None
-    if sends_in_process():
-        sweeper = asyncio.create_task(_sweep_notices(get_settings().sweep_interval))
+    # No broker: this process is also the worker and runs beat (the sweep, the mails of
+    # answers a relay refused for a while or a crash left unsent). A no-op with a broker.
+    embedded.start(beat=True)
     try:
         yield
     finally:
-        if sweeper is not None:
-            sweeper.cancel()
+        # The task in hand finishes (bounded); queued ones wait in their rows for the sweep.
+        await anyio.to_thread.run_sync(embedded.stop)
         await close_async_connections()
-
-
-async def _sweep_notices(interval_s: float) -> None:
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await anyio.to_thread.run_sync(send_rsvp_notices)
-        except Exception:  # a bad moment of the database or relay: try again next round
-            log.exception("sending due rsvp notices failed; retrying in %s s", interval_s)
 
 
 def _error_response(request: Request, exc: StarletteHTTPException) -> Response:
