@@ -112,6 +112,7 @@ def _record(session: Session, values: dict[str, Any]) -> Recorded:
             if not _undecided(row):
                 break
         _refuse_unless_allowed(row, values)
+        _undecidable(row)
         promoted = [row["promoted"]] if row["promoted"] is not None else []
         if row["wrote"] and row["free_left"] and promoted:  # a party freed several seats
             promoted += _promote_more(lambda: _promote_once(session, values))
@@ -199,6 +200,13 @@ def _undecided(row: Row) -> bool:
     return not row["session_found"] and bool(row["session_exists"])
 
 
+def _undecidable(row: Row) -> None:
+    """Still undecided after every attempt (the row kept changing under it): say so rather
+    than report an answer that was not written."""
+    if _undecided(row):
+        raise InvalidStateError("the answer could not be recorded now: please try again")
+
+
 def _refuse_unless_allowed(row: Row, values: dict[str, Any]) -> None:
     """Raise, in words, what the rules refused (nothing was written)."""
     if row["writes"] or row["unchanged"]:
@@ -278,6 +286,7 @@ async def answer_alone(
         if not _undecided(row):
             break
     _refuse_unless_allowed(row, values)
+    _undecidable(row)
     promoted = [row["promoted"]] if row["promoted"] is not None else []
 
     async def promote_once() -> int | None:
