@@ -99,8 +99,11 @@ class Anchors(HTMLParser):
 
 
 def send_campaign(configure: Configure, smtp: SmtpServer, number: int) -> tuple[Settings, int]:
+    # One connection per batch (not one lane per connection), so that a test can count them.
     settings = configure(
-        mail_url=f"smtp://127.0.0.1:{smtp.port}", bounce_address="bounces@example.org"
+        mail_url=f"smtp://127.0.0.1:{smtp.port}",
+        bounce_address="bounces@example.org",
+        smtp_connections="1",
     )
     upgrade(settings.database_url)
     # The sample session, moved into the future: an invitation for a session that has

@@ -21,7 +21,11 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, help="Worker processes."),
 ) -> None:
-    """Serve the RSVP and unsubscribe pages, the dashboard and the calendar files."""
+    """Serve the RSVP and unsubscribe pages, the dashboard and the calendar files.
+
+    Without NEWSLETTER_BROKER_URL each server process also runs the tasks it hands over
+    (campaigns sent from the dashboard or the API) and beat's sweep, on an embedded worker.
+    """
     import uvicorn
 
     from newsletter.web.server import server_options
