@@ -1,6 +1,6 @@
 """Settings from the environment (``NEWSLETTER_*``) and ``.env``, with embedded defaults.
 
-With no configuration at all the product runs on SQLite, in-process tasks and a file outbox.
+With no configuration at all the product runs on SQLite, the embedded worker and a file outbox.
 Secrets that production must set (the signing key, the admin token) are generated once into
 ``var/`` with mode 0600 and a warning, so a laptop demo needs nothing, yet nothing secret is
 ever hard-coded.
@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     # connection, a full disk); one more failure after the last step fails the delivery.
     retry_backoff: str = "60,300,900,3600"
     # An in-flight delivery whose worker has not reported for this long is given back to the
-    # queue (the worker died); workers report at least every 100 messages.
+    # queue (the worker is stuck); workers renew their claims every second (at most a third of
+    # this timeout), and a dead worker's rows come back sooner through its stopped heartbeat.
     inflight_timeout: float = Field(default=300.0, gt=0)
     # Celery beat runs the sweeper this often (scheduled campaigns, lost batch tasks).
     sweep_interval: float = Field(default=15.0, gt=0)

@@ -105,6 +105,8 @@ class _Feed:
                 # under the lock paces every lane of the batch.
                 wanted = min(RATE_SLICE, len(self._claimed) - self._next)
                 self._pace.acquire(wanted)
+                if self._stop.is_set():  # paused or cancelled while waiting for the tokens
+                    return None
                 self._tokens = wanted
             self._tokens -= 1
             self._next += 1

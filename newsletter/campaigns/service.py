@@ -236,7 +236,7 @@ def wait_for_relay(
     campaign was not sending (another batch got there first, or an organizer acted).
 
     Pause and cancel stay possible; a probe (:func:`probe_relay`) sends again by itself.
-    Without ``probe_forever`` (in-process sending, where the command itself is the worker)
+    Without ``probe_forever`` (a command's own embedded worker, which ends with the command)
     the campaign pauses once the table is used up, so the command ends.
     """
     campaign = require_campaign(session, campaign_id, lock=True)

@@ -158,8 +158,9 @@ async def _notify(session_id: int, recorded: Recorded) -> None:
     if not would_notify(session_id):  # most answers of a burst: a sender is already asked
         return
     try:
-        # Off the event loop either way: in-process the mails go out now; with a broker the
-        # publish (at most one per session per second) blocks while Redis does not answer.
+        # Off the event loop: the sender is handed to the embedded worker or published to the
+        # broker (at most once per session per second), and a publish blocks while Redis
+        # does not answer.
         await run_in_threadpool(notify_answers, session_id)
     except Exception as error:  # the answer is recorded; beat's sweep sends the mails later
         if not is_unavailable(error):
