@@ -17,11 +17,10 @@ from newsletter.campaigns.heartbeat import give_back_orphans
 from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus
 from newsletter.campaigns.sending import BatchResult, send_batch
 from newsletter.config import Settings
-from newsletter.db import session_scope, utcnow
-from newsletter.sessions.service import import_records
-from subscribers.models import Subscriber
-from tests.conftest import EXAMPLES, Configure, _empty_tables
+from newsletter.db import session_scope
+from tests.conftest import Configure, _empty_tables
 from tests.smtp import SmtpServer
+from tests.test_sending import prepare as create_campaign
 
 pytestmark = pytest.mark.smtp
 
@@ -29,14 +28,7 @@ pytestmark = pytest.mark.smtp
 def prepare(settings: Settings, people: int) -> int:
     """A sending campaign of session 61 to ``people`` subscribers p0…; its id."""
     _empty_tables(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
-        session.add_all(
-            Subscriber(email=f"p{i}@example.org", name=f"P{i}", created_at=utcnow())
-            for i in range(people)
-        )
-    with session_scope(settings.database_url) as session:
-        campaign_id = service.create_campaign(session, 61, past=True).id
+    campaign_id = create_campaign(settings, people)
     with session_scope(settings.database_url) as session:
         service.start_campaign(session, campaign_id)
     return campaign_id
