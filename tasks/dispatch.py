@@ -19,10 +19,7 @@ def enqueue(task: Any, *args: Any, countdown: float | None = None) -> None:
 
     With a broker a publish that fails raises (the caller tells the user, rows stay as they
     are); without one the hand-over cannot fail short of arguments that are not JSON."""
-    if embedded.active():
-        embedded.submit(task.name, list(args), countdown)
-        return
-    task.apply_async(args=args, countdown=countdown)
+    enqueue_by_name(task.name, list(args), countdown)
 
 
 def enqueue_by_name(name: str, args: list[Any], countdown: float | None = None) -> None:

@@ -29,9 +29,6 @@ from sqlalchemy import select
 from newsletter.campaigns import service as campaigns
 from newsletter.campaigns.models import Campaign
 from newsletter.db import session_scope, utcnow
-from newsletter.rsvp import notice_repo
-from newsletter.rsvp.models import Answer
-from newsletter.rsvp.service import record_answer
 from tasks import embedded
 from tasks.campaigns import start_campaign, sweep
 from tasks.dispatch import enqueue
@@ -219,25 +216,8 @@ def test_a_database_outage_is_retried_on_the_worker_as_with_a_broker(
 # --- beat, in a web process without a broker -------------------------------------------------
 
 
-def test_the_embedded_beat_sends_a_notice_nobody_asked_a_sender_for(
-    configure: Configure, tmp_path: Path
-) -> None:
-    outbox = tmp_path / "outbox"
-    settings = configure(
-        base_url=f"http://127.0.0.1:{free_port()}",
-        mail_url=f"file://{outbox}",
-        sweep_interval="0.2",
-    )
-    with serve_live(settings, tmp_path, people=1, capacity=None) as live:
-        with session_scope(settings.database_url) as session:  # no sender asked for
-            record_answer(session, live.session_id, live.people[0], Answer.yes)
-
-        def sent() -> bool:
-            with session_scope(settings.database_url) as session:
-                return notice_repo.pending_count(session) == 0
-
-        until(sent, "beat's rsvp-notices entry sent the notice")
-    assert len(list(outbox.glob("*.eml"))) == 1
+# (A notice nobody asked a sender for is sent by the embedded beat: test_notice_outbox's
+# test_without_a_broker_the_web_process_sends_due_notices_itself.)
 
 
 def test_the_embedded_beat_sweep_starts_a_scheduled_campaign(

@@ -159,15 +159,10 @@ def _run(session: Session, statement: Executable, values: dict[str, Any]) -> Res
     return session.execute(statement, {name: values[name] for name in names if name in values})
 
 
-_names: dict[int, frozenset[str]] = {}
-
-
+@lru_cache(maxsize=32)
 def _bind_names(statement: Executable) -> frozenset[str]:
-    # Keyed by identity: the SQLite statements are built once (lru_cache) and live as long.
-    found = _names.get(id(statement))
-    if found is None:
-        found = _names[id(statement)] = frozenset(statement.compile().params)  # type: ignore[attr-defined]
-    return found
+    # Statements hash by identity; the SQLite ones are built once (lru_cache) and live as long.
+    return frozenset(statement.compile().params)  # type: ignore[attr-defined]
 
 
 def _promote_once(session: Session, values: dict[str, Any]) -> int | None:
