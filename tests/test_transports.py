@@ -119,13 +119,14 @@ def test_password_never_in_repr_or_redacted_url() -> None:
 
 def test_file_outbox_writes_one_eml_per_delivery_named_by_message_id(tmp_path: Path) -> None:
     transport = FileTransport(tmp_path / "outbox")
+    second = message(2)
     with transport:
         transport.send(message(1))
-        transport.send(message(2))
+        transport.send(second)
         transport.send(message(1))  # a resend overwrites, it does not duplicate
     files = sorted(p.name for p in (tmp_path / "outbox").iterdir())
-    assert files == sorted(m.message_id.strip("<>") + ".eml" for m in (message(1), message(2)))
-    assert transport.path_for(message(2)).read_bytes() == message(2).data
+    assert files == sorted(m.message_id.strip("<>") + ".eml" for m in (message(1), second))
+    assert transport.path_for(second).read_bytes() == second.data
 
 
 def test_full_disk_leaves_no_partial_file_and_keeps_the_previous_one(
@@ -397,11 +398,12 @@ def test_starttls_then_auth(
         auth_required=True,
     )
     url = f"smtp://salon%40example.org:p%40ss%3Aw%2Frd@127.0.0.1:{server.port}?starttls=true"
+    sent = message(1)
     with transport_from_url(url, ssl_context=client_context(certificate)) as transport:
-        transport.send(message(1))
+        transport.send(sent)
     received = server.handler.received[0]
     assert (received.tls, received.authenticated) == (True, True)
-    assert received.data == message(1).data
+    assert received.data == sent.data
 
 
 @pytest.mark.smtp
@@ -410,9 +412,10 @@ def test_implicit_tls(
 ) -> None:
     server = start_smtp(ssl_context=server_context(certificate))
     url = f"smtps://127.0.0.1:{server.port}"
+    sent = message(1)
     with transport_from_url(url, ssl_context=client_context(certificate)) as transport:
-        transport.send(message(1))
-    assert server.handler.received[0].data == message(1).data
+        transport.send(sent)
+    assert server.handler.received[0].data == sent.data
 
     # Without trusting the self-signed certificate the connection must fail, clearly.
     with pytest.raises(DeliveryError) as caught, transport_from_url(url):
