@@ -70,10 +70,10 @@ def prepare(url: str, n: int, folder: Path, capacity: int | None = None) -> list
         ),
         encoding="utf-8",
     )
-    with session_scope(url) as session:
-        import_records(session, [record], timezone="Asia/Shanghai")
+    with session_scope(url) as db:
+        import_records(db, [record], timezone="Asia/Shanghai")
         now = utcnow()
-        session.execute(
+        db.execute(
             insert(Subscriber),
             [
                 {
@@ -86,9 +86,9 @@ def prepare(url: str, n: int, folder: Path, capacity: int | None = None) -> list
                 for i in range(n)
             ],
         )
-        salon = sessions_repo.get_by_number(session, 99)
+        salon = sessions_repo.get_by_number(db, 99)
         assert salon is not None
-        ids = list(session.scalars(select(Subscriber.id).order_by(Subscriber.id)))
+        ids = list(db.scalars(select(Subscriber.id).order_by(Subscriber.id)))
         session_id = salon.id
     requests = []
     for subscriber_id in ids:
@@ -167,37 +167,37 @@ def client(
     asyncio.run(main())
 
 
-def answer_order(session: Session) -> dict[str, Any]:
+def answer_order(db: Session) -> dict[str, Any]:
     """Whether the waitlist is in answer order: the order in which the answers were recorded
     is the order of their history rows (ids taken inside the statement that decided each
     answer); the waitlist, read in its own order, must list the same people in the same
     order, and every seated person must have answered before every waiting one."""
     waiting = list(
-        session.scalars(
+        db.scalars(
             select(Rsvp.subscriber_id)
             .where(Rsvp.waitlisted.is_(True))
             .order_by(Rsvp.queue_no, Rsvp.id)
         )
     )
     answered = list(
-        session.scalars(
+        db.scalars(
             select(RsvpEvent.subscriber_id).where(RsvpEvent.answer == "yes").order_by(RsvpEvent.id)
         )
     )
     seated = set(
-        session.scalars(
+        db.scalars(
             select(Rsvp.subscriber_id).where(Rsvp.answer == "yes", Rsvp.waitlisted.is_(False))
         )
     )
     seats = int(
-        session.scalar(
+        db.scalar(
             select(func.coalesce(func.sum(1 + Rsvp.guests), 0)).where(
                 Rsvp.answer == "yes", Rsvp.waitlisted.is_(False)
             )
         )
         or 0
     )
-    counter = int(session.scalar(select(func.max(SalonSession.seats_taken))) or 0)
+    counter = int(db.scalar(select(func.max(SalonSession.seats_taken))) or 0)
     queued = [person for person in answered if person not in seated]
     return {
         "in_order": queued == waiting,
@@ -289,16 +289,16 @@ def main() -> None:
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
-        with session_scope(pg.url) as session:
-            recorded = int(session.scalar(select(func.count()).select_from(Rsvp)) or 0)
+        with session_scope(pg.url) as db:
+            recorded = int(db.scalar(select(func.count()).select_from(Rsvp)) or 0)
             # Each confirmed seat's mail waits in the outbox, committed with its answer.
             mails = int(
-                session.scalar(
+                db.scalar(
                     select(func.count()).where(RsvpEvent.notice == NoticeKind.confirmed.value)
                 )
                 or 0
             )
-            order = answer_order(session)
+            order = answer_order(db)
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000

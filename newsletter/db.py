@@ -156,15 +156,15 @@ def _sessionmaker(url: str) -> sessionmaker[Session]:
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A unit of work: commits when the block ends, rolls back if it raises."""
-    session = get_sessionmaker(url)()
+    db = get_sessionmaker(url)()
     try:
-        yield session
-        session.commit()
+        yield db
+        db.commit()
     except BaseException:
-        session.rollback()
+        db.rollback()
         raise
     finally:
-        session.close()
+        db.close()
 
 
 _ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()()
@@ -209,16 +209,16 @@ class SessionStatement:
         self._statement = statement
         self._compiled: dict[str, SQLCompiler] = {}
 
-    def first_row(self, session: Session, parameters: dict[str, Any]) -> Mapping[str, Any] | None:
+    def first_row(self, db: Session, parameters: dict[str, Any]) -> Mapping[str, Any] | None:
         """The statement's first row (as a mapping) in ``session``'s transaction, or None."""
-        dialect = session.get_bind().dialect
+        dialect = db.get_bind().dialect
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
             compiled = self._compiled[dialect.name] = cast(
                 SQLCompiler, self._statement.compile(dialect=dialect)
             )
         values = compiled.construct_params(parameters)
-        result = session.connection().exec_driver_sql(str(compiled), values)
+        result = db.connection().exec_driver_sql(str(compiled), values)
         row = result.mappings().first()
         result.close()
         return cast(Mapping[str, Any] | None, row)
@@ -302,6 +302,6 @@ def is_postgresql_url(url: str) -> bool:
     return make_url(url).get_backend_name() == "postgresql"
 
 
-def is_postgresql(session: Session) -> bool:
+def is_postgresql(db: Session) -> bool:
     """Whether ``session`` talks to PostgreSQL (for SKIP LOCKED and bulk paths)."""
-    return session.get_bind().dialect.name == "postgresql"
+    return db.get_bind().dialect.name == "postgresql"

@@ -24,9 +24,9 @@ class Installation(Base):
     token: Mapped[str] = mapped_column(String(32))
 
 
-def installation_token(session: Session) -> str:
+def installation_token(db: Session) -> str:
     """The installation id of the database ``session`` talks to."""
-    token = session.scalar(select(Installation.token).where(Installation.id == 1))
+    token = db.scalar(select(Installation.token).where(Installation.id == 1))
     if token is None:  # only a database not made by the migrations lacks it
         raise LookupError("the database has no installation id: run `newsletter db upgrade`")
     return token
@@ -38,5 +38,5 @@ def installation_token_for(url: str) -> str:
     Not cached: a database reset and migrated again under a running process gets a new id,
     and that id must be used from then on (its delivery ids start at 1 again).
     """
-    with get_sessionmaker(url)() as session:
-        return installation_token(session)
+    with get_sessionmaker(url)() as db:
+        return installation_token(db)

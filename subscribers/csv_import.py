@@ -104,9 +104,7 @@ class _Row:
     tags: list[str]
 
 
-def import_csv(
-    session: Session, path: Path | str, *, progress: Progress | None = None
-) -> ImportReport:
+def import_csv(db: Session, path: Path | str, *, progress: Progress | None = None) -> ImportReport:
     """Import subscribers from the CSV file at ``path`` into ``session``'s transaction.
 
     Refused rows are reported in ``ImportReport.errors``; the valid ones are written. Does not
@@ -118,7 +116,7 @@ def import_csv(
     report = ImportReport(path=file_path)
     rows = _read(file_path, report, progress)
     try:
-        _store(session, rows, report, progress)
+        _store(db, rows, report, progress)
     except DBAPIError as exc:
         raise ImportStoreError(
             f"{file_path}: the database refused the import, nothing was stored: {exc.orig}"
@@ -311,25 +309,23 @@ def _validate(
 # Storing
 
 
-def _store(
-    session: Session, rows: list[_Row], report: ImportReport, progress: Progress | None
-) -> None:
+def _store(db: Session, rows: list[_Row], report: ImportReport, progress: Progress | None) -> None:
     """Write valid rows in blocks; each block costs a handful of bulk statements."""
     if not rows:
         return
     now = utcnow()
     # Tags are few (tens) even in a big list: create them all first, in one go.
-    tag_ids = repo.ensure_tags(session, {tag for row in rows for tag in row.tags})
+    tag_ids = repo.ensure_tags(db, {tag for row in rows for tag in row.tags})
     total = len(rows)
     for block_start in range(0, total, STORE_BLOCK):
         block = rows[block_start : block_start + STORE_BLOCK]
-        _store_block(session, block, tag_ids, report, now)
+        _store_block(db, block, tag_ids, report, now)
         if progress is not None:
             progress("storing", block_start + len(block), total)
 
 
 def _store_block(
-    session: Session,
+    db: Session,
     block: list[_Row],
     tag_ids: dict[str, int],
     report: ImportReport,
@@ -340,10 +336,10 @@ def _store_block(
     Known addresses that are not active are counted and left untouched: no statement here
     ever writes the ``status`` column.
     """
-    existing = repo.find_existing(session, [row.email for row in block])
+    existing = repo.find_existing(db, [row.email for row in block])
     fresh = [row for row in block if row.email not in existing]
     new_ids = repo.insert_many(
-        session,
+        db,
         [repo.NewRow(r.email, r.name, r.locale or DEFAULT_LOCALE) for r in fresh],
         now,
     )
@@ -355,10 +351,10 @@ def _store_block(
     # Inserted by someone else since our lookup: handle those like any stored address.
     raced = [row.email for row in fresh if row.email not in new_ids]
     if raced:
-        existing.update(repo.find_existing(session, raced))
+        existing.update(repo.find_existing(db, raced))
 
     active = {email: ex for email, ex in existing.items() if ex.status == SubscriberStatus.active}
-    current_tags = repo.tag_ids_of(session, [ex.id for ex in active.values()])
+    current_tags = repo.tag_ids_of(db, [ex.id for ex in active.values()])
     profile_changes: list[tuple[int, str, str]] = []
     for row in block:
         if row.email in new_ids:
@@ -380,5 +376,5 @@ def _store_block(
             report.updated += 1
         else:
             report.unchanged += 1
-    repo.update_profiles(session, profile_changes)
-    repo.link_tags(session, links)
+    repo.update_profiles(db, profile_changes)
+    repo.link_tags(db, links)

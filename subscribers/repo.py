@@ -60,27 +60,27 @@ def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def _insert(session: Session, table: Table) -> postgresql.Insert | sqlite.Insert:
+def _insert(db: Session, table: Table) -> postgresql.Insert | sqlite.Insert:
     """``INSERT`` with ``ON CONFLICT`` support for the session's database."""
-    return postgresql.insert(table) if is_postgresql(session) else sqlite.insert(table)
+    return postgresql.insert(table) if is_postgresql(db) else sqlite.insert(table)
 
 
 # ---------------------------------------------------------------------------------------------
 # One subscriber
 
 
-def get_by_email(session: Session, email: str) -> Subscriber | None:
+def get_by_email(db: Session, email: str) -> Subscriber | None:
     """The subscriber with this (already normalised) address, if any."""
-    return session.scalars(select(Subscriber).where(Subscriber.email == email)).one_or_none()
+    return db.scalars(select(Subscriber).where(Subscriber.email == email)).one_or_none()
 
 
-def get_by_id(session: Session, subscriber_id: int) -> Subscriber | None:
+def get_by_id(db: Session, subscriber_id: int) -> Subscriber | None:
     """The subscriber with this id, if any."""
-    return session.get(Subscriber, subscriber_id)
+    return db.get(Subscriber, subscriber_id)
 
 
 def insert_subscriber(
-    session: Session,
+    db: Session,
     *,
     email: str,
     name: str,
@@ -95,7 +95,7 @@ def insert_subscriber(
     address at once get "already subscribed", not an integrity error.
     """
     stmt = (
-        _insert(session, SUBSCRIBERS)
+        _insert(db, SUBSCRIBERS)
         .values(
             email=email,
             name=name,
@@ -108,11 +108,11 @@ def insert_subscriber(
         .on_conflict_do_nothing(index_elements=["email"])
         .returning(SUBSCRIBERS.c.id)
     )
-    return session.execute(stmt).scalar_one_or_none()
+    return db.execute(stmt).scalar_one_or_none()
 
 
 def set_status(
-    session: Session,
+    db: Session,
     subscriber_id: int,
     status: SubscriberStatus,
     reason: str | None,
@@ -135,26 +135,26 @@ def set_status(
         stmt = stmt.where(SUBSCRIBERS.c.status.in_([s.value for s in only_from]))
     else:
         stmt = stmt.where(SUBSCRIBERS.c.status != status.value)
-    result = cast(CursorResult[Any], session.execute(stmt))
+    result = cast(CursorResult[Any], db.execute(stmt))
     changed = result.rowcount > 0
     if changed:
         # The ORM may hold this row already (the service looked it up): expire it so that the
         # next read of its attributes shows the new status instead of the stale one.
-        cached = session.identity_map.get(session.identity_key(Subscriber, subscriber_id))
+        cached = db.identity_map.get(db.identity_key(Subscriber, subscriber_id))
         if cached is not None:
-            session.expire(cached)
+            db.expire(cached)
     return changed
 
 
-def delete_subscriber(session: Session, subscriber_id: int) -> None:
+def delete_subscriber(db: Session, subscriber_id: int) -> None:
     """Delete one subscriber and their tag links.
 
     Deliveries, RSVPs and RSVP events reference subscribers without ``ON DELETE``: the database
     itself refuses (IntegrityError) to delete someone with history, which is what we want, and
     saves this package from knowing about the tables of the packages above it.
     """
-    session.execute(delete(SUBSCRIBERS).where(SUBSCRIBERS.c.id == subscriber_id))
-    session.expire_all()
+    db.execute(delete(SUBSCRIBERS).where(SUBSCRIBERS.c.id == subscriber_id))
+    db.expire_all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def _filters(status: SubscriberStatus | None, tag: str | None) -> list[ColumnEle
 
 
 def list_subscribers(
-    session: Session,
+    db: Session,
     *,
     status: SubscriberStatus | None,
     tag: str | None,
@@ -192,31 +192,31 @@ def list_subscribers(
         .limit(limit)
         .offset(offset)
     )
-    return list(session.scalars(stmt))
+    return list(db.scalars(stmt))
 
 
-def count_subscribers(session: Session, *, status: SubscriberStatus | None, tag: str | None) -> int:
+def count_subscribers(db: Session, *, status: SubscriberStatus | None, tag: str | None) -> int:
     """How many subscribers match the filters."""
     stmt = select(func.count()).select_from(Subscriber).where(*_filters(status, tag))
-    return int(session.scalar(stmt) or 0)
+    return int(db.scalar(stmt) or 0)
 
 
-def statuses(session: Session, subscriber_ids: Iterable[int]) -> dict[int, str]:
+def statuses(db: Session, subscriber_ids: Iterable[int]) -> dict[int, str]:
     """The current status of each of these subscribers (ids not found are absent), read
     from the database even when the ORM holds the rows: a sender asks right before mailing."""
     wanted = sorted(set(subscriber_ids))
     found: dict[int, str] = {}
     for chunk in chunked(wanted, LOOKUP_CHUNK):
-        where = _one_of(session, SUBSCRIBERS.c.id, chunk, Integer())
-        rows = session.execute(select(SUBSCRIBERS.c.id, SUBSCRIBERS.c.status).where(where))
+        where = _one_of(db, SUBSCRIBERS.c.id, chunk, Integer())
+        rows = db.execute(select(SUBSCRIBERS.c.id, SUBSCRIBERS.c.status).where(where))
         found.update({subscriber_id: status for subscriber_id, status in rows})
     return found
 
 
-def count_by_status(session: Session) -> dict[str, int]:
+def count_by_status(db: Session) -> dict[str, int]:
     """Subscribers per status (statuses with none are absent)."""
     stmt = select(Subscriber.status, func.count()).group_by(Subscriber.status)
-    return {status: int(n) for status, n in session.execute(stmt)}
+    return {status: int(n) for status, n in db.execute(stmt)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,10 +226,10 @@ def count_by_status(session: Session) -> dict[str, int]:
 
 
 def _one_of(
-    session: Session, column: ColumnElement[Any], values: Sequence[Any], item: TypeEngine[Any]
+    db: Session, column: ColumnElement[Any], values: Sequence[Any], item: TypeEngine[Any]
 ) -> ColumnElement[bool]:
     """``column IN (…)``, or ``column = ANY(:array)`` on PostgreSQL."""
-    if is_postgresql(session):
+    if is_postgresql(db):
         return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(item)))
     return column.in_(values)
 
@@ -245,27 +245,27 @@ def _unnest(**arrays: tuple[Sequence[Any], TypeEngine[Any]]) -> TableValuedAlias
 # Tags
 
 
-def ensure_tags(session: Session, names: Iterable[str]) -> dict[str, int]:
+def ensure_tags(db: Session, names: Iterable[str]) -> dict[str, int]:
     """Ids for these (normalised) tag names, creating the missing ones in bulk."""
     wanted = sorted(set(names))
     if not wanted:
         return {}
     for chunk in chunked(wanted, WRITE_CHUNK):
         # DO NOTHING then SELECT: RETURNING would skip tags that already existed.
-        stmt = _insert(session, TAGS).on_conflict_do_nothing(index_elements=["name"])
-        session.execute(stmt, [{"name": name} for name in chunk])
+        stmt = _insert(db, TAGS).on_conflict_do_nothing(index_elements=["name"])
+        db.execute(stmt, [{"name": name} for name in chunk])
     ids: dict[str, int] = {}
     for chunk in chunked(wanted, LOOKUP_CHUNK):
-        where = _one_of(session, TAGS.c.name, chunk, Text())
-        rows = session.execute(select(TAGS.c.name, TAGS.c.id).where(where))
+        where = _one_of(db, TAGS.c.name, chunk, Text())
+        rows = db.execute(select(TAGS.c.name, TAGS.c.id).where(where))
         ids.update({name: tag_id for name, tag_id in rows})
     return ids
 
 
-def link_tags(session: Session, links: Sequence[tuple[int, int]]) -> None:
+def link_tags(db: Session, links: Sequence[tuple[int, int]]) -> None:
     """Attach tags to subscribers: ``(subscriber_id, tag_id)`` pairs; existing pairs are kept."""
     for chunk in chunked(links, WRITE_CHUNK):
-        if is_postgresql(session):
+        if is_postgresql(db):
             src = _unnest(
                 subscriber_id=([sid for sid, _ in chunk], Integer()),
                 tag_id=([tid for _, tid in chunk], Integer()),
@@ -273,21 +273,19 @@ def link_tags(session: Session, links: Sequence[tuple[int, int]]) -> None:
             pg_stmt = postgresql.insert(subscriber_tags).from_select(
                 ["subscriber_id", "tag_id"], select(src.c.subscriber_id, src.c.tag_id)
             )
-            session.execute(pg_stmt.on_conflict_do_nothing())
+            db.execute(pg_stmt.on_conflict_do_nothing())
         else:
             rows = [{"subscriber_id": sid, "tag_id": tid} for sid, tid in chunk]
-            session.execute(sqlite.insert(subscriber_tags).on_conflict_do_nothing(), rows)
+            db.execute(sqlite.insert(subscriber_tags).on_conflict_do_nothing(), rows)
 
 
-def tag_ids_of(session: Session, subscriber_ids: Sequence[int]) -> dict[int, set[int]]:
+def tag_ids_of(db: Session, subscriber_ids: Sequence[int]) -> dict[int, set[int]]:
     """The tag ids each of these subscribers has (subscribers without tags are absent)."""
     found: dict[int, set[int]] = {}
     owner = subscriber_tags.c.subscriber_id
     for chunk in chunked(subscriber_ids, LOOKUP_CHUNK):
-        stmt = select(owner, subscriber_tags.c.tag_id).where(
-            _one_of(session, owner, chunk, Integer())
-        )
-        for sid, tid in session.execute(stmt):
+        stmt = select(owner, subscriber_tags.c.tag_id).where(_one_of(db, owner, chunk, Integer()))
+        for sid, tid in db.execute(stmt):
             found.setdefault(sid, set()).add(tid)
     return found
 
@@ -315,7 +313,7 @@ class ExistingRow:
     status: str
 
 
-def find_existing(session: Session, emails: Sequence[str]) -> dict[str, ExistingRow]:
+def find_existing(db: Session, emails: Sequence[str]) -> dict[str, ExistingRow]:
     """Stored subscribers among these normalised addresses, keyed by address.
 
     One query per 5,000 addresses, using the unique index on ``email``.
@@ -324,14 +322,14 @@ def find_existing(session: Session, emails: Sequence[str]) -> dict[str, Existing
     s = SUBSCRIBERS.c
     for chunk in chunked(emails, LOOKUP_CHUNK):
         stmt = select(s.email, s.id, s.name, s.locale, s.status).where(
-            _one_of(session, s.email, chunk, Text())
+            _one_of(db, s.email, chunk, Text())
         )
-        for email, sid, name, locale, status in session.execute(stmt):
+        for email, sid, name, locale, status in db.execute(stmt):
             found[email] = ExistingRow(sid, name, locale, status)
     return found
 
 
-def insert_many(session: Session, rows: Sequence[NewRow], now: datetime) -> dict[str, int]:
+def insert_many(db: Session, rows: Sequence[NewRow], now: datetime) -> dict[str, int]:
     """Insert new *active* subscribers in bulk; the ids of those inserted, keyed by address.
 
     An address that another transaction inserted meanwhile is skipped by ``ON CONFLICT DO
@@ -342,7 +340,7 @@ def insert_many(session: Session, rows: Sequence[NewRow], now: datetime) -> dict
     active = SubscriberStatus.active.value
     ids: dict[str, int] = {}
     for chunk in chunked(rows, WRITE_CHUNK):
-        if is_postgresql(session):
+        if is_postgresql(db):
             src = _unnest(
                 email=([r.email for r in chunk], Text()),
                 name=([r.name for r in chunk], Text()),
@@ -358,7 +356,7 @@ def insert_many(session: Session, rows: Sequence[NewRow], now: datetime) -> dict
             pg_stmt = postgresql.insert(SUBSCRIBERS).from_select(
                 ["email", "name", "locale", "status", "created_at"], values
             )
-            result = session.execute(
+            result = db.execute(
                 pg_stmt.on_conflict_do_nothing(index_elements=["email"]).returning(s.email, s.id)
             )
         else:
@@ -375,19 +373,19 @@ def insert_many(session: Session, rows: Sequence[NewRow], now: datetime) -> dict
             # A list of parameter sets with RETURNING: SQLAlchemy sends multi-row VALUES
             # ("insertmanyvalues") and still yields every new id.
             lite_stmt = sqlite.insert(SUBSCRIBERS).on_conflict_do_nothing(index_elements=["email"])
-            result = session.execute(lite_stmt.returning(s.email, s.id), params)
+            result = db.execute(lite_stmt.returning(s.email, s.id), params)
         ids.update({email: sid for email, sid in result})
     return ids
 
 
-def update_profiles(session: Session, changes: Sequence[tuple[int, str, str]]) -> None:
+def update_profiles(db: Session, changes: Sequence[tuple[int, str, str]]) -> None:
     """Set ``(id, name, locale)`` on existing subscribers in bulk.
 
     The status column is deliberately not written: an import never changes who may be mailed.
     """
     s = SUBSCRIBERS.c
     for chunk in chunked(changes, WRITE_CHUNK):
-        if is_postgresql(session):
+        if is_postgresql(db):
             src = _unnest(
                 id=([sid for sid, _, _ in chunk], Integer()),
                 name=([name for _, name, _ in chunk], Text()),
@@ -399,7 +397,7 @@ def update_profiles(session: Session, changes: Sequence[tuple[int, str, str]]) -
                 .where(s.id == src.c.id)
                 .values(name=src.c.name, locale=src.c.locale)
             )
-            session.execute(stmt)
+            db.execute(stmt)
         else:
             params = [{"b_id": sid, "b_name": n, "b_locale": loc} for sid, n, loc in chunk]
             stmt = (
@@ -407,4 +405,4 @@ def update_profiles(session: Session, changes: Sequence[tuple[int, str, str]]) -
                 .where(s.id == bindparam("b_id"))
                 .values(name=bindparam("b_name"), locale=bindparam("b_locale"))
             )
-            session.execute(stmt, params)  # executemany
+            db.execute(stmt, params)  # executemany

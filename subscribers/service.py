@@ -125,16 +125,16 @@ def _describe_inactive(subscriber: Subscriber) -> str:
     return f"{subscriber.email} is {subscriber.status}{since}{why}"
 
 
-def _require(session: Session, email: str) -> Subscriber:
+def _require(db: Session, email: str) -> Subscriber:
     address = normalise_email(email)
-    subscriber = repo.get_by_email(session, address)
+    subscriber = repo.get_by_email(db, address)
     if subscriber is None:
         raise NotFoundError(f"{address} is not on the subscriber list")
     return subscriber
 
 
 def add_subscriber(
-    session: Session,
+    db: Session,
     email: str,
     *,
     name: str | None = None,
@@ -154,10 +154,10 @@ def add_subscriber(
     clean_name = normalise_name(name)
     tag_names = parse_tags(list(tags))
     now = utcnow()
-    existing = repo.get_by_email(session, address)
+    existing = repo.get_by_email(db, address)
     if existing is None:
         new_id = repo.insert_subscriber(
-            session,
+            db,
             email=address,
             name=clean_name,
             locale=normalise_locale(locale),
@@ -167,8 +167,8 @@ def add_subscriber(
         )
         if new_id is None:  # inserted by someone else between our lookup and our insert
             raise SubscriberExists(f"{address} is already subscribed")
-        _attach_tags(session, new_id, tag_names)
-        subscriber = repo.get_by_id(session, new_id)
+        _attach_tags(db, new_id, tag_names)
+        subscriber = repo.get_by_id(db, new_id)
         assert subscriber is not None  # we have just inserted it in this transaction
         return Added(subscriber, resubscribed=False)
 
@@ -181,7 +181,7 @@ def add_subscriber(
             status=existing.status,
         )
     repo.set_status(
-        session,
+        db,
         existing.id,
         SubscriberStatus.active,
         RESUBSCRIBED_BY_ORGANIZER,
@@ -189,7 +189,7 @@ def add_subscriber(
         only_from=[s for s in SubscriberStatus if s is not SubscriberStatus.active],
     )
     repo.update_profiles(
-        session,
+        db,
         [
             (
                 existing.id,
@@ -198,86 +198,86 @@ def add_subscriber(
             )
         ],
     )
-    _attach_tags(session, existing.id, tag_names)
-    session.refresh(existing)
+    _attach_tags(db, existing.id, tag_names)
+    db.refresh(existing)
     return Added(existing, resubscribed=True)
 
 
-def _attach_tags(session: Session, subscriber_id: int, tag_names: list[str]) -> None:
-    ids = repo.ensure_tags(session, tag_names)
-    repo.link_tags(session, [(subscriber_id, ids[name]) for name in tag_names])
+def _attach_tags(db: Session, subscriber_id: int, tag_names: list[str]) -> None:
+    ids = repo.ensure_tags(db, tag_names)
+    repo.link_tags(db, [(subscriber_id, ids[name]) for name in tag_names])
 
 
-def remove_subscriber(session: Session, email: str) -> Removed:
+def remove_subscriber(db: Session, email: str) -> Removed:
     """Stop mailing an address: mark it unsubscribed ("removed by organizer"), keep the row.
 
     Keeping the row keeps past deliveries and RSVPs consistent, and means a later import of
     an old spreadsheet will not bring the person back. An address that already unsubscribed,
     bounced or was suppressed keeps its status and reason. Unknown address: NotFoundError.
     """
-    subscriber = _require(session, email)
+    subscriber = _require(db, email)
     previous = subscriber.status
     changed = repo.set_status(
-        session,
+        db,
         subscriber.id,
         SubscriberStatus.unsubscribed,
         REMOVED_BY_ORGANIZER,
         utcnow(),
         only_from=[SubscriberStatus.active],
     )
-    _give_up_answers(session, subscriber.id)
+    _give_up_answers(db, subscriber.id)
     return Removed(subscriber.email, previous, changed)
 
 
-def _give_up_answers(session: Session, subscriber_id: int) -> None:
+def _give_up_answers(db: Session, subscriber_id: int) -> None:
     """The subscriber is not active (any more): withdraw their answers for sessions ahead,
     noting the status and its reason. Also run when the status did not change, which is
     cheap and repairs answers kept from before this rule."""
-    person = repo.get_by_id(session, subscriber_id)
+    person = repo.get_by_id(db, subscriber_id)
     assert person is not None and person.status != SubscriberStatus.active
     why = f"{person.status} ({person.status_reason})" if person.status_reason else person.status
-    withdraw_answers(session, subscriber_id, why)
+    withdraw_answers(db, subscriber_id, why)
 
 
-def purge_subscriber(session: Session, email: str) -> None:
+def purge_subscriber(db: Session, email: str) -> None:
     """Delete an address and its tags for good, if nothing refers to it.
 
     The database refuses the delete when deliveries or RSVPs point at the subscriber; this then
     raises :class:`SubscriberHasHistory` and the session must be rolled back (``session_scope``
     does so), so call it in its own unit of work, after :func:`remove_subscriber`.
     """
-    subscriber = _require(session, email)
+    subscriber = _require(db, email)
     try:
-        repo.delete_subscriber(session, subscriber.id)
+        repo.delete_subscriber(db, subscriber.id)
     except IntegrityError:
         raise SubscriberHasHistory(
             f"{subscriber.email} has deliveries or RSVPs, so it cannot be deleted"
         ) from None
 
 
-def unsubscribe(session: Session, subscriber_id: int, reason: str) -> bool:
+def unsubscribe(db: Session, subscriber_id: int, reason: str) -> bool:
     """Unsubscribe (the web link, RFC 8058 one-click, an organizer); idempotent.
 
     Only an active subscriber changes; a bounced or suppressed one keeps that stronger status.
     Their answers for sessions ahead are given up (see the module's rules). Returns whether
     the status changed. Unknown id: NotFoundError (the web app answers 404).
     """
-    if repo.get_by_id(session, subscriber_id) is None:
+    if repo.get_by_id(db, subscriber_id) is None:
         raise NotFoundError(f"subscriber #{subscriber_id} does not exist")
     changed = repo.set_status(
-        session,
+        db,
         subscriber_id,
         SubscriberStatus.unsubscribed,
         reason,
         utcnow(),
         only_from=[SubscriberStatus.active],
     )
-    _give_up_answers(session, subscriber_id)
+    _give_up_answers(db, subscriber_id)
     return changed
 
 
 def suppress(
-    session: Session,
+    db: Session,
     *,
     email: str | None = None,
     subscriber_id: int | None = None,
@@ -299,17 +299,17 @@ def suppress(
     if subscriber_id is None:
         assert email is not None
         address = normalise_email(email)
-        existing = repo.get_by_email(session, address)
+        existing = repo.get_by_email(db, address)
     else:
-        address, existing = "", repo.get_by_id(session, subscriber_id)
+        address, existing = "", repo.get_by_id(db, subscriber_id)
         if existing is None:
             raise NotFoundError(f"subscriber #{subscriber_id} does not exist")
     if existing is not None:
-        changed = repo.set_status(session, existing.id, status, reason, now)
-        _give_up_answers(session, existing.id)
+        changed = repo.set_status(db, existing.id, status, reason, now)
+        _give_up_answers(db, existing.id)
         return changed
     new_id = repo.insert_subscriber(
-        session,
+        db,
         email=address,
         name="",
         locale=DEFAULT_LOCALE,
@@ -318,12 +318,12 @@ def suppress(
         now=now,
     )
     if new_id is None:  # added concurrently: suppress that row instead
-        return suppress(session, email=address, status=status, reason=reason)
+        return suppress(db, email=address, status=status, reason=reason)
     return True
 
 
 def list_subscribers(
-    session: Session,
+    db: Session,
     *,
     status: SubscriberStatus | str | None = None,
     tag: str | None = None,
@@ -335,18 +335,18 @@ def list_subscribers(
         raise ValueError("limit must be positive and offset not negative")
     wanted = _status(status)
     tag_name = normalise_tag(tag) if tag is not None else None
-    items = repo.list_subscribers(session, status=wanted, tag=tag_name, limit=limit, offset=offset)
-    total = repo.count_subscribers(session, status=wanted, tag=tag_name)
+    items = repo.list_subscribers(db, status=wanted, tag=tag_name, limit=limit, offset=offset)
+    total = repo.count_subscribers(db, status=wanted, tag=tag_name)
     return SubscriberPage(items, total)
 
 
-def count_active(session: Session, tag: str | None = None) -> int:
+def count_active(db: Session, tag: str | None = None) -> int:
     """How many subscribers a campaign (for ``tag``, or everyone) would go to right now."""
     tag_name = normalise_tag(tag) if tag is not None else None
-    return repo.count_subscribers(session, status=SubscriberStatus.active, tag=tag_name)
+    return repo.count_subscribers(db, status=SubscriberStatus.active, tag=tag_name)
 
 
-def status_counts(session: Session) -> dict[str, int]:
+def status_counts(db: Session) -> dict[str, int]:
     """Subscribers per status, every status present (zero when none)."""
-    counts = repo.count_by_status(session)
+    counts = repo.count_by_status(db)
     return {s.value: counts.get(s.value, 0) for s in SubscriberStatus}

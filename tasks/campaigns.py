@@ -38,8 +38,8 @@ def start_campaign(campaign_id: int) -> None:
     and a finished or cancelled campaign is left alone."""
     settings = get_settings()
     try:
-        with session_scope(settings.database_url) as session:
-            service.start_campaign(session, campaign_id)
+        with session_scope(settings.database_url) as db:
+            service.start_campaign(db, campaign_id)
     except InvalidStateError as exc:
         log.info("%s", exc)
         return
@@ -74,10 +74,10 @@ def send_campaign_batch(campaign_id: int) -> None:
         enqueue(send_campaign_batch, campaign_id)
         return
     give_back_orphans(settings, campaign_id)
-    with session_scope(settings.database_url) as session:
-        left = repo.pending(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        left = repo.pending(db, campaign_id)
         if not left.queued and not left.inflight:
-            if repo.finish_if_done(session, campaign_id):
+            if repo.finish_if_done(db, campaign_id):
                 log.info("campaign %s finished", campaign_id)
             return
     now = utcnow()
@@ -100,8 +100,8 @@ def probe_relay(campaign_id: int) -> None:
     probe that is not due (an early copy), is left alone; beat's sweep runs due probes whose
     task was lost."""
     settings = get_settings()
-    with session_scope(settings.database_url) as session:
-        due = service.probe_relay(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        due = service.probe_relay(db, campaign_id)
     if due:
         log.info("campaign %s: probing the relay", campaign_id)
         _start_chains(campaign_id)
@@ -120,11 +120,11 @@ def sweep() -> None:
     reclaimed = give_back_orphans(settings)
     if reclaimed:
         log.warning("gave back %d deliveries held by workers that stopped", reclaimed)
-    with session_scope(settings.database_url) as session:
-        due = sweep_repo.due_scheduled(session)
-        probes = sweep_repo.relay_probes_due(session)
-        stalled = sweep_repo.stalled_campaigns(session, quiet_for=quiet)
-        sweep_repo.forget_old_heartbeats(session, older_than=FORGET_WORKERS_AFTER)
+    with session_scope(settings.database_url) as db:
+        due = sweep_repo.due_scheduled(db)
+        probes = sweep_repo.relay_probes_due(db)
+        stalled = sweep_repo.stalled_campaigns(db, quiet_for=quiet)
+        sweep_repo.forget_old_heartbeats(db, older_than=FORGET_WORKERS_AFTER)
     for campaign_id in due:
         enqueue(start_campaign, campaign_id)
     for campaign_id in probes:

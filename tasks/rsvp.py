@@ -52,13 +52,13 @@ def send_rsvp_notices(session_id: int | None = None) -> None:
     for a retry and what was given up. Idempotent: concurrent senders lease different rows."""
     settings = get_settings()
     while True:
-        with session_scope(settings.database_url) as session:
-            batch = outbox.claim(session, settings, session_id=session_id)
+        with session_scope(settings.database_url) as db:
+            batch = outbox.claim(db, settings, session_id=session_id)
         if not batch:
             return
         outcomes = _deliver(batch, settings)
-        with session_scope(settings.database_url) as session:
-            outbox.record(session, outcomes)
+        with session_scope(settings.database_url) as db:
+            outbox.record(db, outcomes)
 
 
 def _deliver(batch: list[outbox.PreparedNotice], settings: Settings) -> list[outbox.Outcome]:

@@ -94,12 +94,12 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def db(db_url: str) -> Iterator[Session]:
     """An ORM session on ``db_url``; the test commits what it wants kept."""
-    session = get_sessionmaker(db_url)()
+    db = get_sessionmaker(db_url)()
     try:
-        yield session
+        yield db
     finally:
-        session.rollback()
-        session.close()
+        db.rollback()
+        db.close()
 
 
 class Configure:

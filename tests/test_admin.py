@@ -228,10 +228,10 @@ def test_csv_export_with_the_cookie(live: Live) -> None:
 
 
 def reminder_deliveries(live: Live) -> list[tuple[str, list[int]]]:
-    with session_scope(live.settings.database_url) as session:
+    with session_scope(live.settings.database_url) as db:
         out = []
-        for campaign in session.scalars(select(Campaign).order_by(Campaign.id)):
-            people = session.scalars(
+        for campaign in db.scalars(select(Campaign).order_by(Campaign.id)):
+            people = db.scalars(
                 select(Delivery.subscriber_id).where(Delivery.campaign_id == campaign.id)
             )
             out.append((campaign.kind, sorted(people)))
@@ -281,8 +281,8 @@ def test_remind_with_nobody_confirmed_says_why_with_409(live: Live) -> None:
 
 
 def test_campaign_buttons_pause_resume_and_cancel(live: Live) -> None:
-    with session_scope(live.settings.database_url) as session:
-        campaign_id = campaigns.create_campaign(session, 95).id  # a draft invitation
+    with session_scope(live.settings.database_url) as db:
+        campaign_id = campaigns.create_campaign(db, 95).id  # a draft invitation
     csrf = log_in(live)
     index = live.client.get("/admin").text
     assert f'action="/admin/campaigns/{campaign_id}/send"' in index
@@ -302,8 +302,8 @@ def test_campaign_buttons_pause_resume_and_cancel(live: Live) -> None:
     assert cancelled.status_code == 303
     page = live.client.get(cancelled.headers["location"]).text
     assert "已取消" in page and "action=" not in page.split("发送任务 #")[-1].split("</div>")[0]
-    with session_scope(live.settings.database_url) as session:
-        assert campaigns.require_campaign(session, campaign_id).status == "cancelled"
+    with session_scope(live.settings.database_url) as db:
+        assert campaigns.require_campaign(db, campaign_id).status == "cancelled"
 
 
 def test_logout_clears_the_cookie(live: Live) -> None:
@@ -376,24 +376,22 @@ def test_logged_in_errors_are_friendly_4xx_pages(live: Live) -> None:
 
 def test_history_replays_the_events_on_both_databases(db_url: str, tmp_path: Path) -> None:
     start = utcnow() - timedelta(days=1)
-    with session_scope(db_url) as session:
-        import_records(
-            session, [write_record(tmp_path, deadline_in=timedelta(days=6))], timezone="UTC"
-        )
-        salon = sessions_repo.get_by_number(session, 95)
+    with session_scope(db_url) as db:
+        import_records(db, [write_record(tmp_path, deadline_in=timedelta(days=6))], timezone="UTC")
+        salon = sessions_repo.get_by_number(db, 95)
         assert salon is not None
         people = [
             Subscriber(email=f"h{i}@example.org", name="", created_at=start) for i in range(3)
         ]
-        session.add_all(people)
-        session.flush()
+        db.add_all(people)
+        db.flush()
         a, b, c = (p.id for p in people)
         steps = [(a, Answer.yes), (b, Answer.yes), (c, Answer.no), (a, Answer.maybe)]
         for minutes, (who, choice) in enumerate(steps):
-            record_answer(session, salon.id, who, choice, now=start + timedelta(minutes=minutes))
+            record_answer(db, salon.id, who, choice, now=start + timedelta(minutes=minutes))
         salon_id = salon.id
-    with session_scope(db_url) as session:
-        points = history.history(session, salon_id)
+    with session_scope(db_url) as db:
+        points = history.history(db, salon_id)
     assert [(p.at - start, p.yes, p.waitlisted, p.maybe, p.no) for p in points] == [
         (timedelta(0), 1, 0, 0, 0),
         (timedelta(minutes=1), 1, 1, 0, 0),

@@ -54,22 +54,22 @@ def seed_busy_session(live: Live, tmp_path: Path) -> None:
         encoding="utf-8",
     )
     rng = random.Random(96)
-    with session_scope(live.settings.database_url) as session:
-        import_records(session, [path], timezone="Asia/Shanghai")
-        salon = sessions_repo.get_by_number(session, 96)
+    with session_scope(live.settings.database_url) as db:
+        import_records(db, [path], timezone="Asia/Shanghai")
+        salon = sessions_repo.get_by_number(db, 96)
         assert salon is not None
         people = [
             Subscriber(email=f"busy{i}@example.org", name=f"参会者{i:02d}", created_at=now)
             for i in range(45)
         ]
-        session.add_all(people)
-        session.flush()
+        db.add_all(people)
+        db.flush()
         moments = sorted(now - timedelta(minutes=rng.randrange(3 * 24 * 60)) for _ in range(60))
         for i, at in enumerate(moments):
             who = people[i % len(people)]
             choice = rng.choices(list(Answer), weights=[6, 2, 2])[0]
-            record_answer(session, salon.id, who.id, choice, now=at)
-        campaigns.create_campaign(session, 96)  # a draft invitation: its buttons show
+            record_answer(db, salon.id, who.id, choice, now=at)
+        campaigns.create_campaign(db, 96)  # a draft invitation: its buttons show
 
 
 def no_horizontal_overflow(page: Any, width: int) -> None:

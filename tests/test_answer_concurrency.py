@@ -72,12 +72,12 @@ AnswerAll = Callable[[str, int, list[tuple[int, Answer, int]]], list[Any]]
 
 def state(url: str, session_id: int) -> tuple[repo.Counts, int, int, list[int]]:
     """Counts, the seat and waiting counters, and the waitlist in its order."""
-    with session_scope(url) as session:
-        counts = repo.counts(session, session_id)
-        salon = session.get(SalonSession, session_id)
+    with session_scope(url) as db:
+        counts = repo.counts(db, session_id)
+        salon = db.get(SalonSession, session_id)
         assert salon is not None
         waiting = list(
-            session.scalars(
+            db.scalars(
                 select(Rsvp.subscriber_id)
                 .where(Rsvp.session_id == session_id, Rsvp.waitlisted.is_(True))
                 .order_by(Rsvp.queue_no, Rsvp.id)
@@ -89,9 +89,9 @@ def state(url: str, session_id: int) -> tuple[repo.Counts, int, int, list[int]]:
 def answer_order(url: str, session_id: int) -> list[int]:
     """Whose "yes" was recorded in which order: the history rows, ids taken as each answer
     was decided."""
-    with session_scope(url) as session:
+    with session_scope(url) as db:
         return list(
-            session.scalars(
+            db.scalars(
                 select(RsvpEvent.subscriber_id)
                 .where(RsvpEvent.session_id == session_id, RsvpEvent.answer == "yes")
                 .order_by(RsvpEvent.id)
@@ -166,10 +166,10 @@ def test_guests_take_seats_under_concurrency(db_url: str, tmp_path: Path) -> Non
 
 def _extra(url: str) -> int:
     """One more subscriber on the list."""
-    with session_scope(url) as session:
+    with session_scope(url) as db:
         person = Subscriber(email="alone@example.org", name="独自", created_at=utcnow())
-        session.add(person)
-        session.flush()
+        db.add(person)
+        db.flush()
         return person.id
 
 
@@ -184,8 +184,8 @@ def test_a_double_click_changes_nothing(db_url: str, tmp_path: Path) -> None:
     counts, taken, waiting_count, waiting = state(db_url, sid)
     assert (counts.yes, taken, counts.waitlisted, waiting_count) == (2, 2, 1, 1)
     assert waiting == [people[2]]
-    with session_scope(db_url) as session:
-        events = session.scalar(select(func.count()).select_from(RsvpEvent))
+    with session_scope(db_url) as db:
+        events = db.scalar(select(func.count()).select_from(RsvpEvent))
     assert events == 3  # one history row (and one mail) per person
 
 
@@ -195,12 +195,12 @@ def test_a_departure_frees_the_seat_for_the_next_active_person(db_url: str, tmp_
     sid, people = setup_session(db_url, tmp_path, capacity=1, people=4)
     for person in people:
         answer(db_url, sid, person, Answer.yes)
-    with session_scope(db_url) as session:  # the next in line leaves first: passed over
-        unsubscribe(session, people[1], "unsubscribed by link (campaign 1)")
-    with session_scope(db_url) as session:  # then the seated person leaves
-        unsubscribe(session, people[0], "unsubscribed by link (campaign 1)")
+    with session_scope(db_url) as db:  # the next in line leaves first: passed over
+        unsubscribe(db, people[1], "unsubscribed by link (campaign 1)")
+    with session_scope(db_url) as db:  # then the seated person leaves
+        unsubscribe(db, people[0], "unsubscribed by link (campaign 1)")
     counts, taken, waiting_count, waiting = state(db_url, sid)
     assert (counts.yes, taken, waiting_count, waiting) == (1, 1, 1, [people[3]])
-    with session_scope(db_url) as session:
-        seated = repo.get(session, sid, people[2])
+    with session_scope(db_url) as db:
+        seated = repo.get(db, sid, people[2])
         assert seated is not None and (seated.answer, seated.waitlisted) == ("yes", False)

@@ -74,16 +74,16 @@ def test_counters_and_queue_places_come_from_the_answers(db_url: str) -> None:
     try:
         _seed_at_0005(db_url)
         upgrade(db_url)
-        with session_scope(db_url) as session:
-            salon = session.get(SalonSession, 1)
+        with session_scope(db_url) as db:
+            salon = db.get(SalonSession, 1)
             assert salon is not None
             assert (salon.plus_ones, salon.seats_taken, salon.waiting) == (1, 3, 2)
             # The seat left is for one person: 4 (a party of two) waits on, 3 moves up.
-            freed = record_answer(session, 1, 5, Answer.no)
+            freed = record_answer(db, 1, 5, Answer.no)
             assert freed.promoted == [3]
-            back = record_answer(session, 1, 1, Answer.no)  # a party of two leaves: 4 fits
+            back = record_answer(db, 1, 1, Answer.no)  # a party of two leaves: 4 fits
             assert back.promoted == [4]
-            session.refresh(salon)
+            db.refresh(salon)
             assert (salon.seats_taken, salon.waiting, salon.queue_next) == (4, 0, 5)
     finally:
         if db_url.startswith("postgresql"):

@@ -27,20 +27,20 @@ from tests.conftest import EXAMPLES, Configure
 from tests.worker import wait_for_worker
 
 
-def add_people(session: Session, count: int, *, tag: str | None = None) -> list[int]:
+def add_people(db: Session, count: int, *, tag: str | None = None) -> list[int]:
     tags = [Tag(name=tag)] if tag else []
     people = [
         Subscriber(email=f"p{i}@example.org", name=f"订阅者{i}", created_at=utcnow(), tags=tags)
         for i in range(count)
     ]
-    session.add_all(people)
-    session.flush()
+    db.add_all(people)
+    db.flush()
     return [p.id for p in people]
 
 
 def load_examples(url: str) -> None:
-    with session_scope(url) as session:
-        import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+    with session_scope(url) as db:
+        import_records(db, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
 
 
 def outbox_messages(settings: Settings) -> list[email.message.EmailMessage]:
@@ -53,8 +53,8 @@ def outbox_messages(settings: Settings) -> list[email.message.EmailMessage]:
 
 def test_snapshot_takes_active_subscribers_with_the_tag(db_url: str) -> None:
     load_examples(db_url)
-    with session_scope(db_url) as session:
-        add_people(session, 3, tag="zju")
+    with session_scope(db_url) as db:
+        add_people(db, 3, tag="zju")
         gone = Subscriber(
             email="gone@example.org",
             name="Gone",
@@ -62,34 +62,34 @@ def test_snapshot_takes_active_subscribers_with_the_tag(db_url: str) -> None:
             status=SubscriberStatus.unsubscribed,
         )
         other = Subscriber(email="other@example.org", name="Other", created_at=utcnow())
-        session.add_all([gone, other])
-    with session_scope(db_url) as session:
-        everyone = service.create_campaign(session, 61, past=True)
-        tagged = service.create_campaign(session, 61, tag="zju", past=True)
+        db.add_all([gone, other])
+    with session_scope(db_url) as db:
+        everyone = service.create_campaign(db, 61, past=True)
+        tagged = service.create_campaign(db, 61, tag="zju", past=True)
         assert (everyone.recipient_count, tagged.recipient_count) == (4, 3)
         assert everyone.subject == "第 61 期机器学习学术沙龙邀请函：联邦学习的鲁棒性"
-        assert repo.delivery_counts(session, everyone.id)["queued"] == 4
+        assert repo.delivery_counts(db, everyone.id)["queued"] == 4
 
 
 def test_unknown_session_and_campaign_are_clear_errors(db_url: str) -> None:
-    with session_scope(db_url) as session, pytest.raises(NotFoundError, match="session 99"):
-        service.create_campaign(session, 99)
-    with session_scope(db_url) as session, pytest.raises(NotFoundError, match="campaign 5"):
-        service.progress(session, 5)
+    with session_scope(db_url) as db, pytest.raises(NotFoundError, match="session 99"):
+        service.create_campaign(db, 99)
+    with session_scope(db_url) as db, pytest.raises(NotFoundError, match="campaign 5"):
+        service.progress(db, 5)
 
 
 def test_claims_never_overlap_between_concurrent_workers(db_url: str) -> None:
     load_examples(db_url)
-    with session_scope(db_url) as session:
-        add_people(session, 300)
-        campaign_id = service.create_campaign(session, 61, past=True).id
+    with session_scope(db_url) as db:
+        add_people(db, 300)
+        campaign_id = service.create_campaign(db, 61, past=True).id
     claimed: list[int] = []
     lock = threading.Lock()
 
     def worker(name: str) -> None:
         while True:
-            with session_scope(db_url) as session:
-                batch = repo.claim_batch(session, campaign_id, worker=name, limit=7)
+            with session_scope(db_url) as db:
+                batch = repo.claim_batch(db, campaign_id, worker=name, limit=7)
             if not batch:
                 return
             with lock:
@@ -108,45 +108,45 @@ def test_rows_of_a_worker_whose_heartbeat_stopped_come_back_marked_maybe_sent(
     db_url: str,
 ) -> None:
     load_examples(db_url)
-    with session_scope(db_url) as session:
-        add_people(session, 6)
-        campaign_id = service.create_campaign(session, 61, past=True).id
-        dead = repo.claim_batch(session, campaign_id, worker="dead", limit=3)
-        alive = repo.claim_batch(session, campaign_id, worker="alive", limit=3)
+    with session_scope(db_url) as db:
+        add_people(db, 6)
+        campaign_id = service.create_campaign(db, 61, past=True).id
+        dead = repo.claim_batch(db, campaign_id, worker="dead", limit=3)
+        alive = repo.claim_batch(db, campaign_id, worker="alive", limit=3)
     assert [c.attempts for c in dead + alive] == [0] * 6  # a claim is not an attempt
     beats = {"dead_after": timedelta(seconds=6), "stuck_after": timedelta(minutes=5)}
-    with session_scope(db_url) as session:
+    with session_scope(db_url) as db:
         assert (
             sweep_repo.requeue_orphans(
-                session, dead_after=beats["dead_after"], stuck_after=beats["stuck_after"]
+                db, dead_after=beats["dead_after"], stuck_after=beats["stuck_after"]
             )
             == 0
         )  # both beat just now
         # "dead" last beat (and claimed) 7 s ago; "alive" claimed then too but still beats.
         old = utcnow() - timedelta(seconds=7)
-        session.execute(update(Delivery).values(claimed_at=old))
-        session.execute(
+        db.execute(update(Delivery).values(claimed_at=old))
+        db.execute(
             update(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == "dead").values(beat_at=old)
         )
-        sweep_repo.record_heartbeat(session, "alive")
+        sweep_repo.record_heartbeat(db, "alive")
         assert (
             sweep_repo.requeue_orphans(
-                session,
+                db,
                 campaign_id=campaign_id,
                 dead_after=beats["dead_after"],
                 stuck_after=beats["stuck_after"],
             )
             == 3
         )
-        rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+        rows = db.scalars(select(Delivery).order_by(Delivery.id)).all()
     assert [(r.status, r.maybe_sent, r.attempts) for r in rows] == [("queued", True, 0)] * 3 + [
         ("inflight", False, 0)
     ] * 3
-    with session_scope(db_url) as session:  # a live worker stuck for longer than stuck_after
-        session.execute(update(Delivery).values(claimed_at=utcnow() - timedelta(hours=1)))
+    with session_scope(db_url) as db:  # a live worker stuck for longer than stuck_after
+        db.execute(update(Delivery).values(claimed_at=utcnow() - timedelta(hours=1)))
         assert (
             sweep_repo.requeue_orphans(
-                session, dead_after=beats["dead_after"], stuck_after=beats["stuck_after"]
+                db, dead_after=beats["dead_after"], stuck_after=beats["stuck_after"]
             )
             == 3
         )
@@ -154,16 +154,16 @@ def test_rows_of_a_worker_whose_heartbeat_stopped_come_back_marked_maybe_sent(
 
 def test_a_maybe_sent_row_refused_on_resend_ends_unconfirmed_not_failed(db_url: str) -> None:
     load_examples(db_url)
-    with session_scope(db_url) as session:
-        add_people(session, 2)
-        campaign_id = service.create_campaign(session, 61, past=True).id
-        session.execute(update(Delivery).values(maybe_sent=Delivery.id == 1))
-        claimed = repo.claim_batch(session, campaign_id, worker="w", limit=2)
+    with session_scope(db_url) as db:
+        add_people(db, 2)
+        campaign_id = service.create_campaign(db, 61, past=True).id
+        db.execute(update(Delivery).values(maybe_sent=Delivery.id == 1))
+        claimed = repo.claim_batch(db, campaign_id, worker="w", limit=2)
         ids = [c.delivery_id for c in claimed]
-        repo.mark_failed(session, ids, "550 5.7.1 policy", worker="w", answered=True)
-        rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+        repo.mark_failed(db, ids, "550 5.7.1 policy", worker="w", answered=True)
+        rows = db.scalars(select(Delivery).order_by(Delivery.id)).all()
         assert [(r.status, r.attempts) for r in rows] == [("unconfirmed", 1), ("failed", 1)]
-        assert service.progress(session, campaign_id).unconfirmed == 1
+        assert service.progress(db, campaign_id).unconfirmed == 1
 
 
 def test_send_mails_everyone_once_and_sending_again_mails_nobody(
@@ -172,9 +172,9 @@ def test_send_mails_everyone_once_and_sending_again_mails_nobody(
     settings = configure(batch_size="7")
     upgrade(settings.database_url)
     load_examples(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        add_people(session, 20)
-        campaign_id = service.create_campaign(session, 61, past=True).id
+    with session_scope(settings.database_url) as db:
+        add_people(db, 20)
+        campaign_id = service.create_campaign(db, 61, past=True).id
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
     enqueue(start_campaign, campaign_id)  # a second send: rows decide, nobody is mailed again
@@ -183,8 +183,8 @@ def test_send_mails_everyone_once_and_sending_again_mails_nobody(
     recipients = Counter(str(m["To"]) for m in messages)
     assert len(recipients) == 20
     assert set(recipients.values()) == {1}
-    with session_scope(settings.database_url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        progress = service.progress(db, campaign_id)
     assert (progress.status, progress.sent, progress.queued, progress.inflight) == (
         CampaignStatus.finished,
         20,
@@ -200,10 +200,10 @@ def test_unsubscribed_after_creation_is_skipped_at_send_time(configure: Configur
     settings = configure()
     upgrade(settings.database_url)
     load_examples(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        ids = add_people(session, 3)
-        campaign_id = service.create_campaign(session, 61, past=True).id
-        session.execute(
+    with session_scope(settings.database_url) as db:
+        ids = add_people(db, 3)
+        campaign_id = service.create_campaign(db, 61, past=True).id
+        db.execute(
             update(Subscriber)
             .where(Subscriber.id == ids[0])
             .values(status=SubscriberStatus.unsubscribed)
@@ -213,8 +213,8 @@ def test_unsubscribed_after_creation_is_skipped_at_send_time(configure: Configur
     sent_to = {str(m["To"]) for m in outbox_messages(settings)}
     assert len(sent_to) == 2
     assert not any("p0@example.org" in to for to in sent_to)
-    with session_scope(settings.database_url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        progress = service.progress(db, campaign_id)
         assert (progress.sent, progress.skipped, progress.status) == (2, 1, "finished")
 
 
@@ -227,15 +227,15 @@ def test_dead_smtp_server_is_probed_then_pauses_in_process_and_loses_nothing(
     settings = configure(mail_url=f"smtp://127.0.0.1:{free_port()}", retry_backoff="0.05,0.1")
     upgrade(settings.database_url)
     load_examples(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        add_people(session, 4)
-        campaign_id = service.create_campaign(session, 61, past=True).id
+    with session_scope(settings.database_url) as db:
+        add_people(db, 4)
+        campaign_id = service.create_campaign(db, 61, past=True).id
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(settings.database_url) as session:
-        progress = service.progress(session, campaign_id)
-        statuses = set(session.scalars(select(Delivery.status)))
-        attempts = set(session.scalars(select(Delivery.attempts)))
+    with session_scope(settings.database_url) as db:
+        progress = service.progress(db, campaign_id)
+        statuses = set(db.scalars(select(Delivery.status)))
+        attempts = set(db.scalars(select(Delivery.attempts)))
     assert attempts == {0}  # no connection, no answer: no attempt used
     assert progress.status == CampaignStatus.paused
     assert progress.status_reason and "127.0.0.1" in progress.status_reason
@@ -247,21 +247,21 @@ def test_dead_smtp_server_is_probed_then_pauses_in_process_and_loses_nothing(
 
 def test_pause_resume_cancel(db_url: str) -> None:
     load_examples(db_url)
-    with session_scope(db_url) as session:
-        add_people(session, 3)
-        campaign_id = service.create_campaign(session, 61, past=True).id
-    with session_scope(db_url) as session:
+    with session_scope(db_url) as db:
+        add_people(db, 3)
+        campaign_id = service.create_campaign(db, 61, past=True).id
+    with session_scope(db_url) as db:
         with pytest.raises(InvalidStateError, match="cannot resume"):
-            service.resume_campaign(session, campaign_id)
-        service.start_campaign(session, campaign_id)
-        service.pause_campaign(session, campaign_id)
-        service.resume_campaign(session, campaign_id)
-        service.cancel_campaign(session, campaign_id)
-    with session_scope(db_url) as session:
-        progress = service.progress(session, campaign_id)
+            service.resume_campaign(db, campaign_id)
+        service.start_campaign(db, campaign_id)
+        service.pause_campaign(db, campaign_id)
+        service.resume_campaign(db, campaign_id)
+        service.cancel_campaign(db, campaign_id)
+    with session_scope(db_url) as db:
+        progress = service.progress(db, campaign_id)
         assert (progress.status, progress.skipped, progress.queued) == ("cancelled", 3, 0)
         with pytest.raises(InvalidStateError, match="cannot start"):
-            service.start_campaign(session, campaign_id)
+            service.start_campaign(db, campaign_id)
 
 
 def test_waiting_for_the_relay_follows_the_table_and_can_be_paused_or_cancelled(
@@ -270,38 +270,36 @@ def test_waiting_for_the_relay_follows_the_table_and_can_be_paused_or_cancelled(
     from zoneinfo import ZoneInfo
 
     load_examples(db_url)
-    with session_scope(db_url) as session:
-        add_people(session, 2)
-        campaign_id = service.create_campaign(session, 61, past=True).id
-        service.start_campaign(session, campaign_id)
+    with session_scope(db_url) as db:
+        add_people(db, 2)
+        campaign_id = service.create_campaign(db, 61, past=True).id
+        service.start_campaign(db, campaign_id)
     zone, delays = ZoneInfo("Asia/Shanghai"), [5.0, 60.0]
     steps = []
     for _ in range(3):  # the last step repeats while the relay stays down
-        with session_scope(db_url) as session:
+        with session_scope(db_url) as db:
             before = utcnow()
             at = service.wait_for_relay(
-                session, campaign_id, "waiting for the relay (x)", delays=delays, zone=zone
+                db, campaign_id, "waiting for the relay (x)", delays=delays, zone=zone
             )
             assert at is not None
             steps.append(round((at - before).total_seconds()))
             # A second batch meeting the same outage changes nothing.
-            assert (
-                service.wait_for_relay(session, campaign_id, "y", delays=delays, zone=zone) is None
-            )
-            campaign = service.require_campaign(session, campaign_id)
+            assert service.wait_for_relay(db, campaign_id, "y", delays=delays, zone=zone) is None
+            campaign = service.require_campaign(db, campaign_id)
             assert campaign.status == CampaignStatus.waiting
             assert campaign.status_reason == (
                 f"waiting for the relay (x); next try at {at.astimezone(zone):%H:%M:%S} CST"
             )
-            assert service.probe_relay(session, campaign_id) is False  # not due yet
+            assert service.probe_relay(db, campaign_id) is False  # not due yet
             campaign.relay_retry_at = utcnow()
-            assert service.probe_relay(session, campaign_id) is True
+            assert service.probe_relay(db, campaign_id) is True
     assert steps == [5, 60, 60]
-    with session_scope(db_url) as session:
-        service.wait_for_relay(session, campaign_id, "down", delays=delays, zone=zone)
-        service.pause_campaign(session, campaign_id)  # pausing stops the probing
-        service.require_campaign(session, campaign_id).relay_retry_at = utcnow()
-        assert service.probe_relay(session, campaign_id) is False
-        service.resume_campaign(session, campaign_id)
-        service.wait_for_relay(session, campaign_id, "down", delays=delays, zone=zone)
-        assert service.cancel_campaign(session, campaign_id).status == CampaignStatus.cancelled
+    with session_scope(db_url) as db:
+        service.wait_for_relay(db, campaign_id, "down", delays=delays, zone=zone)
+        service.pause_campaign(db, campaign_id)  # pausing stops the probing
+        service.require_campaign(db, campaign_id).relay_retry_at = utcnow()
+        assert service.probe_relay(db, campaign_id) is False
+        service.resume_campaign(db, campaign_id)
+        service.wait_for_relay(db, campaign_id, "down", delays=delays, zone=zone)
+        assert service.cancel_campaign(db, campaign_id).status == CampaignStatus.cancelled

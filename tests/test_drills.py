@@ -117,14 +117,14 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
 
     def create_campaign(self, people: int = PEOPLE) -> int:
-        with session_scope(self.database_url) as session:
-            import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
-            session.add_all(
+        with session_scope(self.database_url) as db:
+            import_records(db, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+            db.add_all(
                 Subscriber(email=f"p{i:04d}@example.org", name=f"订阅者{i}", created_at=utcnow())
                 for i in range(people)
             )
-        with session_scope(self.database_url) as session:
-            return service.create_campaign(session, 61, past=True).id
+        with session_scope(self.database_url) as db:
+            return service.create_campaign(db, 61, past=True).id
 
     def send(self, campaign_id: int) -> None:
         """What ``newsletter campaign send`` does with a broker: enqueue the start task."""
@@ -141,14 +141,14 @@ class Stack:
     def wait_until(self, campaign_id: int, statuses: set[str], timeout: float = 120) -> str:
         deadline = time.monotonic() + timeout
         while True:
-            with session_scope(self.database_url) as session:
-                status = session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+            with session_scope(self.database_url) as db:
+                status = db.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
             assert status is not None
             if status in statuses:
                 return status
             if time.monotonic() > deadline:
-                with session_scope(self.database_url) as session:
-                    progress = service.progress(session, campaign_id)
+                with session_scope(self.database_url) as db:
+                    progress = service.progress(db, campaign_id)
                 raise AssertionError(f"campaign still {status} after {timeout}s: {progress}")
             time.sleep(0.2)
 
@@ -212,8 +212,8 @@ def test_kill_9_a_worker_mid_campaign_then_another_finishes(stack: Stack) -> Non
     assert stack.wait_until(campaign_id, {"finished"}) == "finished"
     # At most one batch (20) was in flight in the killed worker.
     assert_everyone_once(stack, in_flight=20)
-    with session_scope(stack.database_url) as session:
-        reclaimed = session.scalar(select(Delivery.id).where(Delivery.maybe_sent).limit(1))
+    with session_scope(stack.database_url) as db:
+        reclaimed = db.scalar(select(Delivery.id).where(Delivery.maybe_sent).limit(1))
     assert reclaimed is not None, "the dead worker's rows were never given back"
 
 
@@ -254,8 +254,8 @@ def test_relay_answering_421_for_a_while_waits_then_delivers_everyone(stack: Sta
     assert stack.wait_until(campaign_id, {"waiting", "paused"}, timeout=60) == "waiting"
     assert stack.wait_until(campaign_id, {"finished", "paused"}) == "finished"
     assert_everyone_once(stack)
-    with session_scope(stack.database_url) as session:
-        attempts = set(session.scalars(select(Delivery.attempts)))
+    with session_scope(stack.database_url) as db:
+        attempts = set(db.scalars(select(Delivery.attempts)))
     assert attempts == {1}  # a 421 is about the relay: no message used an attempt on it
 
 
@@ -273,8 +273,8 @@ def test_relay_refusing_some_addresses_fails_those_and_suppresses_hard_bounces(
     assert stack.wait_until(campaign_id, {"finished", "paused"}) == "finished"
     got = stack.received()
     assert set(got) == {f"p{i:04d}@example.org" for i in range(PEOPLE)} - refused
-    with session_scope(stack.database_url) as session:
-        failed = session.execute(
+    with session_scope(stack.database_url) as db:
+        failed = db.execute(
             select(Subscriber.email, Subscriber.status, Delivery.last_error)
             .join(Delivery, Delivery.subscriber_id == Subscriber.id)
             .where(Delivery.status == DeliveryStatus.failed)
@@ -292,8 +292,8 @@ def test_error_budget_exceeded_pauses_the_campaign_with_the_reason(stack: Stack)
     campaign_id = stack.create_campaign()
     stack.send(campaign_id)
     assert stack.wait_until(campaign_id, {"finished", "paused"}) == "paused"
-    with session_scope(stack.database_url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(stack.database_url) as db:
+        progress = service.progress(db, campaign_id)
     assert progress.status_reason and "error budget" in progress.status_reason
     assert "5.7.1" in progress.status_reason
     assert progress.queued > 0  # the rest of the list was not burned
@@ -304,16 +304,16 @@ def test_pause_resume_and_cancel_mid_flight(stack: Stack) -> None:
     campaign_id = stack.create_campaign()
     stack.send(campaign_id)
     stack.wait_for_received(30)
-    with session_scope(stack.database_url) as session:
-        service.pause_campaign(session, campaign_id)
+    with session_scope(stack.database_url) as db:
+        service.pause_campaign(db, campaign_id)
     # Within one batch (20 here, reports every 100 messages) nothing more leaves.
     time.sleep(2.0)
     at_pause = len(stack.smtp.handler.received)
     time.sleep(1.5)
     assert len(stack.smtp.handler.received) == at_pause < PEOPLE
-    with session_scope(stack.database_url) as session:
-        assert service.progress(session, campaign_id).inflight == 0
-        service.resume_campaign(session, campaign_id)
+    with session_scope(stack.database_url) as db:
+        assert service.progress(db, campaign_id).inflight == 0
+        service.resume_campaign(db, campaign_id)
     stack.send(campaign_id)
     assert stack.wait_until(campaign_id, {"finished"}) == "finished"
     assert_everyone_once(stack)
@@ -321,11 +321,11 @@ def test_pause_resume_and_cancel_mid_flight(stack: Stack) -> None:
     second = stack.create_campaign(people=0)  # same people, a second campaign
     stack.send(second)
     stack.wait_for_received(PEOPLE + 20)
-    with session_scope(stack.database_url) as session:
-        service.cancel_campaign(session, second)
+    with session_scope(stack.database_url) as db:
+        service.cancel_campaign(db, second)
     time.sleep(2.0)
-    with session_scope(stack.database_url) as session:
-        progress = service.progress(session, second)
+    with session_scope(stack.database_url) as db:
+        progress = service.progress(db, second)
     assert progress.status == "cancelled"
     assert progress.queued == 0 and progress.inflight == 0
     assert progress.sent + progress.skipped == PEOPLE
@@ -370,8 +370,8 @@ def test_kill_9_during_retry_waits_with_a_greylisting_relay(stack: Stack) -> Non
     got = stack.received()
     refusals = stack.smtp.handler.rcpt_refusals
     limit = len(GREYLIST_TABLE.split(",")) + 1
-    with session_scope(stack.database_url) as session:
-        rows = session.execute(
+    with session_scope(stack.database_url) as db:
+        rows = db.execute(
             select(Subscriber.email, Delivery.status, Delivery.attempts, Delivery.maybe_sent).join(
                 Delivery, Delivery.subscriber_id == Subscriber.id
             )
@@ -465,8 +465,8 @@ def test_relay_down_for_a_while_waits_then_finishes_by_itself(stack: Stack) -> N
     stack.wait_for_received(60)
     stack.smtp.stop()
     assert stack.wait_until(campaign_id, {"waiting", "paused"}, timeout=60) == "waiting"
-    with session_scope(stack.database_url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(stack.database_url) as db:
+        progress = service.progress(db, campaign_id)
     assert progress.status_reason and progress.status_reason.startswith("waiting for the relay")
     assert "next try at" in progress.status_reason
     shown = subprocess.run(
@@ -482,8 +482,8 @@ def test_relay_down_for_a_while_waits_then_finishes_by_itself(stack: Stack) -> N
     stack.smtp.restart()
     assert stack.wait_until(campaign_id, {"finished", "paused"}) == "finished"  # no resume
     assert_everyone_once(stack, in_flight=20)
-    with session_scope(stack.database_url) as session:
-        attempts = set(session.scalars(select(Delivery.attempts)))
+    with session_scope(stack.database_url) as db:
+        attempts = set(db.scalars(select(Delivery.attempts)))
     assert attempts == {1}  # the outage cost no message an attempt
     print(f"\nrelay outage drill: N={PEOPLE}, down ~3 s, wall={time.monotonic() - started:.1f}s")
 

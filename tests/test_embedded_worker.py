@@ -77,8 +77,8 @@ def received(relay: SmtpServer) -> Counter[str]:
 
 
 def status(database_url: str, campaign_id: int) -> campaigns.CampaignProgress:
-    with session_scope(database_url) as session:
-        return campaigns.progress(session, campaign_id)
+    with session_scope(database_url) as db:
+        return campaigns.progress(db, campaign_id)
 
 
 def worker_threads() -> list[threading.Thread]:
@@ -115,8 +115,8 @@ def test_enqueue_returns_while_the_first_message_is_still_on_its_way(
     relay = start_smtp()
     settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}")
     seed(settings, tmp_path, people=3, capacity=None)
-    with session_scope(settings.database_url) as session:
-        campaign_id = campaigns.create_campaign(session, 95).id
+    with session_scope(settings.database_url) as db:
+        campaign_id = campaigns.create_campaign(db, 95).id
     gate = Gate(relay)
     enqueue(start_campaign, campaign_id)  # before: sent the whole campaign, here
     assert not gate.opened.is_set() and received(relay) == Counter()
@@ -150,8 +150,8 @@ def test_the_dashboard_send_button_answers_before_the_campaign_is_sent(
     relayed: tuple[Live, SmtpServer],
 ) -> None:
     live, relay = relayed
-    with session_scope(live.settings.database_url) as session:
-        campaign_id = campaigns.create_campaign(session, 95).id
+    with session_scope(live.settings.database_url) as db:
+        campaign_id = campaigns.create_campaign(db, 95).id
     csrf = log_in(live)
     gate = Gate(relay)
     pressed = live.client.post(f"/admin/campaigns/{campaign_id}/send", data={"csrf": csrf})
@@ -178,8 +178,8 @@ def test_a_task_that_raises_is_one_log_line_and_the_next_task_runs(
     relay = start_smtp()
     settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}")
     seed(settings, tmp_path, people=3, capacity=None)
-    with session_scope(settings.database_url) as session:
-        campaign_id = campaigns.create_campaign(session, 95).id
+    with session_scope(settings.database_url) as db:
+        campaign_id = campaigns.create_campaign(db, 95).id
     with caplog.at_level(logging.INFO, logger="tasks"):
         enqueue(start_campaign, 4040)  # no such campaign: the task raises NotFoundError
         enqueue(start_campaign, campaign_id)
@@ -225,13 +225,13 @@ def test_the_embedded_beat_sweep_starts_a_scheduled_campaign(
 ) -> None:
     live, relay = relayed
     url = live.settings.database_url
-    with session_scope(url) as session:
-        campaign_id = campaigns.create_campaign(session, 95).id
-        campaigns.schedule_campaign(session, campaign_id, utcnow() + timedelta(hours=1))
+    with session_scope(url) as db:
+        campaign_id = campaigns.create_campaign(db, 95).id
+        campaigns.schedule_campaign(db, campaign_id, utcnow() + timedelta(hours=1))
     sweep.apply()  # not due yet: nothing starts
     assert status(url, campaign_id).status == "scheduled"
-    with session_scope(url) as session:
-        session.get_one(Campaign, campaign_id).scheduled_at = utcnow() - timedelta(seconds=1)
+    with session_scope(url) as db:
+        db.get_one(Campaign, campaign_id).scheduled_at = utcnow() - timedelta(seconds=1)
     # Nobody calls the sweep now: the web process's beat runs it (every 0.2 s here).
     until(lambda: status(url, campaign_id).status == "finished", "beat's sweep started it")
     assert received(relay) == everyone(3)
@@ -290,8 +290,8 @@ def test_ctrl_c_pauses_the_campaign_and_resume_mails_the_rest_once(
     # Five messages a second for 40 people: the batch is still sending when it sees the pause.
     settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}", rate_limit="5")
     seed(settings, tmp_path, people=40, capacity=None)
-    with session_scope(settings.database_url) as session:
-        campaign_id = campaigns.create_campaign(session, 95).id
+    with session_scope(settings.database_url) as db:
+        campaign_id = campaigns.create_campaign(db, 95).id
     gate = Gate(relay)
     sending = cli(tmp_path, "campaign", "send", str(campaign_id), "--wait")
     assert gate.reached.wait(GUARD_S)
@@ -334,6 +334,6 @@ def test_the_api_of_a_served_app_is_answered_while_the_worker_sends(
             return bool(shown["status"] == "finished")
 
         until(done, "the served app's worker finished the campaign")
-    with session_scope(settings.database_url) as session:
-        assert session.scalar(select(Campaign.status)) == "finished"
+    with session_scope(settings.database_url) as db:
+        assert db.scalar(select(Campaign.status)) == "finished"
     assert received(relay) == everyone(3)

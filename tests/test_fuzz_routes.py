@@ -119,8 +119,8 @@ def test_no_admin_route_answers_500(live: Live) -> None:
     from newsletter.campaigns import service as campaigns
     from newsletter.db import session_scope
 
-    with session_scope(live.settings.database_url) as session:
-        campaign_id = campaigns.create_campaign(session, 95).id
+    with session_scope(live.settings.database_url) as db:
+        campaign_id = campaigns.create_campaign(db, 95).id
     assert live.client.post("/admin/login", data={"token": "test-admin-token"}).status_code == 303
     good_cookie = live.client.cookies["newsletter_admin"]
     real_csrf = form_token(live.client.get("/admin").text)

@@ -30,13 +30,13 @@ SAMPLE = EXAMPLES / "sessions" / "061.yaml"
 def first_delivery_message_id(settings: Settings) -> tuple[str, str]:
     """Delivery 1 of a fresh campaign in ``settings``' database, built twice."""
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        import_records(session, [SAMPLE], timezone="Asia/Shanghai")
-        session.add(Subscriber(email="reader@example.org", name="读者", created_at=utcnow()))
-    with session_scope(settings.database_url) as session:
-        campaign_id = service.create_campaign(session, 61, past=True).id
-    with session_scope(settings.database_url) as session:
-        compiled = compile_campaign(session, campaign_id, settings)
+    with session_scope(settings.database_url) as db:
+        import_records(db, [SAMPLE], timezone="Asia/Shanghai")
+        db.add(Subscriber(email="reader@example.org", name="读者", created_at=utcnow()))
+    with session_scope(settings.database_url) as db:
+        campaign_id = service.create_campaign(db, 61, past=True).id
+    with session_scope(settings.database_url) as db:
+        compiled = compile_campaign(db, campaign_id, settings)
     keys = settings.secret_keys
     once = build_message(compiled, 1, 1, "读者", "reader@example.org", settings, keys)
     again = build_message(compiled, 1, 1, "读者", "reader@example.org", settings, keys)
@@ -82,14 +82,14 @@ def test_previews_get_a_fresh_p_id_that_no_delivery_can_have(tmp_path: Path) -> 
 def test_rsvp_notices_carry_the_installation_id(configure: Configure) -> None:
     settings = configure()
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        import_records(session, [SAMPLE], timezone="Asia/Shanghai")
+    with session_scope(settings.database_url) as db:
+        import_records(db, [SAMPLE], timezone="Asia/Shanghai")
         person = Subscriber(email="reader@example.org", name="读者", created_at=utcnow())
-        session.add(person)
-        session.flush()
-        salon = sessions_repo.get_by_number(session, 61)
+        db.add(person)
+        db.flush()
+        salon = sessions_repo.get_by_number(db, 61)
         assert salon is not None
-        notice = build_rsvp_notice(session, settings, salon.id, person.id, NoticeKind.confirmed)
+        notice = build_rsvp_notice(db, settings, salon.id, person.id, NoticeKind.confirmed)
     assert notice is not None
     token = installation_token_for(settings.database_url)
     assert notice.message_id.startswith("<n")

@@ -53,23 +53,23 @@ def test_metrics_count_a_campaign_and_the_answers(live: Live) -> None:
     _answer(live, 0, "yes")  # the one seat
     _answer(live, 1, "yes")  # waitlisted
     _answer(live, 2, "no")
-    with session_scope(live.settings.database_url) as session:
-        campaign_id = campaigns.create_campaign(session, 95).id
+    with session_scope(live.settings.database_url) as db:
+        campaign_id = campaigns.create_campaign(db, 95).id
     # The outcomes a worker would have recorded: one sent, one refused for good (the
     # address bounced), one still queued.
     first, second, _ = live.people
-    with session_scope(live.settings.database_url) as session:
-        session.execute(
+    with session_scope(live.settings.database_url) as db:
+        db.execute(
             update(Delivery)
             .where(Delivery.subscriber_id == first)
             .values(status=DeliveryStatus.sent)
         )
-        session.execute(
+        db.execute(
             update(Delivery)
             .where(Delivery.subscriber_id == second)
             .values(status=DeliveryStatus.failed)
         )
-        session.execute(
+        db.execute(
             update(Subscriber)
             .where(Subscriber.id == second)
             .values(status=SubscriberStatus.bounced)

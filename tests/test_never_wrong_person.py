@@ -120,9 +120,9 @@ def cli_remove(live: Live, person: int) -> None:
 
 def hard_bounce(live: Live, person: int) -> None:
     """What the sender does on a 5.1.x refusal."""
-    with session_scope(live.settings.database_url) as session:
+    with session_scope(live.settings.database_url) as db:
         suppress(
-            session,
+            db,
             subscriber_id=live.people[person],
             status=SubscriberStatus.bounced,
             reason="hard bounce: 550 5.1.1 mailbox unknown",
@@ -156,8 +156,8 @@ def answers(live: Live) -> dict[int, tuple[str, bool]]:
 
 def notes(live: Live, person: int) -> list[str]:
     """What the history and the outbox say about one person's rows."""
-    with session_scope(live.settings.database_url) as session:
-        found = session.scalars(
+    with session_scope(live.settings.database_url) as db:
+        found = db.scalars(
             select(RsvpEvent.notice_error)
             .where(RsvpEvent.subscriber_id == live.people[person])
             .order_by(RsvpEvent.id)
@@ -166,8 +166,8 @@ def notes(live: Live, person: int) -> list[str]:
 
 
 def pending(live: Live) -> int:
-    with session_scope(live.settings.database_url) as session:
-        return notice_repo.pending_count(session)
+    with session_scope(live.settings.database_url) as db:
+        return notice_repo.pending_count(db)
 
 
 # --- promotion: the reported bug ------------------------------------------------------------
@@ -206,8 +206,8 @@ def test_promotion_passes_over_anyone_not_active_even_on_old_rows(
         for person in range(3):
             assert post_answer(live, person, "yes") == 200
         wait_for_worker()  # 0's confirmation goes out
-        with session_scope(live.settings.database_url) as session:
-            session.execute(
+        with session_scope(live.settings.database_url) as db:
+            db.execute(
                 update(Subscriber)
                 .where(Subscriber.id == live.people[1])
                 .values(status=SubscriberStatus.unsubscribed)
@@ -239,8 +239,8 @@ def test_leaving_gives_up_the_seat_and_the_next_person_is_promoted_and_told(
         wait_for_worker()  # 0's confirmation goes out
         leave(live, 0)
         assert answers(live) == {0: ("no", False), 1: ("yes", False), 2: ("yes", True)}
-        with session_scope(live.settings.database_url) as session:
-            counts = rsvp_repo.counts(session, live.session_id)
+        with session_scope(live.settings.database_url) as db:
+            counts = rsvp_repo.counts(db, live.session_id)
         assert (counts.yes, counts.waitlisted, counts.no, counts.seats) == (1, 1, 1, 1)
         (why,) = notes(live, 0)
         assert why.startswith("withdrawn: subscriber ")
@@ -277,8 +277,8 @@ def test_an_answer_being_recorded_while_its_person_leaves_is_withdrawn_too(
     left: list[bool] = []
 
     def leave() -> None:
-        with session_scope(postgres_url) as session:
-            left.append(unsubscribe(session, people[0], "unsubscribed by link (campaign 1)"))
+        with session_scope(postgres_url) as db:
+            left.append(unsubscribe(db, people[0], "unsubscribed by link (campaign 1)"))
 
     try:
         assert not record_answer(answering, sid, people[0], Answer.yes).waitlisted
@@ -292,14 +292,14 @@ def test_an_answer_being_recorded_while_its_person_leaves_is_withdrawn_too(
     leaving.join(30)
     assert left == [True]
     assert record_by_service(postgres_url, sid, people[1], Answer.yes).waitlisted is False
-    with session_scope(postgres_url) as session:
-        mine = rsvp_repo.get(session, sid, people[0])
+    with session_scope(postgres_url) as db:
+        mine = rsvp_repo.get(db, sid, people[0])
         assert mine is not None and mine.answer == Answer.no
 
 
 def _someone_waits_for_a_lock(url: str) -> bool:
-    with session_scope(url) as session:
-        waiting = session.scalar(
+    with session_scope(url) as db:
+        waiting = db.scalar(
             text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
         )
     return bool(waiting)
@@ -362,9 +362,9 @@ def test_the_sender_checks_the_status_when_it_claims_the_notice(
     with club(configure, tmp_path, relay, db_url, capacity=None, people=3) as live:
         for person in range(3):
             record_by_service(db_url, live.session_id, live.people[person], Answer.yes)
-        with session_scope(db_url) as session:
+        with session_scope(db_url) as db:
             for person, status in ((0, SubscriberStatus.unsubscribed), (1, "suppressed")):
-                session.execute(
+                db.execute(
                     update(Subscriber)
                     .where(Subscriber.id == live.people[person])
                     .values(status=status)
@@ -397,8 +397,8 @@ def test_a_notice_waiting_for_a_retry_is_dropped_when_the_person_leaves(
         assert pending(live) == 2 and recipients(relay) == []
         one_click(live, 1)  # leaves with the promotion still to be retried
         assert answers(live)[2] == ("yes", False)  # and passes the seat on
-        with session_scope(db_url) as session:  # every back-off has passed
-            session.execute(
+        with session_scope(db_url) as db:  # every back-off has passed
+            db.execute(
                 update(RsvpEvent)
                 .where(RsvpEvent.notice_due_at.is_not(None))
                 .values(notice_due_at=utcnow() - timedelta(seconds=1))
@@ -413,8 +413,8 @@ def test_a_notice_waiting_for_a_retry_is_dropped_when_the_person_leaves(
 
 
 def delivery_status(live: Live, campaign_id: int) -> dict[int, str]:
-    with session_scope(live.settings.database_url) as session:
-        rows = session.execute(
+    with session_scope(live.settings.database_url) as db:
+        rows = db.execute(
             select(Delivery.subscriber_id, Delivery.status).where(
                 Delivery.campaign_id == campaign_id
             )
@@ -446,8 +446,8 @@ def test_a_reminder_skips_whoever_unsubscribed_after_it_was_created(
         for person in range(3):
             assert post_answer(live, person, "yes") == 200
         wait_for_worker()  # the confirmations go out
-        with session_scope(db_url) as session:
-            campaign_id = campaigns.create_reminder(session, 95).id
+        with session_scope(db_url) as db:
+            campaign_id = campaigns.create_reminder(db, 95).id
         button(live, 2)
         relay.handler.received.clear()  # the confirmations
         sent = newsletter("campaign", "send", str(campaign_id))
@@ -473,8 +473,8 @@ def test_every_csv_cell_a_person_typed_is_neutralised(
         for address, name in FORMULA_PEOPLE:
             added = newsletter("subscribers", "add", address, "--name", name)
             assert added.exit_code == 0, added.output
-            with session_scope(database_url) as session:
-                found = session.scalar(select(Subscriber.id).where(Subscriber.email == address))
+            with session_scope(database_url) as db:
+                found = db.scalar(select(Subscriber.id).where(Subscriber.email == address))
             assert found is not None
             live.people.append(found)
         for person in range(len(live.people)):

@@ -33,15 +33,15 @@ def recipients(server: SmtpServer) -> list[str]:
 
 
 def address(url: str, subscriber_id: int) -> str:
-    with session_scope(url) as session:
-        person = session.get(Subscriber, subscriber_id)
+    with session_scope(url) as db:
+        person = db.get(Subscriber, subscriber_id)
         assert person is not None
         return person.email
 
 
 def pending(url: str) -> int:
-    with session_scope(url) as session:
-        return notice_repo.pending_count(session)
+    with session_scope(url) as db:
+        return notice_repo.pending_count(db)
 
 
 def test_each_notice_is_sent_once_through_smtp(
@@ -80,8 +80,8 @@ def test_an_answer_changed_before_the_mail_went_out_gets_none(
     answer(db_url, sid, people[1], Answer.yes)  # two confirmations due: one mail
     send_rsvp_notices(None)
     assert recipients(relay) == [address(db_url, people[1])]
-    with session_scope(db_url) as session:
-        errors = session.scalars(
+    with session_scope(db_url) as db:
+        errors = db.scalars(
             select(RsvpEvent.notice_error).where(RsvpEvent.subscriber_id == people[0])
         ).all()
     assert any(error and "answer changed" in error for error in errors)
@@ -97,14 +97,14 @@ def test_a_refused_notice_waits_and_goes_out_on_the_retry(
     answer(db_url, sid, people[0], Answer.yes)
     send_rsvp_notices(sid)
     assert recipients(relay) == []
-    with session_scope(db_url) as session:
-        event = session.scalars(select(RsvpEvent).where(RsvpEvent.notice.is_not(None))).one()
+    with session_scope(db_url) as db:
+        event = db.scalars(select(RsvpEvent).where(RsvpEvent.notice.is_not(None))).one()
         assert event.notice_attempts == 1 and "421" in (event.notice_error or "")
         assert event.notice_due_at is not None and event.notice_due_at > utcnow()
     send_rsvp_notices(sid)  # not due yet: nothing happens
     assert recipients(relay) == []
-    with session_scope(db_url) as session:  # the back-off has passed
-        session.execute(update(RsvpEvent).values(notice_due_at=utcnow() - timedelta(seconds=1)))
+    with session_scope(db_url) as db:  # the back-off has passed
+        db.execute(update(RsvpEvent).values(notice_due_at=utcnow() - timedelta(seconds=1)))
     send_rsvp_notices(sid)
     assert recipients(relay) == [address(db_url, people[0])]
     assert pending(db_url) == 0
@@ -121,8 +121,8 @@ def test_a_dead_relay_loses_no_notice_and_the_sweep_sends_it(
     assert pending(db_url) == 2
     relay = start_smtp()
     configure(mail_url=f"smtp://127.0.0.1:{relay.port}")
-    with session_scope(db_url) as session:
-        session.execute(update(RsvpEvent).values(notice_due_at=utcnow() - timedelta(seconds=1)))
+    with session_scope(db_url) as db:
+        db.execute(update(RsvpEvent).values(notice_due_at=utcnow() - timedelta(seconds=1)))
     send_rsvp_notices(None)  # what beat's sweep runs: every session's due notices
     assert recipients(relay) == sorted(address(db_url, person) for person in people)
     assert pending(db_url) == 0

@@ -26,18 +26,18 @@ def parse(data: bytes) -> EmailMessage:
 
 def test_two_people_get_their_own_greeting_and_link(settings: Settings) -> None:
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        import_records(session, [EXAMPLES / "sessions" / "028.yaml"], timezone="Asia/Shanghai")
+    with session_scope(settings.database_url) as db:
+        import_records(db, [EXAMPLES / "sessions" / "028.yaml"], timezone="Asia/Shanghai")
         people = [
             Subscriber(email="a@example.org", name="Ada <b>&</b>", created_at=utcnow()),
             Subscriber(email="b@example.org", name="李雷", created_at=utcnow()),
         ]
-        session.add_all(people)
-        session.flush()
-        salon = sessions_repo.get_by_number(session, 28)
+        db.add_all(people)
+        db.flush()
+        salon = sessions_repo.get_by_number(db, 28)
         assert salon is not None
         mails = [
-            build_rsvp_notice(session, settings, salon.id, person.id, NoticeKind.confirmed)
+            build_rsvp_notice(db, settings, salon.id, person.id, NoticeKind.confirmed)
             for person in people
         ]
     first, second = (parse(m.data) for m in mails if m is not None)

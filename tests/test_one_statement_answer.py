@@ -45,11 +45,9 @@ def quick(
 
 def stored(url: str) -> tuple[list[tuple[int, str]], list[tuple[int, str, str | None]]]:
     """The answers, and the history rows with their mails, in order."""
-    with session_scope(url) as session:
-        answers = session.execute(
-            select(Rsvp.subscriber_id, Rsvp.answer).order_by(Rsvp.subscriber_id)
-        )
-        history = session.execute(
+    with session_scope(url) as db:
+        answers = db.execute(select(Rsvp.subscriber_id, Rsvp.answer).order_by(Rsvp.subscriber_id))
+        history = db.execute(
             select(RsvpEvent.subscriber_id, RsvpEvent.answer, RsvpEvent.notice).order_by(
                 RsvpEvent.id
             )
@@ -77,11 +75,11 @@ def test_an_answer_its_history_and_its_mail_are_recorded_together(
         (people[0], "no", None),
         (people[1], "maybe", None),
     ]
-    with session_scope(postgres_url) as session:
-        salon = session.get(SalonSession, sid)
+    with session_scope(postgres_url) as db:
+        salon = db.get(SalonSession, sid)
         assert salon is not None and first.updated_at == salon.updated_at
         assert salon.seats_taken == 0  # the seat was given back with the "no"
-        due = session.scalar(select(func.count()).where(RsvpEvent.notice_due_at.is_not(None)))
+        due = db.scalar(select(func.count()).where(RsvpEvent.notice_due_at.is_not(None)))
     assert due == 1  # the confirmation mail waits in the outbox
 
 
@@ -99,13 +97,13 @@ def test_what_the_rules_refuse_records_nothing_and_says_why(
     late = utcnow() + timedelta(days=4)  # past the start: closed
     with pytest.raises(AnswersClosed):
         quick(postgres_url, sid, people[0], Answer.yes, now=late)
-    with session_scope(postgres_url) as session:
-        session.execute(update(Subscriber).values(status="bounced"))
+    with session_scope(postgres_url) as db:
+        db.execute(update(Subscriber).values(status="bounced"))
     with pytest.raises(SubscriberNotActive, match="bounced"):
         quick(postgres_url, sid, people[0], Answer.yes)
-    with session_scope(postgres_url) as session:
-        session.execute(update(Subscriber).values(status="active"))
-        session.execute(update(SalonSession).values(cancelled=True))
+    with session_scope(postgres_url) as db:
+        db.execute(update(Subscriber).values(status="active"))
+        db.execute(update(SalonSession).values(cancelled=True))
     with pytest.raises(AnswersClosed):
         quick(postgres_url, sid, people[0], Answer.yes)
     assert stored(postgres_url) == ([], [])

@@ -119,9 +119,9 @@ def test_full_room_puts_the_second_yes_on_the_waitlist_page(
 def test_after_the_deadline_the_page_says_closed_and_offers_no_button(
     live: Live, browser: Any, width: str, tmp_path: Path
 ) -> None:
-    with session_scope(live.settings.database_url) as session:
+    with session_scope(live.settings.database_url) as db:
         import_records(
-            session,
+            db,
             [write_record(tmp_path, deadline_in=timedelta(hours=-1))],
             timezone="Asia/Shanghai",
         )

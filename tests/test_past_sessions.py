@@ -96,8 +96,8 @@ def test_preview_of_an_ended_session_says_how_to_mail_it(tmp_path: Path) -> None
 
 
 def test_the_api_refuses_a_campaign_for_an_ended_session(live: Live) -> None:
-    with session_scope(live.settings.database_url) as session:
-        import_records(session, [SAMPLE], timezone="Asia/Shanghai")  # held in 2020
+    with session_scope(live.settings.database_url) as db:
+        import_records(db, [SAMPLE], timezone="Asia/Shanghai")  # held in 2020
     refused = live.client.post(
         "/api/campaigns",
         json={"number": 61},

@@ -77,35 +77,33 @@ def write_record(folder: Path, number: int, **changes: Any) -> Path:
 
 def setup(url: str, folder: Path, *records: Path, people: int) -> list[int]:
     """Import ``records`` and add ``people`` subscribers p0…; returns their ids."""
-    with session_scope(url) as session:
-        import_records(session, list(records), timezone="Asia/Shanghai")
+    with session_scope(url) as db:
+        import_records(db, list(records), timezone="Asia/Shanghai")
         added = [
             Subscriber(email=f"p{i}@example.org", name=f"订阅者{i}", created_at=utcnow())
             for i in range(people)
         ]
-        session.add_all(added)
-        session.flush()
+        db.add_all(added)
+        db.flush()
         return [p.id for p in added]
 
 
 def answer(url: str, number: int, person: int, reply: Answer) -> None:
-    with session_scope(url) as session:
-        salon = sessions_repo.get_by_number(session, number)
+    with session_scope(url) as db:
+        salon = sessions_repo.get_by_number(db, number)
         assert salon is not None
-        record_answer(session, salon.id, person, reply)
+        record_answer(db, salon.id, person, reply)
 
 
 def set_status(url: str, person: int, status: SubscriberStatus) -> None:
-    with session_scope(url) as session:
-        session.execute(update(Subscriber).where(Subscriber.id == person).values(status=status))
+    with session_scope(url) as db:
+        db.execute(update(Subscriber).where(Subscriber.id == person).values(status=status))
 
 
 def delivered_to(url: str, campaign_id: int) -> set[int]:
-    with session_scope(url) as session:
+    with session_scope(url) as db:
         return set(
-            session.scalars(
-                select(Delivery.subscriber_id).where(Delivery.campaign_id == campaign_id)
-            )
+            db.scalars(select(Delivery.subscriber_id).where(Delivery.campaign_id == campaign_id))
         )
 
 
@@ -148,9 +146,9 @@ def test_only_confirmed_active_yes_get_a_delivery(db_url: str, tmp_path: Path) -
     answer(db_url, 97, other, Answer.yes)  # a yes for another session does not count
     set_status(db_url, gone, SubscriberStatus.unsubscribed)
     set_status(db_url, bounced, SubscriberStatus.bounced)
-    with session_scope(db_url) as session:
-        first = service.create_reminder(session, 96)
-        second = service.create_reminder(session, 96, subject="  明天见  ")
+    with session_scope(db_url) as db:
+        first = service.create_reminder(db, 96)
+        second = service.create_reminder(db, 96, subject="  明天见  ")
         summary = [(c.id, c.kind, c.status, c.subject, c.recipient_count) for c in (first, second)]
     assert summary == [
         (first.id, CampaignKind.reminder, CampaignStatus.draft, SUBJECT, 2),
@@ -159,8 +157,8 @@ def test_only_confirmed_active_yes_get_a_delivery(db_url: str, tmp_path: Path) -
     # A second reminder is a campaign of its own, again to each confirmed person once.
     assert delivered_to(db_url, first.id) == delivered_to(db_url, second.id) == {yes, also_yes}
     assert silent not in delivered_to(db_url, first.id)
-    with session_scope(db_url) as session:
-        assert service.progress(session, first.id).kind == CampaignKind.reminder
+    with session_scope(db_url) as db:
+        assert service.progress(db, first.id).kind == CampaignKind.reminder
 
 
 def test_refusals_are_clear_and_leave_no_campaign(db_url: str, tmp_path: Path) -> None:
@@ -182,23 +180,23 @@ def test_refusals_are_clear_and_leave_no_campaign(db_url: str, tmp_path: Path) -
         (98, InvalidStateError, r"session 98 is over \(it was held 12月05日（周四）12:30–14:30\)"),
     ]
     for number, error, message in cases:
-        with session_scope(db_url) as session, pytest.raises(error, match=message):
-            service.create_reminder(session, number)
+        with session_scope(db_url) as db, pytest.raises(error, match=message):
+            service.create_reminder(db, number)
     set_status(db_url, person, SubscriberStatus.active)
     answer(db_url, 96, person, Answer.yes)
     set_status(db_url, person, SubscriberStatus.unsubscribed)
-    with session_scope(db_url) as session, pytest.raises(InvalidStateError, match="nobody"):
-        service.create_reminder(session, 96)  # the only yes unsubscribed since
-    with session_scope(db_url) as session:
-        assert session.scalar(select(func.count()).select_from(Campaign)) == 0
-        assert recipients.count_confirmed(session, 1) == 0
+    with session_scope(db_url) as db, pytest.raises(InvalidStateError, match="nobody"):
+        service.create_reminder(db, 96)  # the only yes unsubscribed since
+    with session_scope(db_url) as db:
+        assert db.scalar(select(func.count()).select_from(Campaign)) == 0
+        assert recipients.count_confirmed(db, 1) == 0
 
 
 def test_an_invitation_campaign_cannot_be_made_a_reminder(db_url: str, tmp_path: Path) -> None:
     folder = tmp_path / "records"
     setup(db_url, folder, write_record(folder, 96), people=1)
-    with session_scope(db_url) as session, pytest.raises(ValueError, match="create_reminder"):
-        service.create_campaign(session, 96, kind=CampaignKind.reminder)
+    with session_scope(db_url) as db, pytest.raises(ValueError, match="create_reminder"):
+        service.create_campaign(db, 96, kind=CampaignKind.reminder)
 
 
 # --- what the reminder says --------------------------------------------------------------------
@@ -264,9 +262,9 @@ def test_reminder_through_a_real_smtp_server_reaches_exactly_the_confirmed(
     yes, also_yes, maybe, no = setup(url, folder, write_record(folder, 96), people=4)
     for person, reply in ((yes, "yes"), (also_yes, "yes"), (maybe, "maybe"), (no, "no")):
         answer(url, 96, person, Answer(reply))
-    with session_scope(url) as session:
-        campaign_id = service.create_reminder(session, 96).id
-        salon = sessions_repo.get_by_number(session, 96)
+    with session_scope(url) as db:
+        campaign_id = service.create_reminder(db, 96).id
+        salon = sessions_repo.get_by_number(db, 96)
         assert salon is not None
         session_id, stored = salon.id, sessions_repo.record_of(salon)
     enqueue(start_campaign, campaign_id)
@@ -275,8 +273,8 @@ def test_reminder_through_a_real_smtp_server_reaches_exactly_the_confirmed(
     wait_for_worker()
     received = smtp.handler.received
     assert sorted(r.rcpt_tos[0] for r in received) == ["p0@example.org", "p1@example.org"]
-    with session_scope(url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(url) as db:
+        progress = service.progress(db, campaign_id)
     assert (progress.status, progress.sent, progress.total) == (CampaignStatus.finished, 2, 2)
     for item in received:
         person = {"p0@example.org": yes, "p1@example.org": also_yes}[item.rcpt_tos[0]]

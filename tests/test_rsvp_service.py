@@ -44,15 +44,15 @@ def setup_session(
         ),
         encoding="utf-8",
     )
-    with session_scope(url) as session:
-        import_records(session, [path], timezone="Asia/Shanghai")
+    with session_scope(url) as db:
+        import_records(db, [path], timezone="Asia/Shanghai")
         subscribers = [
             Subscriber(email=f"r{i}@example.org", name=f"R{i}", created_at=utcnow())
             for i in range(people)
         ]
-        session.add_all(subscribers)
-        session.flush()
-        salon = sessions_repo.get_by_number(session, 90)
+        db.add_all(subscribers)
+        db.flush()
+        salon = sessions_repo.get_by_number(db, 90)
         assert salon is not None
         return salon.id, [s.id for s in subscribers]
 
@@ -60,8 +60,8 @@ def setup_session(
 def answer(
     url: str, session_id: int, subscriber_id: int, value: Answer, guests: int = 0
 ) -> Recorded:
-    with session_scope(url) as session:
-        return record_answer(session, session_id, subscriber_id, value, guests=guests)
+    with session_scope(url) as db:
+        return record_answer(db, session_id, subscriber_id, value, guests=guests)
 
 
 def test_yes_past_capacity_waits_and_a_no_promotes_the_first(db_url: str, tmp_path: Path) -> None:
@@ -74,11 +74,11 @@ def test_yes_past_capacity_waits_and_a_no_promotes_the_first(db_url: str, tmp_pa
     assert (fourth.waitlisted, fourth.position) == (True, 2)
     freed = answer(db_url, sid, people[0], Answer.no)
     assert freed.promoted == [people[2]]
-    with session_scope(db_url) as session:
-        counts = repo.counts(session, sid)
+    with session_scope(db_url) as db:
+        counts = repo.counts(db, sid)
         assert (counts.yes, counts.no, counts.waitlisted, counts.seats) == (2, 1, 1, 2)
-        waiting = repo.get(session, sid, people[3])
-        assert waiting is not None and repo.waitlist_position(session, waiting) == 1
+        waiting = repo.get(db, sid, people[3])
+        assert waiting is not None and repo.waitlist_position(db, waiting) == 1
 
 
 def test_answering_again_is_idempotent_and_changes_are_kept(db_url: str, tmp_path: Path) -> None:
@@ -88,8 +88,8 @@ def test_answering_again_is_idempotent_and_changes_are_kept(db_url: str, tmp_pat
     assert first.changed and not again.changed
     changed = answer(db_url, sid, people[0], Answer.yes, guests=1)
     assert changed.changed and changed.guests == 1
-    with session_scope(db_url) as session:
-        assert repo.counts(session, sid).seats == 2
+    with session_scope(db_url) as db:
+        assert repo.counts(db, sid).seats == 2
 
 
 def test_guests_count_against_capacity_and_are_bounded(db_url: str, tmp_path: Path) -> None:
@@ -103,8 +103,8 @@ def test_guests_count_against_capacity_and_are_bounded(db_url: str, tmp_path: Pa
 
 def test_answers_close_at_the_deadline(db_url: str, tmp_path: Path) -> None:
     sid, people = setup_session(db_url, tmp_path, capacity=3, people=1)
-    with session_scope(db_url) as session, pytest.raises(AnswersClosed, match="closed"):
-        record_answer(session, sid, people[0], Answer.yes, now=utcnow() + timedelta(days=4))
+    with session_scope(db_url) as db, pytest.raises(AnswersClosed, match="closed"):
+        record_answer(db, sid, people[0], Answer.yes, now=utcnow() + timedelta(days=4))
 
 
 def test_concurrent_answers_never_overfill_the_last_seat(postgres_url: str, tmp_path: Path) -> None:
@@ -126,17 +126,17 @@ def test_concurrent_answers_never_overfill_the_last_seat(postgres_url: str, tmp_
     for thread in threads:
         thread.join()
     assert errors == []
-    session: Session = get_sessionmaker(postgres_url)()
+    db: Session = get_sessionmaker(postgres_url)()
     try:
-        counts = repo.counts(session, sid)
+        counts = repo.counts(db, sid)
     finally:
-        session.close()
+        db.close()
     assert (counts.yes, counts.seats, counts.waitlisted) == (5, 5, 35)
 
 
 def _history(url: str, session_id: int) -> list[tuple[int, str]]:
-    with session_scope(url) as session:
-        rows = session.execute(
+    with session_scope(url) as db:
+        rows = db.execute(
             select(RsvpEvent.subscriber_id, RsvpEvent.answer)
             .where(RsvpEvent.session_id == session_id)
             .order_by(RsvpEvent.id)
@@ -148,18 +148,18 @@ def test_without_a_seat_limit_each_change_is_kept_once(db_url: str, tmp_path: Pa
     sid, people = setup_session(db_url, tmp_path, capacity=None, people=2)
     assert answer(db_url, sid, people[0], Answer.maybe).changed
     assert not answer(db_url, sid, people[0], Answer.maybe).changed
-    with session_scope(db_url) as session:
-        before = repo.get(session, sid, people[0])
+    with session_scope(db_url) as db:
+        before = repo.get(db, sid, people[0])
         assert before is not None
         first_answered = before.answered_at
     yes = answer(db_url, sid, people[0], Answer.yes, guests=1)
     assert (yes.changed, yes.waitlisted, yes.position, yes.guests) == (True, False, None, 1)
     assert not answer(db_url, sid, people[0], Answer.yes, guests=1).changed
     assert answer(db_url, sid, people[1], Answer.no).changed
-    with session_scope(db_url) as session:
-        counts = repo.counts(session, sid)
+    with session_scope(db_url) as db:
+        counts = repo.counts(db, sid)
         assert (counts.yes, counts.maybe, counts.no, counts.seats) == (1, 0, 1, 2)
-        now = repo.get(session, sid, people[0])
+        now = repo.get(db, sid, people[0])
         assert now is not None and now.answered_at > first_answered  # a new "yes" queues anew
     assert _history(db_url, sid) == [
         (people[0], "maybe"),
@@ -189,8 +189,8 @@ def test_racing_clicks_of_one_person_record_one_answer(db_url: str, tmp_path: Pa
         thread.join()
     assert errors == []
     assert sum(result.changed for result in results) == 1
-    with session_scope(db_url) as session:
-        assert session.scalar(select(func.count()).select_from(Rsvp)) == 1
+    with session_scope(db_url) as db:
+        assert db.scalar(select(func.count()).select_from(Rsvp)) == 1
     assert _history(db_url, sid) == [(people[0], "yes")]
 
 
@@ -207,6 +207,6 @@ def test_a_long_waitlist_keeps_its_order_and_a_bigger_room_promotes(
     setup_session(db_url, tmp_path, capacity=3, people=0)  # the room grew: re-imported
     anyone = answer(db_url, sid, people[0], Answer.maybe)
     assert anyone.promoted == [people[2], people[3]]
-    with session_scope(db_url) as session:
-        counts = repo.counts(session, sid)
+    with session_scope(db_url) as db:
+        counts = repo.counts(db, sid)
     assert (counts.yes, counts.waitlisted, counts.seats) == (3, 58, 3)

@@ -31,14 +31,14 @@ from tests.worker import wait_for_worker
 
 def prepare(settings: Settings, people: int) -> int:
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
-        session.add_all(
+    with session_scope(settings.database_url) as db:
+        import_records(db, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+        db.add_all(
             Subscriber(email=f"p{i}@example.org", name=f"P{i}", created_at=utcnow())
             for i in range(people)
         )
-    with session_scope(settings.database_url) as session:
-        return service.create_campaign(session, 61, past=True).id
+    with session_scope(settings.database_url) as db:
+        return service.create_campaign(db, 61, past=True).id
 
 
 @pytest.fixture
@@ -52,12 +52,12 @@ def test_temporary_refusal_is_retried_after_the_back_off(mailbox_settings: Setti
     campaign_id = prepare(mailbox_settings, 5)
     box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
     box.refuse["p2@example.org"] = DeliveryError("451 busy", permanent=False, code=451)
-    with session_scope(mailbox_settings.database_url) as session:
-        service.start_campaign(session, campaign_id)
+    with session_scope(mailbox_settings.database_url) as db:
+        service.start_campaign(db, campaign_id)
     result = send_batch(mailbox_settings, campaign_id)  # one batch: p2 waits out its back-off
     assert (result.claimed, result.sent, result.retried) == (5, 4, 1)
-    with session_scope(mailbox_settings.database_url) as session:
-        row = session.scalars(select(Delivery).where(Delivery.subscriber_id == 3)).one()
+    with session_scope(mailbox_settings.database_url) as db:
+        row = db.scalars(select(Delivery).where(Delivery.subscriber_id == 3)).one()
         assert row.status == DeliveryStatus.queued and row.attempts == 1
         assert row.next_attempt_at is not None  # due after the first back-off step
         assert "451" in (row.last_error or "")
@@ -65,8 +65,8 @@ def test_temporary_refusal_is_retried_after_the_back_off(mailbox_settings: Setti
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
     assert sorted(m.recipient for m in box.messages) == [f"p{i}@example.org" for i in range(5)]
-    with session_scope(mailbox_settings.database_url) as session:
-        assert service.progress(session, campaign_id).status == CampaignStatus.finished
+    with session_scope(mailbox_settings.database_url) as db:
+        assert service.progress(db, campaign_id).status == CampaignStatus.finished
 
 
 def test_a_delivery_fails_after_the_last_back_off_step(mailbox_settings: Settings) -> None:
@@ -75,9 +75,9 @@ def test_a_delivery_fails_after_the_last_back_off_step(mailbox_settings: Setting
     box.refuse["p1@example.org"] = DeliveryError("421 closing", permanent=False, code=421)
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(mailbox_settings.database_url) as session:
-        progress = service.progress(session, campaign_id)
-        row = session.scalars(select(Delivery).where(Delivery.subscriber_id == 2)).one()
+    with session_scope(mailbox_settings.database_url) as db:
+        progress = service.progress(db, campaign_id)
+        row = db.scalars(select(Delivery).where(Delivery.subscriber_id == 2)).one()
     assert (progress.status, progress.sent, progress.failed) == ("finished", 2, 1)
     assert row.attempts == 3  # the first try and one per back-off step (two here)
     assert row.last_error and row.last_error.startswith("gave up after 3 attempts: 421")
@@ -91,12 +91,12 @@ def test_hard_bounce_fails_and_suppresses_the_address(mailbox_settings: Settings
     )
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(mailbox_settings.database_url) as session:
-        person = session.scalars(select(Subscriber).where(Subscriber.email == "p0@example.org"))
+    with session_scope(mailbox_settings.database_url) as db:
+        person = db.scalars(select(Subscriber).where(Subscriber.email == "p0@example.org"))
         assert person.one().status == SubscriberStatus.bounced
-        assert service.progress(session, campaign_id).failed == 1
+        assert service.progress(db, campaign_id).failed == 1
         # The next campaign does not even queue the bounced address.
-        assert service.create_campaign(session, 61, past=True).recipient_count == 2
+        assert service.create_campaign(db, 61, past=True).recipient_count == 2
 
 
 def test_error_budget_pauses_with_the_reason(configure: Configure) -> None:
@@ -108,8 +108,8 @@ def test_error_budget_pauses_with_the_reason(configure: Configure) -> None:
         box.refuse[f"p{i}@example.org"] = DeliveryError("554 policy", permanent=True, code=554)
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(settings.database_url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        progress = service.progress(db, campaign_id)
     assert progress.status == CampaignStatus.paused
     assert progress.status_reason and progress.status_reason.startswith("error budget: 15 of 30")
 
@@ -123,8 +123,8 @@ def test_streak_of_temporary_refusals_pauses(configure: Configure) -> None:
         box.refuse[f"p{i}@example.org"] = DeliveryError("421 overloaded", permanent=False)
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(settings.database_url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        progress = service.progress(db, campaign_id)
     assert progress.status == CampaignStatus.paused
     assert "refused 12 messages in a row" in (progress.status_reason or "")
     assert progress.failed == 0 and progress.queued == 12  # nothing was burned
@@ -132,13 +132,13 @@ def test_streak_of_temporary_refusals_pauses(configure: Configure) -> None:
 
 def test_sweeper_starts_a_scheduled_campaign_when_due(mailbox_settings: Settings) -> None:
     campaign_id = prepare(mailbox_settings, 2)
-    with session_scope(mailbox_settings.database_url) as session:
-        service.schedule_campaign(session, campaign_id, utcnow() + timedelta(hours=1))
+    with session_scope(mailbox_settings.database_url) as db:
+        service.schedule_campaign(db, campaign_id, utcnow() + timedelta(hours=1))
     sweep.apply()
     box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
     assert box.messages == []
-    with session_scope(mailbox_settings.database_url) as session:
-        service.require_campaign(session, campaign_id).scheduled_at = utcnow()
+    with session_scope(mailbox_settings.database_url) as db:
+        service.require_campaign(db, campaign_id).scheduled_at = utcnow()
     enqueue(sweep)
     wait_for_worker()
     assert len(box.messages) == 2

@@ -34,19 +34,19 @@ UTF8_ADDRESS = "欧阳.娜娜@example.net"
 
 def prepare(settings: Settings, addresses: list[str]) -> int:
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
-        session.add_all(
+    with session_scope(settings.database_url) as db:
+        import_records(db, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+        db.add_all(
             Subscriber(email=address, name=f"P{i}", created_at=utcnow())
             for i, address in enumerate(addresses)
         )
-    with session_scope(settings.database_url) as session:
-        return service.create_campaign(session, 61, past=True).id
+    with session_scope(settings.database_url) as db:
+        return service.create_campaign(db, 61, past=True).id
 
 
 def rows(settings: Settings) -> list[Delivery]:
-    with session_scope(settings.database_url) as session:
-        return list(session.scalars(select(Delivery).order_by(Delivery.id)))
+    with session_scope(settings.database_url) as db:
+        return list(db.scalars(select(Delivery).order_by(Delivery.id)))
 
 
 def people(count: int) -> list[str]:
@@ -62,8 +62,8 @@ def test_an_address_needing_smtputf8_fails_alone_on_a_relay_without_it(
     campaign_id = prepare(settings, [*people(2), UTF8_ADDRESS, *people(4)[2:]])
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(settings.database_url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        progress = service.progress(db, campaign_id)
     assert (progress.status, progress.sent, progress.failed) == ("finished", 4, 1)
     failed = [r for r in rows(settings) if r.status == DeliveryStatus.failed]
     assert len(failed) == 1 and failed[0].last_error
@@ -80,8 +80,8 @@ def test_an_address_needing_smtputf8_is_sent_with_it_when_offered(
     campaign_id = prepare(settings, [*people(2), UTF8_ADDRESS])
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(settings.database_url) as session:
-        assert service.progress(session, campaign_id).sent == 3
+    with session_scope(settings.database_url) as db:
+        assert service.progress(db, campaign_id).sent == 3
     assert [UTF8_ADDRESS] in [r.rcpt_tos for r in relay.handler.received]
 
 
@@ -92,8 +92,8 @@ def test_an_address_the_builder_refuses_fails_that_delivery_only(configure: Conf
     campaign_id = prepare(settings, [*people(2), "bad\u2028local@example.org", *people(4)[2:]])
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(settings.database_url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        progress = service.progress(db, campaign_id)
     assert (progress.status, progress.sent, progress.failed) == ("finished", 4, 1)
     failed = [r for r in rows(settings) if r.status == DeliveryStatus.failed]
     assert "the message cannot be built" in (failed[0].last_error or "")
@@ -117,8 +117,8 @@ def test_a_relay_answering_421_makes_the_campaign_wait_and_costs_no_attempt(
     ):
         enqueue(start_campaign, campaign_id)
         wait_for_worker()
-    with session_scope(settings.database_url) as session:
-        progress = service.progress(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        progress = service.progress(db, campaign_id)
     assert (progress.status, progress.sent) == ("finished", 3)
     assert [r.attempts for r in rows(settings)] == [1, 1, 1]  # the 421s were no attempt
     waited = [m for m in caplog.messages if "waiting for the relay" in m]
@@ -136,8 +136,8 @@ def test_a_lost_hand_over_is_no_attempt_and_a_refused_resend_is_unconfirmed(
     campaign_id = prepare(settings, people(2))
     box = memory_mailbox("handover")
     box.refuse["p0@example.org"] = HandoverUnconfirmed("lost the connection; it may have it")
-    with session_scope(settings.database_url) as session:
-        service.start_campaign(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        service.start_campaign(db, campaign_id)
     result = send_batch(settings, campaign_id)
     assert (result.claimed, result.sent, result.given_back) == (2, 1, 1)
     first = rows(settings)[0]
@@ -160,8 +160,8 @@ class UnsubscribingTransport(MemoryTransport):
 
     def send(self, message: OutgoingMessage) -> None:
         if not self.mailbox.messages:
-            with session_scope(self.settings.database_url) as session:
-                person = session.scalars(select(Subscriber).where(Subscriber.email == self.leaver))
+            with session_scope(self.settings.database_url) as db:
+                person = db.scalars(select(Subscriber).where(Subscriber.email == self.leaver))
                 person.one().status = SubscriberStatus.unsubscribed
         super().send(message)
 
@@ -174,8 +174,8 @@ def test_someone_who_unsubscribes_during_a_long_batch_is_not_mailed(
     settings = configure(mail_url="memory://leaver", batch_size=str(count))
     campaign_id = prepare(settings, people(count))
     leaver = f"p{count - 1}@example.org"
-    with session_scope(settings.database_url) as session:
-        service.start_campaign(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        service.start_campaign(db, campaign_id)
     result = send_batch(settings, campaign_id, transport=UnsubscribingTransport(settings, leaver))
     assert (result.claimed, result.sent, result.skipped) == (count, count - 1, 1)
     assert leaver not in {m.recipient for m in memory_mailbox("leaver").messages}
@@ -190,11 +190,11 @@ def test_each_batch_logs_one_line_of_counts_without_addresses(
     memory_mailbox("counted").refuse["p1@example.org"] = SmtpRefused(
         "451 4.7.1 greylisted", code=451, reply="4.7.1 greylisted", stage="RCPT TO"
     )
-    with session_scope(settings.database_url) as session:
-        service.start_campaign(session, campaign_id)
-        session.scalars(select(Subscriber).where(Subscriber.email == "p3@example.org")).one()
-    with session_scope(settings.database_url) as session:
-        gone = session.scalars(select(Subscriber).where(Subscriber.email == "p3@example.org"))
+    with session_scope(settings.database_url) as db:
+        service.start_campaign(db, campaign_id)
+        db.scalars(select(Subscriber).where(Subscriber.email == "p3@example.org")).one()
+    with session_scope(settings.database_url) as db:
+        gone = db.scalars(select(Subscriber).where(Subscriber.email == "p3@example.org"))
         gone.one().status = SubscriberStatus.unsubscribed
     with caplog.at_level(logging.INFO, logger="newsletter.campaigns.sending"):
         send_batch(settings, campaign_id)
@@ -204,5 +204,5 @@ def test_each_batch_logs_one_line_of_counts_without_addresses(
         f"campaign {campaign_id} batch: claimed 4, sent 2, failed 0, retried 1, skipped 1,"
     )
     assert lines[0].endswith(" ms") and "@" not in lines[0]
-    with session_scope(settings.database_url) as session:
-        assert service.progress(session, campaign_id).status == CampaignStatus.sending
+    with session_scope(settings.database_url) as db:
+        assert service.progress(db, campaign_id).status == CampaignStatus.sending

@@ -111,14 +111,14 @@ def send_campaign(configure: Configure, smtp: SmtpServer, number: int) -> tuple[
     sample = (EXAMPLES / "sessions" / f"{number:03d}.yaml").read_text(encoding="utf-8")
     upcoming = Path(f"upcoming-{number}.yaml")  # the configure fixture's temp directory
     upcoming.write_text(re.sub(r"\b20\d\d-", "2099-", sample), encoding="utf-8")
-    with session_scope(settings.database_url) as session:
-        import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
-        import_records(session, [upcoming], timezone="Asia/Shanghai")
-        session.add_all(
+    with session_scope(settings.database_url) as db:
+        import_records(db, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+        import_records(db, [upcoming], timezone="Asia/Shanghai")
+        db.add_all(
             Subscriber(email=address, name=name, created_at=utcnow()) for address, name in PEOPLE
         )
-    with session_scope(settings.database_url) as session:
-        campaign_id = service.create_campaign(session, number).id
+    with session_scope(settings.database_url) as db:
+        campaign_id = service.create_campaign(db, number).id
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
     return settings, campaign_id
@@ -175,8 +175,8 @@ def test_every_subscriber_gets_one_well_formed_invitation(
         )
         message_ids.add(message["Message-ID"])
     assert len(message_ids) == len(PEOPLE)
-    with session_scope(settings.database_url) as session:
-        assert service.progress(session, campaign_id).sent == len(PEOPLE)
+    with session_scope(settings.database_url) as db:
+        assert service.progress(db, campaign_id).sent == len(PEOPLE)
 
 
 def test_links_are_absolute_signed_and_carry_no_address(
@@ -232,13 +232,13 @@ def test_markup_in_records_and_names_arrives_as_text(
     record.write_text(HOSTILE, encoding="utf-8")
     settings = configure(mail_url=f"smtp://127.0.0.1:{smtp.port}")
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        import_records(session, [record], timezone="Asia/Shanghai")
-        session.add_all(
+    with session_scope(settings.database_url) as db:
+        import_records(db, [record], timezone="Asia/Shanghai")
+        db.add_all(
             Subscriber(email=address, name=name, created_at=utcnow()) for address, name in PEOPLE
         )
-    with session_scope(settings.database_url) as session:
-        campaign_id = service.create_campaign(session, 62).id
+    with session_scope(settings.database_url) as db:
+        campaign_id = service.create_campaign(db, 62).id
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
     for item in smtp.handler.received:

@@ -29,8 +29,8 @@ def prepare(settings: Settings, people: int) -> int:
     """A sending campaign of session 61 to ``people`` subscribers p0…; its id."""
     _empty_tables(settings.database_url)
     campaign_id = create_campaign(settings, people)
-    with session_scope(settings.database_url) as session:
-        service.start_campaign(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        service.start_campaign(db, campaign_id)
     return campaign_id
 
 
@@ -44,8 +44,8 @@ def send_all(settings: Settings, campaign_id: int) -> list[BatchResult]:
 
 
 def deliveries(settings: Settings) -> list[Delivery]:
-    with session_scope(settings.database_url) as session:
-        return list(session.scalars(select(Delivery).order_by(Delivery.id)))
+    with session_scope(settings.database_url) as db:
+        return list(db.scalars(select(Delivery).order_by(Delivery.id)))
 
 
 def assert_everyone_once(relay: SmtpServer, people: int) -> None:
@@ -104,8 +104,8 @@ def test_a_421_on_one_connection_retries_its_message_there_and_leaves_the_others
     assert relay.handler.most_sessions == 3
     # The 421 said nothing about a message: no attempt spent on it, no campaign waiting.
     assert {(d.status, d.attempts) for d in deliveries(settings)} == {(DeliveryStatus.sent, 1)}
-    with session_scope(settings.database_url) as session:
-        assert service.progress(session, campaign_id).status == CampaignStatus.sending
+    with session_scope(settings.database_url) as db:
+        assert service.progress(db, campaign_id).status == CampaignStatus.sending
 
 
 def test_a_relay_limit_of_messages_per_connection_is_kept_by_reconnecting(
@@ -167,8 +167,8 @@ def test_a_relay_taking_fewer_connections_than_configured_gets_those_and_no_outa
     assert (result.sent, result.given_back, result.stopped_because) == (30, 0, None)
     assert relay.handler.refused_connections == 2 and relay.handler.most_sessions == 2
     assert_everyone_once(relay, 30)
-    with session_scope(settings.database_url) as session:
-        assert service.progress(session, campaign_id).status == CampaignStatus.sending
+    with session_scope(settings.database_url) as db:
+        assert service.progress(db, campaign_id).status == CampaignStatus.sending
 
 
 def test_a_slow_relay_keeps_the_claims_renewed_so_the_sweeper_leaves_them(

@@ -243,13 +243,13 @@ def test_the_valid_rows_are_stored_all_or_nothing(
     lines += [f"p{i}@example.org,P{i},t{i % 7}" for i in range(6_999)]
     lines.append(f"{failing_insert},Boom,new-tag")
     path = write(tmp_path, "\n".join(lines) + "\n")
-    with pytest.raises(ImportStoreError) as caught, session_scope(db_url) as session:
-        import_csv(session, path)
+    with pytest.raises(ImportStoreError) as caught, session_scope(db_url) as db:
+        import_csv(db, path)
     assert "nothing was stored" in str(caught.value)
     assert str(path) in str(caught.value)
-    with session_scope(db_url) as session:
-        assert session.scalars(select(Subscriber)).first() is None
-        assert session.scalars(select(Tag)).first() is None
+    with session_scope(db_url) as db:
+        assert db.scalars(select(Subscriber)).first() is None
+        assert db.scalars(select(Tag)).first() is None
 
 
 def test_many_rows_go_in_bulk_and_report_progress(db: Session, tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ NUMBERS = sorted(int(path.stem) for path in (EXAMPLES / "sessions").glob("*.yaml
 def seeded(configure: Configure) -> Settings:
     settings = configure()
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
-        report = import_records(session, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
+    with session_scope(settings.database_url) as db:
+        report = import_records(db, [EXAMPLES / "sessions"], timezone="Asia/Shanghai")
     assert report.errors == []
     return settings
 

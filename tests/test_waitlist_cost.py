@@ -47,11 +47,11 @@ def fresh_postgres(postgres_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def subscriber_rows_read(session: Session) -> int:
+def subscriber_rows_read(db: Session) -> int:
     """Subscriber rows this connection has read (by index or scan) and not yet reported to
     the statistics collector: a difference of two readings is what ran in between."""
     return int(
-        session.execute(
+        db.execute(
             text(
                 "SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)"
                 " FROM pg_stat_xact_user_tables WHERE relname = 'subscribers'"
@@ -68,10 +68,10 @@ def test_an_answer_reads_each_waiting_persons_row_at_most_once(
     for person in people[: ANSWERING - 1]:
         answer(url, sid, person, Answer.yes)
     waiting = ANSWERING - 1 - SEATS
-    with session_scope(url) as session:
-        before = subscriber_rows_read(session)
-        last = record_answer(session, sid, people[ANSWERING - 1], Answer.yes)
-        read = subscriber_rows_read(session) - before
+    with session_scope(url) as db:
+        before = subscriber_rows_read(db)
+        last = record_answer(db, sid, people[ANSWERING - 1], Answer.yes)
+        read = subscriber_rows_read(db) - before
     assert (last.waitlisted, last.position) == (True, waiting + 1)
     # The person answering, and one key lookup per answer ahead of them on the waitlist.
     # Written as `status = 'active'`, it was planned as a pass over the status index for

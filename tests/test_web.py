@@ -97,9 +97,9 @@ def test_wrong_purpose_missing_form_token_and_bad_answer_are_refused(live: Live)
 def test_after_the_deadline_answers_are_closed(live: Live, tmp_path: Path) -> None:
     rsvp, _ = live.links(0)
     token = form_token(live.client.get(rsvp).text)
-    with session_scope(live.settings.database_url) as session:
+    with session_scope(live.settings.database_url) as db:
         import_records(
-            session,
+            db,
             [write_record(tmp_path, deadline_in=timedelta(hours=-1))],
             timezone="Asia/Shanghai",
         )
@@ -121,8 +121,8 @@ def test_one_click_unsubscribe_is_a_post_without_cookies_or_redirect(live: Live)
     )
     assert response.status_code == 200
     assert "set-cookie" not in response.headers and "location" not in response.headers
-    with session_scope(live.settings.database_url) as session:
-        status = session.scalar(select(Subscriber.status).where(Subscriber.id == live.people[2]))
+    with session_scope(live.settings.database_url) as db:
+        status = db.scalar(select(Subscriber.status).where(Subscriber.id == live.people[2]))
     assert status == SubscriberStatus.unsubscribed
 
 

@@ -181,11 +181,9 @@ def test_drill_stopping_postgres_during_an_rsvp_burst_loses_no_answer(
     )
     assert all(200 <= s < 400 or s in (409, 503) for s in statuses), statuses
     assert 503 in statuses and 200 in statuses  # the outage fell inside the burst
-    with session_scope(live.settings.database_url) as session:
-        recorded = {row.subscriber_id: row.answer for row in session.scalars(select(Rsvp))}
-        history = {
-            (event.subscriber_id, event.answer) for event in session.scalars(select(RsvpEvent))
-        }
+    with session_scope(live.settings.database_url) as db:
+        recorded = {row.subscriber_id: row.answer for row in db.scalars(select(Rsvp))}
+        history = {(event.subscriber_id, event.answer) for event in db.scalars(select(RsvpEvent))}
     for person, status in outcomes:
         subscriber = live.people[person]
         if status == 200:  # confirmed to the person: in the database, with its history row
@@ -261,8 +259,8 @@ def test_with_the_broker_down_answers_are_kept_and_readyz_names_the_broker(
         sent = client.post(f"/api/campaigns/{created.json()['id']}/send", headers=ADMIN)
     # The answer is recorded and its confirmation mail waits in the outbox for the broker.
     assert answer.status_code == 200 and "是，我会参加" in answer.text
-    with session_scope(settings.database_url) as session:
-        events = list(session.scalars(select(RsvpEvent)))
+    with session_scope(settings.database_url) as db:
+        events = list(db.scalars(select(RsvpEvent)))
     assert [(e.subscriber_id, e.answer) for e in events] == [(people[0], "yes")]
     assert events[0].notice is not None and events[0].notice_due_at is not None
     assert ready.status_code == 503 and ready.headers["retry-after"].isdigit()

@@ -64,8 +64,8 @@ def test_parallel_yes_for_the_last_seats_over_http(live_postgres: Live) -> None:
     answers = live.rsvps()
     assert len(answers) == PEOPLE
     assert sum(1 for _, _, waitlisted in answers if not waitlisted) == SEATS
-    with session_scope(live.settings.database_url) as session:
-        events = session.scalar(select(func.count()).select_from(RsvpEvent))
+    with session_scope(live.settings.database_url) as db:
+        events = db.scalar(select(func.count()).select_from(RsvpEvent))
     assert events == PEOPLE
     assert mails_sent(live, SEATS) == SEATS  # one confirmation per seat, nothing pending
 
@@ -76,8 +76,8 @@ def mails_sent(live: Live, expected: int) -> int:
     outbox = Path(live.settings.mail_url.removeprefix("file://"))
     deadline = time.monotonic() + 30
     while True:
-        with session_scope(live.settings.database_url) as session:
-            pending = notice_repo.pending_count(session)
+        with session_scope(live.settings.database_url) as db:
+            pending = notice_repo.pending_count(db)
         sent = len(list(outbox.glob("*.eml")))
         if (pending == 0 and sent >= expected) or time.monotonic() > deadline:
             assert pending == 0
@@ -113,14 +113,14 @@ def test_a_burst_without_a_seat_limit_records_every_answer_once(
     assert sorted(live.rsvps()) == sorted((p, "yes", False) for p in live.people)
     again = press(forms[0])  # a double click
     assert again.status_code == 200 and "是，我会参加" in again.text
-    with session_scope(live.settings.database_url) as session:
-        events = session.scalar(select(func.count()).select_from(RsvpEvent))
+    with session_scope(live.settings.database_url) as db:
+        events = db.scalar(select(func.count()).select_from(RsvpEvent))
     assert events == PEOPLE
     assert mails_sent(live, PEOPLE) == PEOPLE
 
-    with session_scope(live.settings.database_url) as session:  # the organizer edits it
+    with session_scope(live.settings.database_url) as db:  # the organizer edits it
         import_records(
-            session,
+            db,
             [write_record(tmp_path, deadline_in=timedelta(days=6), capacity=None, theme="新专题")],
             timezone="Asia/Shanghai",
         )

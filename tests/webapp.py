@@ -70,8 +70,8 @@ class Live:
         )
 
     def rsvps(self) -> list[tuple[int, str, bool]]:
-        with session_scope(self.settings.database_url) as session:
-            rows = session.execute(select(Rsvp.subscriber_id, Rsvp.answer, Rsvp.waitlisted))
+        with session_scope(self.settings.database_url) as db:
+            rows = db.execute(select(Rsvp.subscriber_id, Rsvp.answer, Rsvp.waitlisted))
             return [(row[0], row[1], row[2]) for row in rows]
 
 
@@ -99,9 +99,9 @@ def seed(
     """Session no. 95 (``capacity`` seats, None for no limit) and ``people`` subscribers in
     the settings' database; the session's id and the subscribers' ids."""
     upgrade(settings.database_url)
-    with session_scope(settings.database_url) as session:
+    with session_scope(settings.database_url) as db:
         import_records(
-            session,
+            db,
             [write_record(tmp_path, deadline_in=timedelta(days=6), capacity=capacity)],
             timezone="Asia/Shanghai",
         )
@@ -109,9 +109,9 @@ def seed(
             Subscriber(email=f"w{i}@example.org", name=f"访客{i}", created_at=utcnow())
             for i in range(people)
         ]
-        session.add_all(subscribers)
-        session.flush()
-        salon = sessions_repo.get_by_number(session, 95)
+        db.add_all(subscribers)
+        db.flush()
+        salon = sessions_repo.get_by_number(db, 95)
         assert salon is not None
         return salon.id, [p.id for p in subscribers]
 

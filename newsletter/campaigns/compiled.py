@@ -44,7 +44,7 @@ class CompiledCampaign:
 
 
 def compile_invitation(
-    session: Session,
+    db: Session,
     salon: SalonSession,
     *,
     subject: str | None,
@@ -60,9 +60,7 @@ def compile_invitation(
     # Only the invitation shows the archive table (the query reads every earlier session);
     # a reminder goes to people who are coming and keeps to this session.
     archive: list[ArchiveRow] = (
-        sessions_repo.archive_before(session, salon.number)
-        if kind is CampaignKind.invitation
-        else []
+        sessions_repo.archive_before(db, salon.number) if kind is CampaignKind.invitation else []
     )
     template = InvitationTemplate.build(
         record,
@@ -78,7 +76,7 @@ def compile_invitation(
         subject=template.subject,
         list_name=record.series,
         mail_domain=settings.sender_domain,
-        installation=installation_token(session),
+        installation=installation_token(db),
         bounce_address=settings.bounce_address,
     )
     return CompiledCampaign(campaign_id, salon.id, salon.number, template, factory)
@@ -87,13 +85,13 @@ def compile_invitation(
 @lru_cache(maxsize=16)
 def _compiled(url: str, campaign_id: int, revision: int, settings: Settings) -> CompiledCampaign:
     """Per process, one compiled template per (campaign, session revision)."""
-    with session_scope(url) as session:
-        campaign = repo.get_campaign(session, campaign_id)
+    with session_scope(url) as db:
+        campaign = repo.get_campaign(db, campaign_id)
         assert campaign is not None, "the caller checked that the campaign exists"
-        salon = sessions_repo.get_by_id(session, campaign.session_id)
+        salon = sessions_repo.get_by_id(db, campaign.session_id)
         assert salon is not None, "campaigns reference sessions by foreign key"
         return compile_invitation(
-            session,
+            db,
             salon,
             subject=campaign.subject,
             campaign_id=campaign_id,
@@ -105,11 +103,11 @@ def _compiled(url: str, campaign_id: int, revision: int, settings: Settings) -> 
         )
 
 
-def compile_campaign(session: Session, campaign_id: int, settings: Settings) -> CompiledCampaign:
+def compile_campaign(db: Session, campaign_id: int, settings: Settings) -> CompiledCampaign:
     """The cached compiled campaign; a re-imported session (new revision) compiles anew."""
-    campaign = repo.get_campaign(session, campaign_id)
+    campaign = repo.get_campaign(db, campaign_id)
     assert campaign is not None, "the caller checked that the campaign exists"
-    salon = sessions_repo.get_by_id(session, campaign.session_id)
+    salon = sessions_repo.get_by_id(db, campaign.session_id)
     assert salon is not None, "campaigns reference sessions by foreign key"
     return _compiled(settings.database_url, campaign_id, salon.revision, settings)
 

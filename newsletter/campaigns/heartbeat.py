@@ -38,9 +38,9 @@ def stuck_after(settings: Settings) -> timedelta:
 
 def give_back_orphans(settings: Settings, campaign_id: int | None = None) -> int:
     """Re-queue the rows of dead or stuck workers (of one campaign, or of all)."""
-    with session_scope(settings.database_url) as session:
+    with session_scope(settings.database_url) as db:
         return sweep_repo.requeue_orphans(
-            session,
+            db,
             dead_after=dead_after(settings),
             stuck_after=stuck_after(settings),
             campaign_id=campaign_id,
@@ -73,8 +73,8 @@ class Heartbeat:
         quiet = False  # log an outage once, not every beat
         while not self._stop.wait(self.settings.heartbeat_interval):
             try:
-                with session_scope(self.settings.database_url) as session:
-                    sweep_repo.record_heartbeat(session, self.worker)
+                with session_scope(self.settings.database_url) as db:
+                    sweep_repo.record_heartbeat(db, self.worker)
                 quiet = False
             except Exception as exc:
                 if not is_database_outage(exc):

@@ -106,16 +106,16 @@ class Outcomes:
         self.deferred.append(Deferred(item.delivery_id, attempts, reason, utcnow()))
         return False
 
-    def write(self, session: Session, *, worker: str, delays: list[float]) -> None:
+    def write(self, db: Session, *, worker: str, delays: list[float]) -> None:
         """Write every outcome as this worker's (rows it no longer owns are left alone)."""
-        repo.mark_sent(session, self.sent, worker=worker)
-        repo.mark_skipped(session, self.skipped, "not subscribed any more", worker=worker)
+        repo.mark_sent(db, self.sent, worker=worker)
+        repo.mark_skipped(db, self.skipped, "not subscribed any more", worker=worker)
         for failed in self.failed:
             reason = failed.reason
             if failed.item.maybe_sent:
                 reason += " (an earlier copy may have been accepted before a worker stopped)"
             repo.mark_failed(
-                session,
+                db,
                 [failed.item.delivery_id],
                 reason,
                 worker=worker,
@@ -123,7 +123,7 @@ class Outcomes:
             )
         for deferred in self.deferred:
             repo.defer(
-                session,
+                db,
                 deferred.delivery_id,
                 worker=worker,
                 reason=deferred.reason,
@@ -131,11 +131,11 @@ class Outcomes:
             )
         handed_over = [delivery_id for delivery_id, maybe in self.unanswered if maybe]
         untried = [delivery_id for delivery_id, maybe in self.unanswered if not maybe]
-        repo.give_back(session, handed_over, worker=worker, maybe_sent=True)
-        repo.give_back(session, untried, worker=worker)
+        repo.give_back(db, handed_over, worker=worker, maybe_sent=True)
+        repo.give_back(db, untried, worker=worker)
         for subscriber_id, reason in self.bounced:
             suppress(
-                session,
+                db,
                 subscriber_id=subscriber_id,
                 status=SubscriberStatus.bounced,
                 reason=reason,
@@ -229,37 +229,37 @@ class Ledger:
 
     def _write(self, todo: Outcomes, held: list[int], people: list[int]) -> str | None:
         settings = self.settings
-        with session_scope(settings.database_url) as session:
-            sweep_repo.record_heartbeat(session, self.worker)
-            todo.write(session, worker=self.worker, delays=settings.retry_delays)
-            repo.touch_claims(session, held, worker=self.worker)
-            self.inactive = repo.inactive_subscribers(session, people)
+        with session_scope(settings.database_url) as db:
+            sweep_repo.record_heartbeat(db, self.worker)
+            todo.write(db, worker=self.worker, delays=settings.retry_delays)
+            repo.touch_claims(db, held, worker=self.worker)
+            self.inactive = repo.inactive_subscribers(db, people)
             streak = repo.record_progress(
-                session,
+                db,
                 self.campaign_id,
                 succeeded=len(todo.sent),
                 refused_temporarily=len(todo.deferred),
             )
-            stop, halt = self._verdict(session, todo, streak)
+            stop, halt = self._verdict(db, todo, streak)
             if halt and stop:
-                service.halt_campaign(session, self.campaign_id, stop)
+                service.halt_campaign(db, self.campaign_id, stop)
         return stop
 
-    def _verdict(self, session: Session, todo: Outcomes, streak: int) -> tuple[str | None, bool]:
+    def _verdict(self, db: Session, todo: Outcomes, streak: int) -> tuple[str | None, bool]:
         """Why the batch must stop, and whether it must pause the campaign itself.
 
         It stops when the campaign left ``sending`` (an organizer paused or cancelled it) or
         when the error budget is spent; in the second case it pauses the campaign.
         """
         settings = self.settings
-        campaign = repo.get_campaign(session, self.campaign_id)
+        campaign = repo.get_campaign(db, self.campaign_id)
         if campaign is None or campaign.status != CampaignStatus.sending:
             return (campaign.status if campaign else "missing"), False
         if streak >= settings.error_streak:
             last = todo.deferred[-1].reason if todo.deferred else "temporary refusals"
             return f"error budget: the relay refused {streak} messages in a row ({last})", True
         if todo.failed:
-            sent, failed = repo.final_counts(session, self.campaign_id)
+            sent, failed = repo.final_counts(db, self.campaign_id)
             done = sent + failed
             if done >= settings.error_budget_min and failed > settings.error_budget * done:
                 return (

@@ -47,28 +47,28 @@ def _delivery_rows(campaign: Campaign) -> Select[int, int, str, int]:
 
 
 def _insert_deliveries(
-    session: Session, campaign: Campaign, audience: Select[int, int, str, int]
+    db: Session, campaign: Campaign, audience: Select[int, int, str, int]
 ) -> int:
     """INSERT … SELECT the audience as queued deliveries; returns the campaign's row count.
 
     The recipient list never passes through Python, so a campaign of a million subscribers
     is created in one statement inside the caller's transaction.
     """
-    session.execute(
+    db.execute(
         insert(Delivery).from_select(
             ["campaign_id", "subscriber_id", "status", "attempts"], audience
         )
     )
     # Counted afterwards (an index-only scan): psycopg reports no rowcount for INSERT … SELECT.
     return int(
-        session.scalar(
+        db.scalar(
             select(func.count()).select_from(Delivery).where(Delivery.campaign_id == campaign.id)
         )
         or 0
     )
 
 
-def snapshot_recipients(session: Session, campaign: Campaign) -> int:
+def snapshot_recipients(db: Session, campaign: Campaign) -> int:
     """Create one queued delivery per active subscriber (optionally with the campaign's tag)."""
     audience = _delivery_rows(campaign)
     if campaign.tag:
@@ -79,21 +79,21 @@ def snapshot_recipients(session: Session, campaign: Campaign) -> int:
                 .where(Tag.name == campaign.tag)
             )
         )
-    return _insert_deliveries(session, campaign, audience)
+    return _insert_deliveries(db, campaign, audience)
 
 
-def snapshot_confirmed(session: Session, campaign: Campaign) -> int:
+def snapshot_confirmed(db: Session, campaign: Campaign) -> int:
     """Create one queued delivery per active subscriber with a confirmed seat for the
     campaign's session (a reminder's audience): "maybe", "no" and the waitlist are left out."""
     return _insert_deliveries(
-        session, campaign, _delivery_rows(campaign).where(_confirmed(campaign.session_id))
+        db, campaign, _delivery_rows(campaign).where(_confirmed(campaign.session_id))
     )
 
 
-def count_confirmed(session: Session, session_id: int) -> int:
+def count_confirmed(db: Session, session_id: int) -> int:
     """How many active subscribers hold a confirmed seat: who a reminder would reach now."""
     return int(
-        session.scalar(
+        db.scalar(
             select(func.count()).select_from(Subscriber).where(_eligible(), _confirmed(session_id))
         )
         or 0

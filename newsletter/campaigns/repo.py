@@ -57,9 +57,7 @@ class ClaimedDelivery:
     maybe_sent: bool = False  # an earlier copy may have been accepted
 
 
-def claim_batch(
-    session: Session, campaign_id: int, *, worker: str, limit: int
-) -> list[ClaimedDelivery]:
+def claim_batch(db: Session, campaign_id: int, *, worker: str, limit: int) -> list[ClaimedDelivery]:
     """Atomically move up to ``limit`` due, queued deliveries to ``inflight`` for ``worker``.
 
     On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets concurrent workers each take different rows
@@ -71,7 +69,7 @@ def claim_batch(
     in the same transaction, so its rows are never seen held by a worker without one.
     """
     now = utcnow()
-    record_heartbeat(session, worker)
+    record_heartbeat(db, worker)
     candidates = (
         select(Delivery.id)
         .where(
@@ -82,9 +80,9 @@ def claim_batch(
         .order_by(Delivery.id)
         .limit(limit)
     )
-    if is_postgresql(session):
+    if is_postgresql(db):
         candidates = candidates.with_for_update(skip_locked=True)
-    claimed = session.execute(
+    claimed = db.execute(
         update(Delivery)
         .where(Delivery.id.in_(candidates.scalar_subquery()))
         .values(status=DeliveryStatus.inflight, claimed_by=worker, claimed_at=now)
@@ -96,7 +94,7 @@ def claim_batch(
     by_subscriber = {row.subscriber_id: row for row in claimed}
     # Status is read at claim time (and again at each report, see inactive_subscribers), so
     # an unsubscribe after the campaign was created counts.
-    people = session.execute(
+    people = db.execute(
         select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status).where(
             Subscriber.id.in_(list(by_subscriber))
         )
@@ -118,12 +116,12 @@ def claim_batch(
     return sorted(claims, key=lambda c: c.delivery_id)
 
 
-def inactive_subscribers(session: Session, subscriber_ids: Sequence[int]) -> set[int]:
+def inactive_subscribers(db: Session, subscriber_ids: Sequence[int]) -> set[int]:
     """Which of ``subscriber_ids`` are no longer active (unsubscribed, bounced, erased)."""
     if not subscriber_ids:
         return set()
     active = set(
-        session.scalars(
+        db.scalars(
             select(Subscriber.id).where(
                 Subscriber.id.in_(subscriber_ids), Subscriber.status == SubscriberStatus.active
             )
@@ -142,12 +140,12 @@ def _owned(delivery_ids: Sequence[int], worker: str) -> ColumnElement[bool]:
     )
 
 
-def mark_sent(session: Session, delivery_ids: Sequence[int], *, worker: str) -> int:
+def mark_sent(db: Session, delivery_ids: Sequence[int], *, worker: str) -> int:
     """Mark this worker's in-flight deliveries sent: the relay accepted them (an answered
     attempt). A cancelled row stays cancelled."""
     if not delivery_ids:
         return 0
-    result = session.execute(
+    result = db.execute(
         update(Delivery)
         .where(_owned(delivery_ids, worker))
         .values(
@@ -171,7 +169,7 @@ def _failed_unless_maybe_sent() -> ColumnElement[str]:
 
 
 def mark_failed(
-    session: Session,
+    db: Session,
     delivery_ids: Sequence[int],
     reason: str,
     *,
@@ -185,7 +183,7 @@ def mark_failed(
     accepted (``maybe_sent``) becomes ``unconfirmed``, never ``failed``.
     """
     if delivery_ids:
-        session.execute(
+        db.execute(
             update(Delivery)
             .where(_owned(delivery_ids, worker))
             .values(
@@ -197,12 +195,10 @@ def mark_failed(
         )
 
 
-def mark_skipped(
-    session: Session, delivery_ids: Sequence[int], reason: str, *, worker: str
-) -> None:
+def mark_skipped(db: Session, delivery_ids: Sequence[int], reason: str, *, worker: str) -> None:
     """Mark this worker's in-flight deliveries skipped (the person is not active any more)."""
     if delivery_ids:
-        session.execute(
+        db.execute(
             update(Delivery)
             .where(_owned(delivery_ids, worker))
             .values(status=DeliveryStatus.skipped, last_error=reason)
@@ -210,12 +206,10 @@ def mark_skipped(
         )
 
 
-def defer(
-    session: Session, delivery_id: int, *, worker: str, reason: str, not_before: datetime
-) -> None:
+def defer(db: Session, delivery_id: int, *, worker: str, reason: str, not_before: datetime) -> None:
     """The relay refused this worker's delivery for now (4xx): an answered attempt; queued
     again, not due before ``not_before``."""
-    session.execute(
+    db.execute(
         update(Delivery)
         .where(_owned([delivery_id], worker))
         .values(
@@ -231,7 +225,7 @@ def defer(
 
 
 def give_back(
-    session: Session,
+    db: Session,
     delivery_ids: Sequence[int],
     *,
     worker: str,
@@ -254,7 +248,7 @@ def give_back(
             values["maybe_sent"] = True
         if reason is not None:
             values["last_error"] = reason
-        session.execute(
+        db.execute(
             update(Delivery)
             .where(_owned(delivery_ids, worker))
             .values(**values)
@@ -262,10 +256,10 @@ def give_back(
         )
 
 
-def touch_claims(session: Session, delivery_ids: Sequence[int], *, worker: str) -> None:
+def touch_claims(db: Session, delivery_ids: Sequence[int], *, worker: str) -> None:
     """Renew this worker's claim on rows it is still sending: the sweeper's heartbeat."""
     if delivery_ids:
-        session.execute(
+        db.execute(
             update(Delivery)
             .where(_owned(delivery_ids, worker))
             .values(claimed_at=utcnow())
@@ -273,9 +267,9 @@ def touch_claims(session: Session, delivery_ids: Sequence[int], *, worker: str) 
         )
 
 
-def skip_queued(session: Session, campaign_id: int, reason: str) -> int:
+def skip_queued(db: Session, campaign_id: int, reason: str) -> int:
     """Mark every still-queued delivery of a campaign skipped (on cancel)."""
-    result = session.execute(
+    result = db.execute(
         update(Delivery)
         .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.queued)
         .values(status=DeliveryStatus.skipped, last_error=reason)
@@ -293,14 +287,14 @@ class Pending:
     next_due: datetime | None  # the earliest back-off end among queued rows
 
 
-def pending(session: Session, campaign_id: int) -> Pending:
+def pending(db: Session, campaign_id: int) -> Pending:
     """Queued and in-flight rows, with the times that say when to look again."""
-    queued = session.execute(
+    queued = db.execute(
         select(func.count(), func.min(Delivery.next_attempt_at)).where(
             Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.queued
         )
     ).one()
-    inflight = session.scalar(
+    inflight = db.scalar(
         select(func.count()).where(
             Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.inflight
         )
@@ -317,16 +311,16 @@ def _aware(value: datetime | str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def final_counts(session: Session, campaign_id: int) -> tuple[int, int]:
+def final_counts(db: Session, campaign_id: int) -> tuple[int, int]:
     """(sent, failed) so far: what the error budget is judged on."""
-    counts = delivery_counts(session, campaign_id)
+    counts = delivery_counts(db, campaign_id)
     return counts[DeliveryStatus.sent], counts[DeliveryStatus.failed]
 
 
-def delivery_counts(session: Session, campaign_id: int) -> dict[str, int]:
+def delivery_counts(db: Session, campaign_id: int) -> dict[str, int]:
     """Deliveries by status, from the rows (the index covers campaign_id, status)."""
     counts = {status.value: 0 for status in DeliveryStatus}
-    for status, count in session.execute(
+    for status, count in db.execute(
         select(Delivery.status, func.count())
         .where(Delivery.campaign_id == campaign_id)
         .group_by(Delivery.status)
@@ -335,27 +329,27 @@ def delivery_counts(session: Session, campaign_id: int) -> dict[str, int]:
     return counts
 
 
-def get_campaign(session: Session, campaign_id: int) -> Campaign | None:
+def get_campaign(db: Session, campaign_id: int) -> Campaign | None:
     """The campaign or None."""
-    return session.get(Campaign, campaign_id)
+    return db.get(Campaign, campaign_id)
 
 
-def lock_campaign(session: Session, campaign_id: int) -> Campaign | None:
+def lock_campaign(db: Session, campaign_id: int) -> Campaign | None:
     """The campaign row, locked for update on PostgreSQL so state changes do not race."""
     query = select(Campaign).where(Campaign.id == campaign_id)
-    if is_postgresql(session):
+    if is_postgresql(db):
         query = query.with_for_update()
-    return session.scalars(query).first()
+    return db.scalars(query).first()
 
 
-def list_campaigns(session: Session, limit: int = 50) -> list[Campaign]:
+def list_campaigns(db: Session, limit: int = 50) -> list[Campaign]:
     """Newest campaigns first."""
-    return list(session.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(limit)))
+    return list(db.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(limit)))
 
 
-def finish_if_done(session: Session, campaign_id: int) -> bool:
+def finish_if_done(db: Session, campaign_id: int) -> bool:
     """Mark a sending campaign finished when no delivery is queued or in flight."""
-    pending = session.scalar(
+    pending = db.scalar(
         select(func.count())
         .select_from(Delivery)
         .where(
@@ -365,7 +359,7 @@ def finish_if_done(session: Session, campaign_id: int) -> bool:
     )
     if pending:
         return False
-    result = session.execute(
+    result = db.execute(
         update(Campaign)
         .where(and_(Campaign.id == campaign_id, Campaign.status == CampaignStatus.sending))
         .values(status=CampaignStatus.finished, finished_at=utcnow())
@@ -375,7 +369,7 @@ def finish_if_done(session: Session, campaign_id: int) -> bool:
 
 
 def record_progress(
-    session: Session, campaign_id: int, *, succeeded: int, refused_temporarily: int
+    db: Session, campaign_id: int, *, succeeded: int, refused_temporarily: int
 ) -> int:
     """Note that a batch reported; returns the campaign's failure streak after this report.
 
@@ -386,12 +380,10 @@ def record_progress(
     values: dict[str, Any] = {"failure_streak": streak, "last_progress_at": utcnow()}
     if succeeded:
         values["relay_failures"] = 0  # the relay answers again: probing starts afresh
-    session.execute(
+    db.execute(
         update(Campaign)
         .where(Campaign.id == campaign_id)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return int(
-        session.scalar(select(Campaign.failure_streak).where(Campaign.id == campaign_id)) or 0
-    )
+    return int(db.scalar(select(Campaign.failure_streak).where(Campaign.id == campaign_id)) or 0)

@@ -140,8 +140,8 @@ def send_batch(
     :func:`service.wait_for_relay`.
     """
     started = time.monotonic()
-    with session_scope(settings.database_url) as session:
-        campaign = repo.get_campaign(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        campaign = repo.get_campaign(db, campaign_id)
         if campaign is None or campaign.status != CampaignStatus.sending:
             return BatchResult(stopped_because=campaign.status if campaign else "missing")
     try:
@@ -150,14 +150,14 @@ def send_batch(
         compiled = _compiled(settings, campaign_id)
     except ConfigurationError as exc:
         return _halt(settings, campaign_id, f"sending cannot start: {exc}")
-    with session_scope(settings.database_url) as session:
+    with session_scope(settings.database_url) as db:
         sweep_repo.requeue_orphans(
-            session,
+            db,
             dead_after=dead_after(settings),
             stuck_after=stuck_after(settings),
             campaign_id=campaign_id,
         )
-        claimed = repo.claim_batch(session, campaign_id, worker=worker, limit=settings.batch_size)
+        claimed = repo.claim_batch(db, campaign_id, worker=worker, limit=settings.batch_size)
     batch = Ledger(settings, campaign_id, worker, claimed, probe_forever=probe_forever)
     result = batch.result
     if not claimed:
@@ -183,8 +183,8 @@ def send_batch(
 
 def _halt(settings: Settings, campaign_id: int, reason: str) -> BatchResult:
     """Pause the campaign with ``reason`` before claiming anything."""
-    with session_scope(settings.database_url) as session:
-        service.halt_campaign(session, campaign_id, reason)
+    with session_scope(settings.database_url) as db:
+        service.halt_campaign(db, campaign_id, reason)
     log.warning("campaign %s: %s", campaign_id, reason)
     return BatchResult(stopped_because=reason)
 
@@ -236,11 +236,11 @@ def _send_claimed(
         result.given_back += len(untouched)
 
         def settle() -> None:
-            with session_scope(settings.database_url) as session:
-                repo.give_back(session, untouched, worker=batch.worker)
+            with session_scope(settings.database_url) as db:
+                repo.give_back(db, untouched, worker=batch.worker)
                 if waiting:
                     result.probe_at = service.wait_for_relay(
-                        session,
+                        db,
                         campaign_id,
                         waiting,
                         delays=settings.retry_delays,
@@ -248,7 +248,7 @@ def _send_claimed(
                         probe_forever=batch.probe_forever,
                     )
                 elif halted:
-                    service.halt_campaign(session, campaign_id, halted)
+                    service.halt_campaign(db, campaign_id, halted)
 
         patiently(settle, what=f"campaign {campaign_id}", log=log)
     if waiting and result.probe_at:
@@ -285,8 +285,8 @@ def _report_while_sending(batch: Ledger, lanes: Lanes, feed: _Feed, interval: fl
 
 
 def _compiled(settings: Settings, campaign_id: int) -> CompiledCampaign:
-    with session_scope(settings.database_url) as session:
-        return compile_campaign(session, campaign_id, settings)
+    with session_scope(settings.database_url) as db:
+        return compile_campaign(db, campaign_id, settings)
 
 
 @lru_cache(maxsize=4)

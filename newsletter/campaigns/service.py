@@ -31,7 +31,7 @@ from subscribers.validation import normalise_tag
 
 
 def create_campaign(
-    session: Session,
+    db: Session,
     number: int,
     *,
     subject: str | None = None,
@@ -49,7 +49,7 @@ def create_campaign(
     """
     if kind == CampaignKind.reminder:
         raise ValueError("reminders go to confirmed attendees only: use create_reminder()")
-    salon = require_session(session, number)
+    salon = require_session(db, number)
     record = sessions_repo.record_of(salon)
     if record.cancelled:
         raise InvalidStateError(f"session {number} is cancelled; no invitation can be sent")
@@ -61,17 +61,17 @@ def create_campaign(
             f" `newsletter campaign create {number} --past`"
         )
     campaign = _draft(
-        session,
+        db,
         salon.id,
         kind,
         subject=(subject or default_subject(record)).strip(),
         tag=normalise_tag(tag) if tag else None,
     )
-    campaign.recipient_count = recipients.snapshot_recipients(session, campaign)
+    campaign.recipient_count = recipients.snapshot_recipients(db, campaign)
     return campaign
 
 
-def create_reminder(session: Session, number: int, *, subject: str | None = None) -> Campaign:
+def create_reminder(db: Session, number: int, *, subject: str | None = None) -> Campaign:
     """Create a draft reminder for session ``number``: one queued delivery per active
     subscriber with a confirmed seat ("yes", not waitlisted).
 
@@ -80,32 +80,32 @@ def create_reminder(session: Session, number: int, *, subject: str | None = None
     reminder later is allowed (a second reminder); each campaign mails each person once.
     The subject defaults to ``提醒：第 N 期… · <local start time>``.
     """
-    salon = require_session(session, number)
+    salon = require_session(db, number)
     if salon.cancelled:
         raise InvalidStateError(f"session {number} is cancelled; there is nothing to remind of")
     if salon.ends_at <= utcnow():
         held = cn_datetime_range(salon.starts_at, salon.ends_at, ZoneInfo(salon.timezone))
         raise InvalidStateError(f"session {number} is over (it was held {held}); no reminder")
     # Checked before anything is written, so a refusal leaves no empty campaign behind.
-    if recipients.count_confirmed(session, salon.id) == 0:
+    if recipients.count_confirmed(db, salon.id) == 0:
         raise InvalidStateError(
             f"nobody has a confirmed seat for session {number} yet; a reminder goes only to "
             "those who answered yes (see `newsletter rsvp list`)"
         )
     record = sessions_repo.record_of(salon)
     campaign = _draft(
-        session,
+        db,
         salon.id,
         CampaignKind.reminder,
         subject=(subject or "").strip() or reminder_subject(record, salon.timezone),
         tag=None,
     )
-    campaign.recipient_count = recipients.snapshot_confirmed(session, campaign)
+    campaign.recipient_count = recipients.snapshot_confirmed(db, campaign)
     return campaign
 
 
 def _draft(
-    session: Session, session_id: int, kind: CampaignKind, *, subject: str, tag: str | None
+    db: Session, session_id: int, kind: CampaignKind, *, subject: str, tag: str | None
 ) -> Campaign:
     """A new draft campaign row, flushed so its id exists for the recipient snapshot."""
     campaign = Campaign(
@@ -116,18 +116,14 @@ def _draft(
         status=CampaignStatus.draft,
         created_at=utcnow(),
     )
-    session.add(campaign)
-    session.flush()
+    db.add(campaign)
+    db.flush()
     return campaign
 
 
-def require_campaign(session: Session, campaign_id: int, *, lock: bool = False) -> Campaign:
+def require_campaign(db: Session, campaign_id: int, *, lock: bool = False) -> Campaign:
     """The campaign or a NotFoundError naming the id."""
-    campaign = (
-        repo.lock_campaign(session, campaign_id)
-        if lock
-        else repo.get_campaign(session, campaign_id)
-    )
+    campaign = repo.lock_campaign(db, campaign_id) if lock else repo.get_campaign(db, campaign_id)
     if campaign is None:
         raise NotFoundError(
             f"campaign {campaign_id} does not exist (see `newsletter campaign list`)"
@@ -157,8 +153,8 @@ _TRANSITIONS: dict[str, set[CampaignStatus]] = {
 }
 
 
-def _transition(session: Session, campaign_id: int, action: str) -> Campaign:
-    campaign = require_campaign(session, campaign_id, lock=True)
+def _transition(db: Session, campaign_id: int, action: str) -> Campaign:
+    campaign = require_campaign(db, campaign_id, lock=True)
     if campaign.status not in _TRANSITIONS[action]:
         raise InvalidStateError(
             f"campaign {campaign_id} is {campaign.status}; it cannot {action}"
@@ -167,9 +163,9 @@ def _transition(session: Session, campaign_id: int, action: str) -> Campaign:
     return campaign
 
 
-def start_campaign(session: Session, campaign_id: int) -> Campaign:
+def start_campaign(db: Session, campaign_id: int) -> Campaign:
     """Mark the campaign sending. Starting a campaign that is already sending is harmless."""
-    campaign = _transition(session, campaign_id, "start")
+    campaign = _transition(db, campaign_id, "start")
     _sending(campaign)
     campaign.started_at = campaign.started_at or utcnow()
     return campaign
@@ -181,32 +177,32 @@ def _sending(campaign: Campaign) -> None:
     campaign.relay_retry_at = None
 
 
-def schedule_campaign(session: Session, campaign_id: int, at: datetime) -> Campaign:
+def schedule_campaign(db: Session, campaign_id: int, at: datetime) -> Campaign:
     """Schedule a draft campaign; Celery beat's sweeper starts it at ``at``."""
     if at.tzinfo is None:
         raise InvalidStateError(f"{at.isoformat()} has no UTC offset, e.g. 2026-12-01T09:00+08:00")
-    campaign = _transition(session, campaign_id, "schedule")
+    campaign = _transition(db, campaign_id, "schedule")
     campaign.status = CampaignStatus.scheduled
     campaign.scheduled_at = at
     campaign.status_reason = None
     return campaign
 
 
-def pause_campaign(session: Session, campaign_id: int, reason: str | None = None) -> Campaign:
+def pause_campaign(db: Session, campaign_id: int, reason: str | None = None) -> Campaign:
     """Stop claiming new batches; batches in flight finish their current message."""
-    campaign = _transition(session, campaign_id, "pause")
+    campaign = _transition(db, campaign_id, "pause")
     campaign.status = CampaignStatus.paused
     campaign.status_reason = reason or "paused by an organizer"
     return campaign
 
 
-def halt_campaign(session: Session, campaign_id: int, reason: str) -> bool:
+def halt_campaign(db: Session, campaign_id: int, reason: str) -> bool:
     """Pause a sending campaign because sending cannot go on (the relay is down, say).
 
     Several batches may hit the same fault at once; only the first one pauses, the others
     find it paused already and do nothing.
     """
-    campaign = require_campaign(session, campaign_id, lock=True)
+    campaign = require_campaign(db, campaign_id, lock=True)
     if campaign.status != CampaignStatus.sending:
         return False
     campaign.status = CampaignStatus.paused
@@ -214,15 +210,15 @@ def halt_campaign(session: Session, campaign_id: int, reason: str) -> bool:
     return True
 
 
-def resume_campaign(session: Session, campaign_id: int) -> Campaign:
+def resume_campaign(db: Session, campaign_id: int) -> Campaign:
     """Continue a paused campaign where it stopped (a waiting one: probe the relay now)."""
-    campaign = _transition(session, campaign_id, "resume")
+    campaign = _transition(db, campaign_id, "resume")
     _sending(campaign)
     return campaign
 
 
 def wait_for_relay(
-    session: Session,
+    db: Session,
     campaign_id: int,
     reason: str,
     *,
@@ -239,7 +235,7 @@ def wait_for_relay(
     Without ``probe_forever`` (a command's own embedded worker, which ends with the command)
     the campaign pauses once the table is used up, so the command ends.
     """
-    campaign = require_campaign(session, campaign_id, lock=True)
+    campaign = require_campaign(db, campaign_id, lock=True)
     if campaign.status != CampaignStatus.sending:
         return None
     if not probe_forever and campaign.relay_failures >= len(delays):
@@ -263,13 +259,13 @@ def next_try(reason: str, at: datetime, zone: ZoneInfo) -> str:
     return f"{reason}; next try at {at.astimezone(zone):%H:%M:%S %Z}"
 
 
-def probe_relay(session: Session, campaign_id: int) -> bool:
+def probe_relay(db: Session, campaign_id: int) -> bool:
     """Send again if the campaign waits for the relay and its probe is due; True if so.
 
     The batches that follow are the probe: if the relay still fails, the first of them puts
     the campaign back to waiting, one step further along the back-off table.
     """
-    campaign = require_campaign(session, campaign_id, lock=True)
+    campaign = require_campaign(db, campaign_id, lock=True)
     if campaign.status != CampaignStatus.waiting:
         return False
     if campaign.relay_retry_at is not None and campaign.relay_retry_at > utcnow():
@@ -278,30 +274,30 @@ def probe_relay(session: Session, campaign_id: int) -> bool:
     return True
 
 
-def cancel_campaign(session: Session, campaign_id: int) -> Campaign:
+def cancel_campaign(db: Session, campaign_id: int) -> Campaign:
     """Cancel: queued deliveries are skipped and never sent."""
-    campaign = _transition(session, campaign_id, "cancel")
+    campaign = _transition(db, campaign_id, "cancel")
     campaign.status = CampaignStatus.cancelled
     campaign.status_reason = "cancelled by an organizer"
     campaign.finished_at = utcnow()
-    repo.skip_queued(session, campaign_id, "campaign cancelled")
+    repo.skip_queued(db, campaign_id, "campaign cancelled")
     return campaign
 
 
 OrganizerAction = Literal["send", "pause", "resume", "cancel"]
 
 
-def apply_organizer_action(session: Session, campaign_id: int, action: OrganizerAction) -> bool:
+def apply_organizer_action(db: Session, campaign_id: int, action: OrganizerAction) -> bool:
     """What an organizer's send / pause / resume / cancel does (API and dashboard alike);
     True when the caller must enqueue the sending after the commit. "send" on a paused
     campaign resumes it; on a draft or sending one it (re)starts it, which is harmless."""
-    current = require_campaign(session, campaign_id)
+    current = require_campaign(db, campaign_id)
     if action == "pause":
-        pause_campaign(session, campaign_id)
+        pause_campaign(db, campaign_id)
     elif action == "cancel":
-        cancel_campaign(session, campaign_id)
+        cancel_campaign(db, campaign_id)
     elif action == "resume" or current.status in (CampaignStatus.paused, CampaignStatus.waiting):
-        resume_campaign(session, campaign_id)
+        resume_campaign(db, campaign_id)
     return action in ("send", "resume")
 
 
@@ -333,11 +329,11 @@ class CampaignProgress:
         return self.sent + self.failed + self.skipped + self.unconfirmed
 
 
-def progress(session: Session, campaign_id: int) -> CampaignProgress:
+def progress(db: Session, campaign_id: int) -> CampaignProgress:
     """The campaign's status with counts per delivery state."""
-    campaign = require_campaign(session, campaign_id)
-    counts = repo.delivery_counts(session, campaign_id)
-    salon = sessions_repo.get_by_id(session, campaign.session_id)
+    campaign = require_campaign(db, campaign_id)
+    counts = repo.delivery_counts(db, campaign_id)
+    salon = sessions_repo.get_by_id(db, campaign.session_id)
     return CampaignProgress(
         id=campaign.id,
         session_number=salon.number if salon else 0,

@@ -30,11 +30,11 @@ def _affected(result: Result[Any]) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
-def record_heartbeat(session: Session, worker: str) -> None:
+def record_heartbeat(db: Session, worker: str) -> None:
     """Say that ``worker`` is alive now (one row per worker process, upserted)."""
-    insert = pg_insert if is_postgresql(session) else sqlite_insert
+    insert = pg_insert if is_postgresql(db) else sqlite_insert
     statement = insert(WorkerHeartbeat).values(worker_id=worker, beat_at=utcnow())
-    session.execute(
+    db.execute(
         statement.on_conflict_do_update(
             index_elements=[WorkerHeartbeat.worker_id],
             set_={"beat_at": statement.excluded.beat_at},
@@ -42,16 +42,16 @@ def record_heartbeat(session: Session, worker: str) -> None:
     )
 
 
-def forget_old_heartbeats(session: Session, *, older_than: timedelta) -> int:
+def forget_old_heartbeats(db: Session, *, older_than: timedelta) -> int:
     """Delete heartbeats of workers gone for ``older_than`` (each restart adds a row)."""
-    result = session.execute(
+    result = db.execute(
         delete(WorkerHeartbeat).where(WorkerHeartbeat.beat_at < utcnow() - older_than)
     )
     return _affected(result)
 
 
 def requeue_orphans(
-    session: Session,
+    db: Session,
     *,
     dead_after: timedelta,
     stuck_after: timedelta,
@@ -79,7 +79,7 @@ def requeue_orphans(
     )
     if campaign_id is not None:
         condition = and_(Delivery.campaign_id == campaign_id, condition)
-    result = session.execute(
+    result = db.execute(
         update(Delivery)
         .where(condition)
         .values(status=DeliveryStatus.queued, claimed_by=None, claimed_at=None, maybe_sent=True)
@@ -88,7 +88,7 @@ def requeue_orphans(
     return _affected(result)
 
 
-def stalled_campaigns(session: Session, *, quiet_for: timedelta) -> list[int]:
+def stalled_campaigns(db: Session, *, quiet_for: timedelta) -> list[int]:
     """Sending campaigns with rows due now and no batch report for ``quiet_for``: nobody is
     working on them, so their batch tasks were lost (a killed worker held them, or a broker
     restart without persistence). A campaign whose rows all wait out a back-off is not
@@ -101,7 +101,7 @@ def stalled_campaigns(session: Session, *, quiet_for: timedelta) -> list[int]:
         or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
     )
     return list(
-        session.scalars(
+        db.scalars(
             select(Campaign.id).where(
                 Campaign.status == CampaignStatus.sending,
                 or_(
@@ -114,10 +114,10 @@ def stalled_campaigns(session: Session, *, quiet_for: timedelta) -> list[int]:
     )
 
 
-def relay_probes_due(session: Session) -> list[int]:
+def relay_probes_due(db: Session) -> list[int]:
     """Campaigns waiting for the relay whose next probe is due."""
     return list(
-        session.scalars(
+        db.scalars(
             select(Campaign.id).where(
                 Campaign.status == CampaignStatus.waiting, Campaign.relay_retry_at <= utcnow()
             )
@@ -125,10 +125,10 @@ def relay_probes_due(session: Session) -> list[int]:
     )
 
 
-def due_scheduled(session: Session) -> list[int]:
+def due_scheduled(db: Session) -> list[int]:
     """Scheduled campaigns whose time has come."""
     return list(
-        session.scalars(
+        db.scalars(
             select(Campaign.id).where(
                 Campaign.status == CampaignStatus.scheduled, Campaign.scheduled_at <= utcnow()
             )

@@ -62,8 +62,8 @@ def create(
     """
     settings = get_settings()
     database_for_writing()
-    with session_scope(settings.database_url) as session:
-        campaign = service.create_campaign(session, number, subject=subject, tag=tag, past=past)
+    with session_scope(settings.database_url) as db:
+        campaign = service.create_campaign(db, number, subject=subject, tag=tag, past=past)
         campaign_id, count = campaign.id, campaign.recipient_count
     err_console.print(f"campaign {campaign_id}: {count} recipients, draft")
     console.print(str(campaign_id))
@@ -93,8 +93,8 @@ def progress_line(progress: service.CampaignProgress) -> str:
 
 
 def _read_progress(campaign_id: int) -> service.CampaignProgress:
-    with session_scope(get_settings().database_url) as session:
-        return service.progress(session, campaign_id)
+    with session_scope(get_settings().database_url) as db:
+        return service.progress(db, campaign_id)
 
 
 def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
@@ -182,11 +182,11 @@ def _interrupted(campaign_id: int) -> None:
             f"stopped watching; the workers go on (`newsletter campaign status {campaign_id}`)"
         )
         return
-    with session_scope(get_settings().database_url) as session:
-        campaign = service.require_campaign(session, campaign_id)
+    with session_scope(get_settings().database_url) as db:
+        campaign = service.require_campaign(db, campaign_id)
         paused = campaign.status in (CampaignStatus.sending, CampaignStatus.waiting)
         if paused:
-            service.pause_campaign(session, campaign_id, "interrupted (Ctrl-C) while sending")
+            service.pause_campaign(db, campaign_id, "interrupted (Ctrl-C) while sending")
     embedded.stop(INTERRUPT_GRACE_SECONDS)
     if paused:
         err_console.print(
@@ -213,16 +213,16 @@ def send(
     database_for_writing()
     check_mail_url(settings)
     if at is not None:
-        with session_scope(settings.database_url) as session:
-            service.schedule_campaign(session, campaign_id, at)
+        with session_scope(settings.database_url) as db:
+            service.schedule_campaign(db, campaign_id, at)
         console.print(f"campaign {campaign_id} scheduled for {at.isoformat()}")
         starter = "`newsletter serve`" if embedded.active() else "`newsletter worker --beat`"
         err_console.print(f"beat's sweep starts it then: {starter} must be running at that time")
         return
-    with session_scope(settings.database_url) as session:
-        current = service.require_campaign(session, campaign_id)
+    with session_scope(settings.database_url) as db:
+        current = service.require_campaign(db, campaign_id)
         if current.status == CampaignStatus.paused:
-            service.resume_campaign(session, campaign_id)
+            service.resume_campaign(db, campaign_id)
     _send_and_report(campaign_id, wait=wait)
 
 
@@ -263,8 +263,8 @@ def remind(
     settings = get_settings()
     database_for_writing()
     check_mail_url(settings)
-    with session_scope(settings.database_url) as session:
-        campaign = service.create_reminder(session, number, subject=subject)
+    with session_scope(settings.database_url) as db:
+        campaign = service.create_reminder(db, number, subject=subject)
         campaign_id, count = campaign.id, campaign.recipient_count
     err_console.print(f"reminder campaign {campaign_id}: {count} recipients")
     _send_and_report(campaign_id, wait=wait)
@@ -283,13 +283,13 @@ def _change(campaign_id: int, action: str) -> None:
     database_for_writing()
     if action == "resume":
         check_mail_url(settings)
-    with session_scope(settings.database_url) as session:
+    with session_scope(settings.database_url) as db:
         if action == "pause":
-            service.pause_campaign(session, campaign_id)
+            service.pause_campaign(db, campaign_id)
         elif action == "resume":
-            service.resume_campaign(session, campaign_id)
+            service.resume_campaign(db, campaign_id)
         else:
-            service.cancel_campaign(session, campaign_id)
+            service.cancel_campaign(db, campaign_id)
     if action == "resume":
         send_and_watch(campaign_id, wait=False)
     console.print(progress_line(_read_progress(campaign_id)))
@@ -322,8 +322,8 @@ def list_(limit: int = typer.Option(50, help="How many, newest first.")) -> None
     """Campaigns, newest first (reads only: never migrates the database)."""
     settings = get_settings()
     database_for_reading()
-    with session_scope(settings.database_url) as session:
-        rows = [service.progress(session, c.id) for c in repo.list_campaigns(session, limit)]
+    with session_scope(settings.database_url) as db:
+        rows = [service.progress(db, c.id) for c in repo.list_campaigns(db, limit)]
     table = Table("id", "期数", "subject", "status", "sent", "failed", "skipped", "queued", "total")
     for p in rows:
         table.add_row(

@@ -42,10 +42,8 @@ def _demo(examples: Path, serve: bool) -> None:
     url = settings.database_url
     console.print(f"[bold]1.[/] database {url}")
     upgrade(url)
-    with session_scope(url) as session:
-        sessions_report = import_records(
-            session, [examples / "sessions"], timezone=settings.timezone
-        )
+    with session_scope(url) as db:
+        sessions_report = import_records(db, [examples / "sessions"], timezone=settings.timezone)
     if sessions_report.errors:
         raise fail("\n".join(sessions_report.errors))
     samples = sessions_report.created + sessions_report.updated + sessions_report.unchanged
@@ -61,8 +59,8 @@ def _demo(examples: Path, serve: bool) -> None:
         number=max(samples) + 1,
         now=utcnow(),
     )
-    with session_scope(url) as session:
-        demo_report = import_records(session, [upcoming], timezone=settings.timezone)
+    with session_scope(url) as db:
+        demo_report = import_records(db, [upcoming], timezone=settings.timezone)
     if demo_report.errors:
         raise fail("\n".join(demo_report.errors))
     number = max(samples) + 1
@@ -70,22 +68,22 @@ def _demo(examples: Path, serve: bool) -> None:
         f"    and session {number}, still ahead, for trying the RSVP pages: {upcoming}",
         soft_wrap=True,
     )
-    with session_scope(url) as session:
-        people = import_csv(session, examples / "subscribers.csv")
+    with session_scope(url) as db:
+        people = import_csv(db, examples / "subscribers.csv")
     console.print(
         f"[bold]3.[/] subscribers: {people.added} added, {people.updated} updated, "
         f"{people.unchanged} unchanged"
     )
-    with session_scope(url) as session:
-        salon = sessions_repo.get_by_number(session, number)
+    with session_scope(url) as db:
+        salon = sessions_repo.get_by_number(db, number)
         assert salon is not None, "imported above"
         # Running the demo again resumes the same campaign instead of mailing everyone anew.
-        existing = session.scalars(
+        existing = db.scalars(
             select(Campaign)
             .where(Campaign.session_id == salon.id, Campaign.kind == CampaignKind.invitation)
             .order_by(Campaign.id)
         ).first()
-        campaign = existing or campaigns.create_campaign(session, number)
+        campaign = existing or campaigns.create_campaign(db, number)
         campaign_id, reused = campaign.id, existing is not None
     console.print(
         f"[bold]4.[/] campaign {campaign_id} for session {number}"
@@ -93,16 +91,16 @@ def _demo(examples: Path, serve: bool) -> None:
     )
     if campaign.status in ("draft", "sending", "paused"):
         if campaign.status == "paused":
-            with session_scope(url) as session:
-                campaigns.resume_campaign(session, campaign_id)
+            with session_scope(url) as db:
+                campaigns.resume_campaign(db, campaign_id)
         result = send_and_watch(campaign_id, wait=True)
     else:
-        with session_scope(url) as session:
-            result = campaigns.progress(session, campaign_id)
+        with session_scope(url) as db:
+            result = campaigns.progress(db, campaign_id)
     console.print(progress_line(result))
     outbox = Path(settings.mail_url.removeprefix("file://")).resolve()
-    with session_scope(url) as session:
-        first = list_subscribers(session, limit=1).items
+    with session_scope(url) as db:
+        first = list_subscribers(db, limit=1).items
     preview_path, _ = write_preview(settings, number, to=first[0].email if first else None)
     console.print()
     console.print(
@@ -112,8 +110,8 @@ def _demo(examples: Path, serve: bool) -> None:
     console.print("  To see one in a browser, open:")
     console.print(f"  {preview_path.resolve().as_uri()}", soft_wrap=True)
     if first:
-        with session_scope(url) as session:
-            salon = sessions_repo.get_by_number(session, number)
+        with session_scope(url) as db:
+            salon = sessions_repo.get_by_number(db, number)
             assert salon is not None, "imported above"
             links = recipient_links(
                 settings.base_url,

@@ -73,8 +73,8 @@ def write_preview(
         out = settings.var_dir / f"preview-{number}.html"
     if out.suffix not in (".eml", ".html", ".htm"):
         raise fail(f"{out}: --out must end in .html or .eml")
-    with session_scope(settings.database_url) as session:
-        salon = require_session(session, number)
+    with session_scope(settings.database_url) as db:
+        salon = require_session(db, number)
         if rsvp and kind is CampaignKind.invitation and salon.ends_at <= utcnow():
             err_console.print(
                 f"session {number} has ended: a campaign for it needs `campaign create --past`,"
@@ -84,13 +84,13 @@ def write_preview(
         name, address, subscriber_id = "订阅者", "subscriber@example.org", 0
         if to:
             address = normalise_email(to)
-            person = subscribers_repo.get_by_email(session, address)
+            person = subscribers_repo.get_by_email(db, address)
             if person is None:
                 err_console.print(f"{address} is not a subscriber: its links will not work")
             else:
                 name, subscriber_id = person.name, person.id
         compiled = compile_invitation(
-            session,
+            db,
             salon,
             subject=subject,
             campaign_id=0,

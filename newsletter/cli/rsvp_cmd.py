@@ -28,10 +28,10 @@ def list_(
     """Answers for a session: confirmed, waitlist in order, maybe, no; and the counts."""
     settings = get_settings()
     database_for_reading()
-    with session_scope(settings.database_url) as session:
-        salon = require_session(session, number)
-        rows = repo.attendees(session, salon.id)
-        counts = repo.counts(session, salon.id)
+    with session_scope(settings.database_url) as db:
+        salon = require_session(db, number)
+        rows = repo.attendees(db, salon.id)
+        counts = repo.counts(db, salon.id)
         capacity = salon.capacity
     if as_csv:
         sys.stdout.write(attendees_csv(rows))

@@ -34,8 +34,8 @@ def import_(
     """Import or update records; a record with errors is refused whole and named."""
     settings = get_settings()
     database_for_writing()
-    with session_scope(settings.database_url) as session:
-        report = import_records(session, paths, timezone=settings.timezone)
+    with session_scope(settings.database_url) as db:
+        report = import_records(db, paths, timezone=settings.timezone)
     console.print(
         f"{len(report.created)} created, {len(report.updated)} updated, "
         f"{len(report.unchanged)} unchanged"
@@ -52,8 +52,8 @@ def list_() -> None:
     """Sessions, newest first, with their RSVP counts (reads only: never migrates)."""
     settings = get_settings()
     database_for_reading()
-    with session_scope(settings.database_url) as session:
-        rows = repo.list_with_counts(session)
+    with session_scope(settings.database_url) as db:
+        rows = repo.list_with_counts(db)
     table = Table("期数", "时间", "系列", "标题", "方式", "名额", "是", "可能", "否", "候补")
     for row in rows:
         table.add_row(

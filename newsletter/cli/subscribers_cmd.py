@@ -59,8 +59,8 @@ def import_(
     stay as they are: an import never re-subscribes anyone.
     """
     url = database_for_writing()
-    with _progress_bar() as report_progress, session_scope(url) as session:
-        report = service.import_csv(session, file, progress=report_progress)
+    with _progress_bar() as report_progress, session_scope(url) as db:
+        report = service.import_csv(db, file, progress=report_progress)
     _print_import(report)
     if report.errors:
         raise typer.Exit(1)
@@ -134,9 +134,9 @@ def add(
     """Add one subscriber. An unsubscribed address is not re-activated without --resubscribe."""
     url = database_for_writing()
     try:
-        with session_scope(url) as session:
+        with session_scope(url) as db:
             added = service.add_subscriber(
-                session, email, name=name, locale=locale, tags=tag, resubscribe=resubscribe
+                db, email, name=name, locale=locale, tags=tag, resubscribe=resubscribe
             )
             person = added.subscriber
             summary = f"{person.email}" + (f" ({person.name})" if person.name else "")
@@ -165,8 +165,8 @@ def remove(
 ) -> None:
     """Stop mailing an address: it is marked unsubscribed ("removed by organizer")."""
     url = database_for_writing()
-    with session_scope(url) as session:
-        removed = service.remove_subscriber(session, email)
+    with session_scope(url) as db:
+        removed = service.remove_subscriber(db, email)
     address = escape(removed.email)
     if removed.changed:
         console.print(f"{address} is unsubscribed; no invitation will go to it again.")
@@ -174,8 +174,8 @@ def remove(
         console.print(f"{address} was already {removed.previous_status}; left as it is.")
     if purge:
         try:
-            with session_scope(url) as session:
-                service.purge_subscriber(session, removed.email)
+            with session_scope(url) as db:
+                service.purge_subscriber(db, removed.email)
         except service.SubscriberHasHistory as exc:
             raise fail(f"{exc}; it stays on the list as {_kept_status(removed)}") from None
         console.print(f"{address} deleted, with its tags.")
@@ -197,9 +197,9 @@ def list_(
 ) -> None:
     """Subscribers in the order they were added, with counts per status."""
     url = database_for_reading()
-    with session_scope(url) as session:
-        page = service.list_subscribers(session, status=status, tag=tag, limit=limit, offset=offset)
-        counts = service.status_counts(session)
+    with session_scope(url) as db:
+        page = service.list_subscribers(db, status=status, tag=tag, limit=limit, offset=offset)
+        counts = service.status_counts(db)
         table = Table("id", "email", "name", "locale", "status", "tags")
         # Addresses, ids, locales and statuses are never cut short on a narrow terminal;
         # names and tags wrap instead.

@@ -52,10 +52,10 @@ class DatabaseCollector(Collector):
             yield self._broker_queue()
 
     def _database_families(self) -> Iterator[Metric]:
-        with session_scope(self._settings.database_url) as session:
-            campaigns = repo.campaign_counts(session)
-            answers = repo.answer_counts(session)
-            queued, inflight = repo.queued_deliveries(session)
+        with session_scope(self._settings.database_url) as db:
+            campaigns = repo.campaign_counts(db)
+            answers = repo.answer_counts(db)
+            queued, inflight = repo.queued_deliveries(db)
         by_outcome = {
             outcome: CounterMetricFamily(
                 f"newsletter_messages_{outcome}",

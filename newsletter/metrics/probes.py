@@ -34,8 +34,8 @@ def redis_client(settings: Settings) -> Iterator[redis.Redis]:
 
 def ping_database(settings: Settings) -> None:
     """One round trip to the database; raises when it does not answer."""
-    with session_scope(settings.database_url) as session:
-        repo.ping(session)
+    with session_scope(settings.database_url) as db:
+        repo.ping(db)
 
 
 def ping_broker(settings: Settings) -> None:

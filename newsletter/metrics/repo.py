@@ -32,17 +32,17 @@ class AnswerCount:
     count: int
 
 
-def ping(session: Session) -> None:
+def ping(db: Session) -> None:
     """One round trip to the database (raises when it does not answer)."""
-    session.execute(select(literal(1))).scalar_one()
+    db.execute(select(literal(1))).scalar_one()
 
 
-def campaign_counts(session: Session) -> list[CampaignCounts]:
+def campaign_counts(db: Session) -> list[CampaignCounts]:
     """Sent, failed and bounced messages of every campaign that has deliveries."""
     failed = Delivery.status == DeliveryStatus.failed
     # The bounced addresses are few: a set looked up per failed row, no join with everyone.
     bounced = select(Subscriber.id).where(Subscriber.status == SubscriberStatus.bounced)
-    rows = session.execute(
+    rows = db.execute(
         select(
             Delivery.campaign_id,
             func.count().filter(Delivery.status == DeliveryStatus.sent),
@@ -55,9 +55,9 @@ def campaign_counts(session: Session) -> list[CampaignCounts]:
     return [CampaignCounts(row[0], row[1], row[2], row[3]) for row in rows]
 
 
-def answer_counts(session: Session) -> list[AnswerCount]:
+def answer_counts(db: Session) -> list[AnswerCount]:
     """Current RSVP answers by kind (yes, maybe, no) and waitlist state."""
-    rows = session.execute(
+    rows = db.execute(
         select(Rsvp.answer, Rsvp.waitlisted, func.count())
         .group_by(Rsvp.answer, Rsvp.waitlisted)
         .order_by(Rsvp.answer, Rsvp.waitlisted)
@@ -65,9 +65,9 @@ def answer_counts(session: Session) -> list[AnswerCount]:
     return [AnswerCount(row[0], bool(row[1]), row[2]) for row in rows]
 
 
-def queued_deliveries(session: Session) -> tuple[int, int]:
+def queued_deliveries(db: Session) -> tuple[int, int]:
     """Deliveries waiting to be sent, and those claimed by a worker right now."""
-    row = session.execute(
+    row = db.execute(
         select(
             func.coalesce(func.sum(case((Delivery.status == DeliveryStatus.queued, 1))), 0),
             func.coalesce(func.sum(case((Delivery.status == DeliveryStatus.inflight, 1))), 0),

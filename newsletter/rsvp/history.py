@@ -67,9 +67,9 @@ def replay(events: Iterable[EventRow]) -> list[Point]:
     return points
 
 
-def history(session: Session, session_id: int) -> list[Point]:
+def history(db: Session, session_id: int) -> list[Point]:
     """The counts of session ``session_id`` over time, oldest first."""
-    return replay(history_repo.events(session, session_id))
+    return replay(history_repo.events(db, session_id))
 
 
 def thin(points: Sequence[Point], max_points: int) -> list[Point]:

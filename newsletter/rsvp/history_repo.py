@@ -21,7 +21,7 @@ class EventRow:
     at: datetime
 
 
-def events(session: Session, session_id: int) -> list[EventRow]:
+def events(db: Session, session_id: int) -> list[EventRow]:
     """Every answer event of a session in the order it happened.
 
     Ordered by time and then by id: a "no" and the waitlist promotion it causes share one
@@ -29,7 +29,7 @@ def events(session: Session, session_id: int) -> list[EventRow]:
     Only four narrow columns are read (``ix_rsvp_events_session_id`` finds the rows), so even
     a session with a hundred thousand answers loads in one quick query.
     """
-    rows = session.execute(
+    rows = db.execute(
         select(RsvpEvent.subscriber_id, RsvpEvent.answer, RsvpEvent.waitlisted, RsvpEvent.at)
         .where(RsvpEvent.session_id == session_id)
         .order_by(RsvpEvent.at, RsvpEvent.id)

@@ -28,7 +28,7 @@ class DueNotice:
 
 
 def claim_due(
-    session: Session,
+    db: Session,
     *,
     now: datetime,
     lease_until: datetime,
@@ -44,10 +44,10 @@ def claim_due(
     candidates = select(RsvpEvent.id).where(due).order_by(RsvpEvent.id).limit(limit)
     if session_id is not None:
         candidates = candidates.where(RsvpEvent.session_id == session_id)
-    ids = list(session.scalars(candidates.with_for_update(skip_locked=True)))
+    ids = list(db.scalars(candidates.with_for_update(skip_locked=True)))
     if not ids:
         return []
-    rows = session.execute(
+    rows = db.execute(
         update(RsvpEvent)
         .where(RsvpEvent.id.in_(ids), due)
         .values(notice_due_at=lease_until, notice_attempts=RsvpEvent.notice_attempts + 1)
@@ -66,12 +66,12 @@ def claim_due(
 
 
 def settle(
-    session: Session, ids: list[int], *, error: str | None, retry_at: datetime | None = None
+    db: Session, ids: list[int], *, error: str | None, retry_at: datetime | None = None
 ) -> None:
     """Record an outcome: sent (no error), given up (``error`` says why) or, with
     ``retry_at``, a temporary failure to try again then."""
     if ids:
-        session.execute(
+        db.execute(
             update(RsvpEvent)
             .where(RsvpEvent.id.in_(ids))
             .values(notice_due_at=retry_at, notice_error=error)
@@ -79,12 +79,12 @@ def settle(
         )
 
 
-def drop_pending(session: Session, subscriber_id: int, *, reason: str) -> int:
+def drop_pending(db: Session, subscriber_id: int, *, reason: str) -> int:
     """Give up every notice of one subscriber not yet sent (due, waiting for a retry or leased
     to a sender), recording ``reason``; how many were dropped. A mail that a sender claimed
     before this commit may still go out (the sender checked the subscriber when it claimed);
     its outcome then overwrites the reason, truthfully."""
-    result = session.execute(
+    result = db.execute(
         update(RsvpEvent)
         .where(RsvpEvent.subscriber_id == subscriber_id, RsvpEvent.notice_due_at.is_not(None))
         .values(notice_due_at=None, notice_error=reason)
@@ -93,9 +93,9 @@ def drop_pending(session: Session, subscriber_id: int, *, reason: str) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def pending_count(session: Session, session_id: int | None = None) -> int:
+def pending_count(db: Session, session_id: int | None = None) -> int:
     """Notices not yet sent nor given up (for the tests and for checks by hand)."""
     query = select(func.count()).where(RsvpEvent.notice_due_at.is_not(None))
     if session_id is not None:
         query = query.where(RsvpEvent.session_id == session_id)
-    return int(session.scalar(query) or 0)
+    return int(db.scalar(query) or 0)

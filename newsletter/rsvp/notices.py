@@ -87,12 +87,12 @@ def _compile(salon: SalonSession, kind: NoticeKind, settings: Settings) -> _Comp
 
 
 def build_rsvp_notice(
-    session: Session, settings: Settings, session_id: int, subscriber_id: int, kind: NoticeKind
+    db: Session, settings: Settings, session_id: int, subscriber_id: int, kind: NoticeKind
 ) -> OutgoingMessage | None:
     """The mail for ``kind``, or None when it must not be sent: the session or the person is
     gone, or the person is not active (the outbox says which before it gets here)."""
-    salon = sessions_repo.get_by_id(session, session_id)
-    person = subscribers_repo.get_by_id(session, subscriber_id)
+    salon = sessions_repo.get_by_id(db, session_id)
+    person = subscribers_repo.get_by_id(db, subscriber_id)
     if salon is None or person is None or person.status != SubscriberStatus.active:
         return None
     compiled = _compile(salon, kind, settings)
@@ -114,7 +114,7 @@ def build_rsvp_notice(
     return build_notice(
         from_address=settings.from_address,
         mail_domain=settings.sender_domain,
-        installation=installation_token(session),
+        installation=installation_token(db),
         recipient_name=person.name,
         recipient_address=person.email,
         subject=compiled.subject,

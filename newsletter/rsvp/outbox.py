@@ -52,12 +52,12 @@ class Outcome:
 
 
 def claim(
-    session: Session, settings: Settings, *, session_id: int | None = None
+    db: Session, settings: Settings, *, session_id: int | None = None
 ) -> list[PreparedNotice]:
     """Lease a batch of due notices and build their mails; the caller commits the lease."""
     now = utcnow()
     due = notice_repo.claim_due(
-        session,
+        db,
         now=now,
         lease_until=now + timedelta(seconds=settings.inflight_timeout),
         session_id=session_id,
@@ -70,7 +70,7 @@ def claim(
         )
     # Read in the claiming transaction, after the lease: whoever left the list before this
     # moment is never mailed, whatever the notice and however long it waited for a retry.
-    status = subscribers_repo.statuses(session, (notice.subscriber_id for notice in due))
+    status = subscribers_repo.statuses(db, (notice.subscriber_id for notice in due))
     prepared = []
     for (salon_id, person_id, kind), notices in grouped.items():
         ids = [notice.id for notice in notices]
@@ -80,12 +80,12 @@ def claim(
             left = f"not sent: subscriber {now_status}"
             prepared.append(PreparedNotice(ids, person_id, attempts, None, left))
             continue
-        current = rsvp_repo.get(session, salon_id, person_id)
+        current = rsvp_repo.get(db, salon_id, person_id)
         if current is None or current.answer != Answer.yes or current.waitlisted:
             changed = "not sent: the answer changed before the mail went out"
             prepared.append(PreparedNotice(ids, person_id, attempts, None, changed))
             continue
-        message = build_rsvp_notice(session, settings, salon_id, person_id, kind)
+        message = build_rsvp_notice(db, settings, salon_id, person_id, kind)
         gone = None if message else "not sent: the session or the subscriber is gone"
         prepared.append(PreparedNotice(ids, person_id, attempts, message, gone))
     return prepared
@@ -99,7 +99,7 @@ def after_failure(notice: PreparedNotice, error: DeliveryError) -> Outcome:
     return Outcome(notice.ids, error=str(error), retry_at=utcnow() + timedelta(seconds=delay))
 
 
-def record(session: Session, outcomes: list[Outcome]) -> None:
+def record(db: Session, outcomes: list[Outcome]) -> None:
     """Store the outcomes of a batch; the caller commits."""
     for outcome in outcomes:
-        notice_repo.settle(session, outcome.ids, error=outcome.error, retry_at=outcome.retry_at)
+        notice_repo.settle(db, outcome.ids, error=outcome.error, retry_at=outcome.retry_at)

@@ -27,33 +27,29 @@ _ADDRESSEE = (
 
 
 def addressee_rows(
-    session: Session, session_id: int, subscriber_id: int
+    db: Session, session_id: int, subscriber_id: int
 ) -> tuple[SalonSession, Subscriber] | None:
     """The session and the subscriber a link names, in one round trip; None if either is gone."""
-    row = session.execute(
-        _ADDRESSEE, {"session_id": session_id, "subscriber_id": subscriber_id}
-    ).first()
+    row = db.execute(_ADDRESSEE, {"session_id": session_id, "subscriber_id": subscriber_id}).first()
     return (row[0], row[1]) if row else None
 
 
-def get(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
+def get(db: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
     """A subscriber's current answer for a session."""
-    return session.scalars(
+    return db.scalars(
         select(Rsvp).where(Rsvp.session_id == session_id, Rsvp.subscriber_id == subscriber_id)
     ).first()
 
 
-def lock_sessions_ahead(session: Session, now: datetime) -> None:
+def lock_sessions_ahead(db: Session, now: datetime) -> None:
     """Lock every session still ahead (not started, not cancelled) until the transaction
     ends, in id order, before their answers are read: two people leaving at once take them
     in the same order. SQLite: the write lock of the database."""
     ahead = (SalonSession.starts_at > now) & SalonSession.cancelled.is_(False)
-    if is_postgresql(session):
-        session.execute(
-            select(SalonSession.id).where(ahead).order_by(SalonSession.id).with_for_update()
-        )
+    if is_postgresql(db):
+        db.execute(select(SalonSession.id).where(ahead).order_by(SalonSession.id).with_for_update())
         return
-    session.execute(
+    db.execute(
         update(SalonSession)
         .where(ahead)
         .values(revision=SalonSession.revision)
@@ -61,22 +57,22 @@ def lock_sessions_ahead(session: Session, now: datetime) -> None:
     )
 
 
-def waitlist_position(session: Session, rsvp: Rsvp) -> int:
+def waitlist_position(db: Session, rsvp: Rsvp) -> int:
     """1 for the first in line (only active subscribers are in line); see
     :func:`newsletter.rsvp.answer_repo.place_statement`."""
-    session.flush()
+    db.flush()
     values = {"session_id": rsvp.session_id, "queue_no": rsvp.queue_no, "rsvp_id": rsvp.id}
-    return int(session.scalar(place_statement(), values) or 1)
+    return int(db.scalar(place_statement(), values) or 1)
 
 
-def answered_ahead(session: Session, subscriber_id: int, now: datetime) -> list[int]:
+def answered_ahead(db: Session, subscriber_id: int, now: datetime) -> list[int]:
     """Sessions still ahead (not started, not cancelled) for which the subscriber's answer
     is something other than "no": what they give up when they leave the list.
 
     In session id order, so that two people leaving at once lock sessions in the same order.
     """
     return list(
-        session.scalars(
+        db.scalars(
             select(Rsvp.session_id)
             .join(SalonSession, SalonSession.id == Rsvp.session_id)
             .where(
@@ -101,10 +97,10 @@ class Counts:
     seats: int  # confirmed people, guests included
 
 
-def counts(session: Session, session_id: int) -> Counts:
+def counts(db: Session, session_id: int) -> Counts:
     """Counts for one session in one grouped query."""
     confirmed = (Rsvp.answer == Answer.yes) & Rsvp.waitlisted.is_(False)
-    row = session.execute(
+    row = db.execute(
         select(
             func.sum(case((confirmed, 1), else_=0)),
             func.sum(case((Rsvp.answer == Answer.maybe, 1), else_=0)),
@@ -129,7 +125,7 @@ class AttendeeRow:
     updated_at: datetime
 
 
-def attendees(session: Session, session_id: int) -> list[AttendeeRow]:
+def attendees(db: Session, session_id: int) -> list[AttendeeRow]:
     """Every answer for a session: confirmed first, then the waitlist in order, then the rest."""
     order = case(
         ((Rsvp.answer == Answer.yes) & Rsvp.waitlisted.is_(False), 0),
@@ -137,7 +133,7 @@ def attendees(session: Session, session_id: int) -> list[AttendeeRow]:
         (Rsvp.answer == Answer.maybe, 2),
         else_=3,
     )
-    rows = session.execute(
+    rows = db.execute(
         select(
             Subscriber.name,
             Subscriber.email,

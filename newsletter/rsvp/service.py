@@ -86,7 +86,7 @@ Row = Mapping[Any, Any]
 
 
 def record_answer(
-    session: Session,
+    db: Session,
     session_id: int,
     subscriber_id: int,
     answer: Answer,
@@ -102,61 +102,61 @@ def record_answer(
     first on the waitlist who fit are promoted. Answering the same again changes nothing.
     """
     values = answer_repo.parameters(session_id, subscriber_id, answer, guests, now or utcnow())
-    return _record(session, values)
+    return _record(db, values)
 
 
-def _record(session: Session, values: dict[str, Any]) -> Recorded:
-    if is_postgresql(session):
+def _record(db: Session, values: dict[str, Any]) -> Recorded:
+    if is_postgresql(db):
         for _ in range(_DECISIONS):
-            row = _in_session()[0].first_row(session, values) or {}
+            row = _in_session()[0].first_row(db, values) or {}
             if not _undecided(row):
                 break
         _refuse_unless_allowed(row, values)
         _undecidable(row)
         promoted = [row["promoted"]] if row["promoted"] is not None else []
         if row["wrote"] and row["free_left"] and promoted:  # a party freed several seats
-            promoted += _promote_more(lambda: _promote_once(session, values))
+            promoted += _promote_more(lambda: _promote_once(db, values))
     else:
-        row, promoted = _record_sqlite(session, values)
-    return _recorded(row, values, promoted, lambda: _place(session, row, values))
+        row, promoted = _record_sqlite(db, values)
+    return _recorded(row, values, promoted, lambda: _place(db, row, values))
 
 
-def _record_sqlite(session: Session, values: dict[str, Any]) -> tuple[Row, list[int]]:
+def _record_sqlite(db: Session, values: dict[str, Any]) -> tuple[Row, list[int]]:
     """The same decision, then its writes one by one, under the database's write lock."""
-    _run(session, answer_repo.lock_sqlite(), values)
-    row = _run(session, answer_repo.decision(), values).mappings().one()
+    _run(db, answer_repo.lock_sqlite(), values)
+    row = _run(db, answer_repo.decision(), values).mappings().one()
     _refuse_unless_allowed(row, values)
     if not row["writes"]:
         return row, []
     decided = {f"d_{name}": row[name] for name in row.keys()}  # noqa: SIM118 (a RowMapping)
     both = values | decided
-    _run(session, answer_repo.write_answer_sqlite(), both)
-    _run(session, answer_repo.write_counters_sqlite(), both)
-    _run(session, answer_repo.write_event_sqlite(), both)
-    promoted = _promote_more(lambda: _promote_sqlite(session, values))
+    _run(db, answer_repo.write_answer_sqlite(), both)
+    _run(db, answer_repo.write_counters_sqlite(), both)
+    _run(db, answer_repo.write_event_sqlite(), both)
+    promoted = _promote_more(lambda: _promote_sqlite(db, values))
     return row, promoted
 
 
-def _promote_sqlite(session: Session, values: dict[str, Any]) -> int | None:
-    free = _run(session, answer_repo.free_seats_sqlite(), values).scalar()
+def _promote_sqlite(db: Session, values: dict[str, Any]) -> int | None:
+    free = _run(db, answer_repo.free_seats_sqlite(), values).scalar()
     if not free or free <= 0:
         return None
-    picked = _run(session, answer_repo.pick_next_sqlite(), values | {"free": free}).first()
+    picked = _run(db, answer_repo.pick_next_sqlite(), values | {"free": free}).first()
     if picked is None:
         return None
     moved = values | {"picked": picked.id, "p_guests": picked.guests}
     moved["p_subscriber_id"] = picked.subscriber_id
-    _run(session, answer_repo.promote_sqlite(), moved)
-    _run(session, answer_repo.promoted_counters_sqlite(), moved)
-    _run(session, answer_repo.promoted_event_sqlite(), moved)
+    _run(db, answer_repo.promote_sqlite(), moved)
+    _run(db, answer_repo.promoted_counters_sqlite(), moved)
+    _run(db, answer_repo.promoted_event_sqlite(), moved)
     return int(picked.subscriber_id)
 
 
-def _run(session: Session, statement: Executable, values: dict[str, Any]) -> Result[Any]:
+def _run(db: Session, statement: Executable, values: dict[str, Any]) -> Result[Any]:
     """``statement`` with the values it names: Core would take any other key that is also a
     column's name for one more column to set."""
     names = _bind_names(statement)
-    return session.execute(statement, {name: values[name] for name in names if name in values})
+    return db.execute(statement, {name: values[name] for name in names if name in values})
 
 
 @lru_cache(maxsize=32)
@@ -165,8 +165,8 @@ def _bind_names(statement: Executable) -> frozenset[str]:
     return frozenset(statement.compile().params)  # type: ignore[attr-defined]
 
 
-def _promote_once(session: Session, values: dict[str, Any]) -> int | None:
-    row = _in_session()[1].first_row(session, values)
+def _promote_once(db: Session, values: dict[str, Any]) -> int | None:
+    row = _in_session()[1].first_row(db, values)
     return None if row is None or row["promoted"] is None else int(row["promoted"])
 
 
@@ -240,10 +240,10 @@ def _recorded(
     return Recorded(answer, guests, waitlisted, position, bool(row["writes"]), promoted)
 
 
-def _place(session: Session, row: Row, values: dict[str, Any]) -> int:
-    rsvp = repo.get(session, values["session_id"], values["subscriber_id"])
+def _place(db: Session, row: Row, values: dict[str, Any]) -> int:
+    rsvp = repo.get(db, values["session_id"], values["subscriber_id"])
     assert rsvp is not None, "a waiting answer has its row"
-    return repo.waitlist_position(session, rsvp)
+    return repo.waitlist_position(db, rsvp)
 
 
 # --- the web app on PostgreSQL: the driver pool, each statement committed on its own ------
@@ -301,7 +301,7 @@ async def answer_alone(
 
 
 def withdraw_answers(
-    session: Session, subscriber_id: int, why: str, *, now: datetime | None = None
+    db: Session, subscriber_id: int, why: str, *, now: datetime | None = None
 ) -> Withdrawn:
     """A subscriber left the list: every answer for a session still ahead becomes "no"
     (whatever the deadline), each freed seat goes to the next active people on the waitlist
@@ -317,19 +317,19 @@ def withdraw_answers(
     now = now or utcnow()
     changed: list[int] = []
     promoted: dict[int, list[int]] = {}
-    repo.lock_sessions_ahead(session, now)
+    repo.lock_sessions_ahead(db, now)
     note = f"withdrawn: subscriber {why}"
-    for session_id in repo.answered_ahead(session, subscriber_id, now):
+    for session_id in repo.answered_ahead(db, subscriber_id, now):
         values = answer_repo.parameters(session_id, subscriber_id, Answer.no, 0, now, note)
-        recorded = _record(session, values)
+        recorded = _record(db, values)
         if recorded.changed:
             changed.append(session_id)
         if recorded.promoted:
             promoted[session_id] = recorded.promoted
-    dropped = notice_repo.drop_pending(session, subscriber_id, reason=f"not sent: subscriber {why}")
+    dropped = notice_repo.drop_pending(db, subscriber_id, reason=f"not sent: subscriber {why}")
     return Withdrawn(changed, promoted, dropped)
 
 
-def current_answer(session: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
+def current_answer(db: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
     """The subscriber's answer, if any."""
-    return repo.get(session, session_id, subscriber_id)
+    return repo.get(db, session_id, subscriber_id)

@@ -29,23 +29,23 @@ class UpsertOutcome(StrEnum):
     unchanged = "unchanged"
 
 
-def get_by_number(session: Session, number: int) -> SalonSession | None:
+def get_by_number(db: Session, number: int) -> SalonSession | None:
     """The session with this number, or None."""
-    return session.scalars(select(SalonSession).where(SalonSession.number == number)).first()
+    return db.scalars(select(SalonSession).where(SalonSession.number == number)).first()
 
 
-def get_by_id(session: Session, session_id: int) -> SalonSession | None:
+def get_by_id(db: Session, session_id: int) -> SalonSession | None:
     """The session with this primary key, or None."""
-    return session.get(SalonSession, session_id)
+    return db.get(SalonSession, session_id)
 
 
-def newest(session: Session) -> SalonSession | None:
+def newest(db: Session) -> SalonSession | None:
     """The session with the highest number."""
-    return session.scalars(select(SalonSession).order_by(SalonSession.number.desc())).first()
+    return db.scalars(select(SalonSession).order_by(SalonSession.number.desc())).first()
 
 
 def upsert(
-    session: Session, record: SessionRecord, *, timezone: str, source: str | None
+    db: Session, record: SessionRecord, *, timezone: str, source: str | None
 ) -> tuple[SalonSession, UpsertOutcome]:
     """Insert or update the session ``record.number``; talks and links are replaced whole.
 
@@ -53,13 +53,13 @@ def upsert(
     SEQUENCE: bumping it for a no-op import would make calendars re-alert attendees.
     """
     data = record.model_dump(mode="json", exclude_none=True)
-    row = get_by_number(session, record.number)
+    row = get_by_number(db, record.number)
     if row is not None and row.record == data:
         return row, UpsertOutcome.unchanged
     outcome = UpsertOutcome.updated
     if row is None:
         row = SalonSession(number=record.number, revision=0)
-        session.add(row)
+        db.add(row)
         outcome = UpsertOutcome.created
     else:
         row.revision += 1
@@ -67,7 +67,7 @@ def upsert(
         # would otherwise insert first and trip the (session_id, position) unique constraint.
         row.talks.clear()
         row.links.clear()
-        session.flush()
+        db.flush()
     row.series = record.series
     row.title = record.title
     row.theme = record.theme
@@ -100,25 +100,25 @@ def upsert(
         SessionLink(position=i, title=link.title, url=str(link.url))
         for i, link in enumerate(record.links)
     ]
-    session.flush()
+    db.flush()
     if recount and outcome is UpsertOutcome.updated:
-        _recount_seats(session, row.id)
+        _recount_seats(db, row.id)
     return row, outcome
 
 
-def _recount_seats(session: Session, session_id: int) -> None:
+def _recount_seats(db: Session, session_id: int) -> None:
     """The seat counters from the answers, when a session gets (or changes) its seat limit:
     answers keep them only while there is a limit (see rsvp.answer_repo). Under the session
     row's lock, as answers take it too."""
     confirmed = (Rsvp.answer == Answer.yes) & Rsvp.waitlisted.is_(False)
-    taken, waiting, last = session.execute(
+    taken, waiting, last = db.execute(
         select(
             func.coalesce(func.sum(case((confirmed, 1 + Rsvp.guests), else_=0)), 0),
             func.coalesce(func.sum(case((Rsvp.waitlisted.is_(True), 1), else_=0)), 0),
             func.coalesce(func.max(Rsvp.queue_no), 0),
         ).where(Rsvp.session_id == session_id)
     ).one()
-    session.execute(
+    db.execute(
         update(SalonSession)
         .where(SalonSession.id == session_id)
         .values(seats_taken=int(taken), waiting=int(waiting), queue_next=int(last) + 1)
@@ -163,7 +163,7 @@ class SessionSummary:
     waitlisted: int
 
 
-def list_with_counts(session: Session) -> list[SessionSummary]:
+def list_with_counts(db: Session) -> list[SessionSummary]:
     """Every session, newest first, with its RSVP counts (one grouped query, not one per row)."""
     counts = (
         select(
@@ -184,7 +184,7 @@ def list_with_counts(session: Session) -> list[SessionSummary]:
         .order_by(SalonSession.number.desc())
     )
     out = []
-    for row, yes, maybe, no, waitlisted in session.execute(query):
+    for row, yes, maybe, no, waitlisted in db.execute(query):
         local = row.starts_at.astimezone(ZoneInfo(row.timezone))
         out.append(
             SessionSummary(
@@ -207,27 +207,27 @@ def list_with_counts(session: Session) -> list[SessionSummary]:
 _KIND_ORDER = [TalkKind.paper, TalkKind.lecture, TalkKind.practice]
 
 
-def archive_before(session: Session, number: int) -> list[ArchiveRow]:
+def archive_before(db: Session, number: int) -> list[ArchiveRow]:
     """The archive table for an invitation of session ``number``: every earlier session.
 
     Three queries whatever the number of sessions (sessions, their talks, their links),
     grouped in Python; this runs once per campaign, not per message.
     """
-    sessions = session.execute(
+    sessions = db.execute(
         select(SalonSession.id, SalonSession.number, SalonSession.starts_at, SalonSession.timezone)
         .where(SalonSession.number < number, SalonSession.cancelled.is_(False))
         .order_by(SalonSession.number)
     ).all()
     ids = [s.id for s in sessions]
     talks: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for session_id, kind, title in session.execute(
+    for session_id, kind, title in db.execute(
         select(Talk.session_id, Talk.kind, Talk.title)
         .where(Talk.session_id.in_(ids))
         .order_by(Talk.session_id, Talk.position)
     ):
         talks[session_id][kind].append(title)
     links: dict[int, list[ArchiveLink]] = defaultdict(list)
-    for session_id, title, url in session.execute(
+    for session_id, title, url in db.execute(
         select(SessionLink.session_id, SessionLink.title, SessionLink.url)
         .where(SessionLink.session_id.in_(ids))
         .order_by(SessionLink.session_id, SessionLink.position)

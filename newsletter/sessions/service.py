@@ -30,7 +30,7 @@ class ImportReport:
         return len(self.created) + len(self.updated)
 
 
-def import_records(session: Session, paths: Iterable[Path], *, timezone: str) -> ImportReport:
+def import_records(db: Session, paths: Iterable[Path], *, timezone: str) -> ImportReport:
     """Import or update the records in ``paths`` (files or folders).
 
     A refused file stores nothing; the others are stored. Two files with the same number in one
@@ -57,15 +57,15 @@ def import_records(session: Session, paths: Iterable[Path], *, timezone: str) ->
         records.append((path, record))
     for path, record in records:
         # A savepoint per file: a database refusal of one file leaves the others intact.
-        with session.begin_nested():
-            _, outcome = repo.upsert(session, record, timezone=timezone, source=str(path))
+        with db.begin_nested():
+            _, outcome = repo.upsert(db, record, timezone=timezone, source=str(path))
         getattr(report, outcome.value).append(record.number)
     return report
 
 
-def require_session(session: Session, number: int) -> SalonSession:
+def require_session(db: Session, number: int) -> SalonSession:
     """The stored session ``number`` or a NotFoundError that says how to add it."""
-    row = repo.get_by_number(session, number)
+    row = repo.get_by_number(db, number)
     if row is None:
         raise NotFoundError(
             f"session {number} is not in the database; import its record with "

@@ -105,20 +105,20 @@ def _refusals_as_http() -> Iterator[None]:
 
 
 def _campaign_out(campaign_id: int) -> CampaignProgress:
-    with session_scope(get_settings().database_url) as session:
-        return campaigns.progress(session, campaign_id)
+    with session_scope(get_settings().database_url) as db:
+        return campaigns.progress(db, campaign_id)
 
 
 @router.get("/sessions")
 def list_sessions() -> list[SessionOut]:
     """Every session, newest first, with answer counts."""
-    with session_scope(get_settings().database_url) as session:
-        rows = sessions_repo.list_with_counts(session)
+    with session_scope(get_settings().database_url) as db:
+        rows = sessions_repo.list_with_counts(db)
     return [SessionOut.model_validate(row) for row in rows]
 
 
-def _salon_id(session: Session, number: int) -> tuple[int, int | None]:
-    salon = sessions_repo.get_by_number(session, number)
+def _salon_id(db: Session, number: int) -> tuple[int, int | None]:
+    salon = sessions_repo.get_by_number(db, number)
     if salon is None:
         raise HTTPException(404, f"session {number} does not exist")
     return salon.id, salon.capacity
@@ -127,10 +127,10 @@ def _salon_id(session: Session, number: int) -> tuple[int, int | None]:
 @router.get("/sessions/{number}/rsvps")
 def session_rsvps(number: Number) -> RsvpsOut:
     """Who answered what, confirmed first, then the waitlist in order."""
-    with session_scope(get_settings().database_url) as session:
-        salon_id, capacity = _salon_id(session, number)
-        counts = rsvp_repo.counts(session, salon_id)
-        rows = rsvp_repo.attendees(session, salon_id)
+    with session_scope(get_settings().database_url) as db:
+        salon_id, capacity = _salon_id(db, number)
+        counts = rsvp_repo.counts(db, salon_id)
+        rows = rsvp_repo.attendees(db, salon_id)
     return RsvpsOut(
         number=number,
         capacity=capacity,
@@ -142,9 +142,9 @@ def session_rsvps(number: Number) -> RsvpsOut:
 @router.get("/sessions/{number}/rsvps.csv", response_class=Response)
 def session_rsvps_csv(number: Number) -> Response:
     """The same answers as CSV."""
-    with session_scope(get_settings().database_url) as session:
-        salon_id, _ = _salon_id(session, number)
-        rows = rsvp_repo.attendees(session, salon_id)
+    with session_scope(get_settings().database_url) as db:
+        salon_id, _ = _salon_id(db, number)
+        rows = rsvp_repo.attendees(db, salon_id)
     return Response(
         attendees_csv(rows),
         media_type="text/csv; charset=utf-8",
@@ -158,9 +158,9 @@ def create_reminder(number: Number, body: ReminderIn | None = None) -> CampaignP
 
     404 for an unknown session; 409 when it is cancelled, over, or nobody has confirmed.
     """
-    with _refusals_as_http(), session_scope(get_settings().database_url) as session:
+    with _refusals_as_http(), session_scope(get_settings().database_url) as db:
         campaign_id = campaigns.create_reminder(
-            session, number, subject=body.subject if body else None
+            db, number, subject=body.subject if body else None
         ).id
     _start(campaign_id)  # after the commit above
     return _campaign_out(campaign_id)
@@ -188,16 +188,16 @@ def _start(campaign_id: int) -> None:
 @router.get("/campaigns")
 def list_campaigns() -> list[CampaignProgress]:
     """The 50 newest campaigns."""
-    with session_scope(get_settings().database_url) as session:
-        return [campaigns.progress(session, c.id) for c in campaigns_repo.list_campaigns(session)]
+    with session_scope(get_settings().database_url) as db:
+        return [campaigns.progress(db, c.id) for c in campaigns_repo.list_campaigns(db)]
 
 
 @router.post("/campaigns", status_code=201)
 def create_campaign(body: CampaignIn) -> CampaignProgress:
     """Create a draft campaign (recipients snapshotted now); send it with .../send."""
-    with _refusals_as_http(), session_scope(get_settings().database_url) as session:
+    with _refusals_as_http(), session_scope(get_settings().database_url) as db:
         campaign_id = campaigns.create_campaign(
-            session, body.number, subject=body.subject, tag=body.tag
+            db, body.number, subject=body.subject, tag=body.tag
         ).id
     return _campaign_out(campaign_id)
 
@@ -214,8 +214,8 @@ def change_campaign(
     campaign_id: CampaignId, action: Literal["send", "pause", "resume", "cancel"]
 ) -> CampaignProgress:
     """Send (or resume), pause, or cancel a campaign."""
-    with _refusals_as_http(), session_scope(get_settings().database_url) as session:
-        start = campaigns.apply_organizer_action(session, campaign_id, action)
+    with _refusals_as_http(), session_scope(get_settings().database_url) as db:
+        start = campaigns.apply_organizer_action(db, campaign_id, action)
     if start:
         _start(campaign_id)  # after the commit above
     return _campaign_out(campaign_id)

@@ -21,8 +21,8 @@ def session_ics(number: int) -> Response:
     settings = get_settings()
     if not 0 < number < 1_000_000:
         raise HTTPException(404, "没有这一期活动。")
-    with session_scope(settings.database_url) as session:
-        salon = sessions_repo.get_by_number(session, number)
+    with session_scope(settings.database_url) as db:
+        salon = sessions_repo.get_by_number(db, number)
         if salon is None:
             raise HTTPException(404, "没有这一期活动。")
         name, address = parseaddr(settings.from_address)

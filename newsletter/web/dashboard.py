@@ -70,17 +70,17 @@ def _render(template: str, login: AdminLogin, status_code: int = 200, **context:
 def index(login: Login) -> Response:
     """Sessions (newest first) with answer counts, and recent campaigns with progress."""
     zone = _zone()
-    with session_scope(get_settings().database_url) as session:
-        sessions = [session_row(s) for s in sessions_repo.list_with_counts(session)]
+    with session_scope(get_settings().database_url) as db:
+        sessions = [session_row(s) for s in sessions_repo.list_with_counts(db)]
         recent = [
-            campaign_view(c, campaigns.progress(session, c.id), zone)
-            for c in campaigns_repo.list_campaigns(session, limit=RECENT_CAMPAIGNS)
+            campaign_view(c, campaigns.progress(db, c.id), zone)
+            for c in campaigns_repo.list_campaigns(db, limit=RECENT_CAMPAIGNS)
         ]
     return _render("admin_index.html", login, sessions=sessions, campaigns=recent)
 
 
-def _salon(session: Session, number: int) -> SalonSession:
-    salon = sessions_repo.get_by_number(session, number)
+def _salon(db: Session, number: int) -> SalonSession:
+    salon = sessions_repo.get_by_number(db, number)
     if salon is None:
         raise HTTPException(404, f"第 {number} 期活动不存在。")
     return salon
@@ -90,20 +90,20 @@ def _session_page(
     login: AdminLogin, number: int, *, status_code: int = 200, problem: str | None = None
 ) -> Response:
     settings = get_settings()
-    with session_scope(settings.database_url) as session:
-        salon = _salon(session, number)
+    with session_scope(settings.database_url) as db:
+        salon = _salon(db, number)
         zone = ZoneInfo(salon.timezone)
         view = session_view(salon, sessions_repo.record_of(salon), settings.base_url)
-        counts = rsvp_repo.counts(session, salon.id)
-        rows = rsvp_repo.attendees(session, salon.id)
+        counts = rsvp_repo.counts(db, salon.id)
+        rows = rsvp_repo.attendees(db, salon.id)
         attendees = [attendee_view(r, zone) for r in rows[:ATTENDEES_SHOWN]]
-        points = history.history(session, salon.id)
+        points = history.history(db, salon.id)
         # Lines run until now, but stay flat once the session is over.
         end = min(utcnow(), salon.ends_at)
         capacity = salon.capacity
         own = [
-            campaign_view(c, campaigns.progress(session, c.id), _zone())
-            for c in campaigns_repo.list_campaigns(session)
+            campaign_view(c, campaigns.progress(db, c.id), _zone())
+            for c in campaigns_repo.list_campaigns(db)
             if c.session_id == salon.id
         ]
     drawn = history.thin(points, CHART_POINTS)
@@ -140,9 +140,9 @@ def session_page(number: Number, login: Login) -> Response:
 @router.get("/sessions/{number}/rsvps.csv", response_class=Response)
 def session_csv(number: Number, login: Login) -> Response:
     """The attendee list as CSV (the same file as ``newsletter rsvp list --csv``)."""
-    with session_scope(get_settings().database_url) as session:
-        salon = _salon(session, number)
-        rows = rsvp_repo.attendees(session, salon.id)
+    with session_scope(get_settings().database_url) as db:
+        salon = _salon(db, number)
+        rows = rsvp_repo.attendees(db, salon.id)
     return Response(
         attendees_csv(rows),
         media_type="text/csv; charset=utf-8",
@@ -168,8 +168,8 @@ def remind(number: Number, login: Login, csrf: Csrf = "") -> Response:
     """Create a reminder for everyone confirmed, start sending it, show its progress."""
     check_csrf(csrf, login)
     try:
-        with session_scope(get_settings().database_url) as session:
-            campaign_id = campaigns.create_reminder(session, number).id
+        with session_scope(get_settings().database_url) as db:
+            campaign_id = campaigns.create_reminder(db, number).id
     except NotFoundError:
         raise HTTPException(404, f"第 {number} 期活动不存在。") from None
     except InvalidStateError as exc:  # nobody confirmed, the session is over, …
@@ -186,9 +186,9 @@ def _campaign_page(
     login: AdminLogin, campaign_id: int, *, status_code: int = 200, problem: str | None = None
 ) -> Response:
     try:
-        with session_scope(get_settings().database_url) as session:
-            campaign = campaigns.require_campaign(session, campaign_id)
-            view = campaign_view(campaign, campaigns.progress(session, campaign_id), _zone())
+        with session_scope(get_settings().database_url) as db:
+            campaign = campaigns.require_campaign(db, campaign_id)
+            view = campaign_view(campaign, campaigns.progress(db, campaign_id), _zone())
     except NotFoundError:
         raise HTTPException(404, f"发送任务 {campaign_id} 不存在。") from None
     return _render("admin_campaign.html", login, status_code, campaign=view, problem=problem)
@@ -210,8 +210,8 @@ def change_campaign(
     """Send (or resume), pause or cancel, as ``POST /api/campaigns/{id}/{action}`` does."""
     check_csrf(csrf, login)
     try:
-        with session_scope(get_settings().database_url) as session:
-            start = campaigns.apply_organizer_action(session, campaign_id, action)
+        with session_scope(get_settings().database_url) as db:
+            start = campaigns.apply_organizer_action(db, campaign_id, action)
     except NotFoundError:
         raise HTTPException(404, f"发送任务 {campaign_id} 不存在。") from None
     except InvalidStateError as exc:  # e.g. pausing a finished campaign (a stale page)

@@ -70,9 +70,9 @@ class Addressee:
     subscriber: Subscriber
 
 
-def addressee(session: Session, session_id: int, subscriber_id: int) -> Addressee:
+def addressee(db: Session, session_id: int, subscriber_id: int) -> Addressee:
     """Both rows, or a 404 page (the session was deleted, the subscriber purged)."""
-    rows = rsvp_repo.addressee_rows(session, session_id, subscriber_id)
+    rows = rsvp_repo.addressee_rows(db, session_id, subscriber_id)
     if rows is None:
         raise HTTPException(404, "这个链接对应的活动或订阅者已不存在。")
     return Addressee(*rows)

@@ -49,10 +49,10 @@ def show(token: str, answer: Annotated[Answer | None, Query()] = None) -> HTMLRe
     """The session, the answer the link chose, and one button to confirm it."""
     ids = _ids(token)
     settings = get_settings()
-    with session_scope(settings.database_url) as session:
-        who = addressee(session, ids["s"], ids["u"])
+    with session_scope(settings.database_url) as db:
+        who = addressee(db, ids["s"], ids["u"])
         record = sessions_repo.record_of(who.salon)
-        current = current_answer(session, who.salon.id, who.subscriber.id)
+        current = current_answer(db, who.salon.id, who.subscriber.id)
         view = view_of(who.salon, settings.base_url)
         closed = who.salon.cancelled or _closed(who.salon)
         registration = record.registration
@@ -139,9 +139,9 @@ def _record_in_thread(
     answer: Answer,
     guests: int,
 ) -> tuple[Recorded, SessionView]:
-    with session_scope(url) as session:
-        who = addressee(session, session_id, subscriber_id)
-        recorded = record_answer(session, who.salon.id, who.subscriber.id, answer, guests=guests)
+    with session_scope(url) as db:
+        who = addressee(db, session_id, subscriber_id)
+        recorded = record_answer(db, who.salon.id, who.subscriber.id, answer, guests=guests)
         return recorded, view_of(who.salon, base_url)
 
 

@@ -33,11 +33,11 @@ def _ids(token: str) -> dict[str, int]:
 
 
 def _unsubscribe(subscriber_id: int, campaign_id: int) -> bool:
-    with session_scope(get_settings().database_url) as session:
-        if subscribers_repo.get_by_id(session, subscriber_id) is None:
+    with session_scope(get_settings().database_url) as db:
+        if subscribers_repo.get_by_id(db, subscriber_id) is None:
             raise HTTPException(404, "这个退订链接对应的订阅者已不存在。")
         return unsubscribe_subscriber(
-            session, subscriber_id, f"unsubscribed by link (campaign {campaign_id})"
+            db, subscriber_id, f"unsubscribed by link (campaign {campaign_id})"
         )
 
 
@@ -45,8 +45,8 @@ def _unsubscribe(subscriber_id: int, campaign_id: int) -> bool:
 def show(token: str) -> HTMLResponse:
     """A page with one button; opening it changes nothing."""
     ids = _ids(token)
-    with session_scope(get_settings().database_url) as session:
-        person = subscribers_repo.get_by_id(session, ids["u"])
+    with session_scope(get_settings().database_url) as db:
+        person = subscribers_repo.get_by_id(db, ids["u"])
         if person is None:
             raise HTTPException(404, "这个退订链接对应的订阅者已不存在。")
         already = person.status != "active"
