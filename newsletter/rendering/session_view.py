@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from newsletter.cache import BoundedCache
 from newsletter.rendering.environment import cn_datetime_range, cn_deadline
 from newsletter.sessions.models import SalonSession
 from newsletter.sessions.repo import record_of
@@ -80,13 +81,10 @@ def session_view(salon: SalonSession, record: SessionRecord, base_url: str) -> S
 def view_of(salon: SalonSession, base_url: str) -> SessionView:
     """:func:`session_view` of the stored session, kept per version of the session (as the
     record is, see ``sessions.repo.record_of``): every RSVP page shows it."""
-    found = known_view(salon.id, salon.revision, salon.updated_at, base_url)
-    if found is None:
-        if len(_views) >= _VIEWS_KEPT:  # old revisions: start afresh rather than grow
-            _views.clear()
-        found = session_view(salon, record_of(salon), base_url)
-        _views[(salon.id, salon.revision, salon.updated_at, base_url)] = found
-    return found
+    return _views.get_or_make(
+        (salon.id, salon.revision, salon.updated_at, base_url),
+        lambda: session_view(salon, record_of(salon), base_url),
+    )
 
 
 def known_view(
@@ -96,5 +94,4 @@ def known_view(
     return _views.get((session_id, revision, updated_at, base_url))
 
 
-_VIEWS_KEPT = 256
-_views: dict[tuple[int, int, datetime, str], SessionView] = {}
+_views: BoundedCache[tuple[int, int, datetime, str], SessionView] = BoundedCache(256)

@@ -9,6 +9,7 @@ from email.utils import parseaddr
 from markupsafe import escape
 from sqlalchemy.orm import Session
 
+from newsletter.cache import BoundedCache
 from newsletter.calendar import session_calendar
 from newsletter.config import Settings
 from newsletter.db import utcnow
@@ -45,15 +46,17 @@ class _CompiledNotice:
     calendar: bytes
 
 
-_compiled: dict[tuple[int, int, NoticeKind, Settings], _CompiledNotice] = {}
+_compiled: BoundedCache[tuple[int, int, NoticeKind, Settings], _CompiledNotice] = BoundedCache(256)
 
 
 def _compile(salon: SalonSession, kind: NoticeKind, settings: Settings) -> _CompiledNotice:
     """Jinja + premailer + the .ics once per (session, revision, kind), not once per mail."""
-    key = (salon.id, salon.revision, kind, settings)
-    found = _compiled.get(key)
-    if found is not None:
-        return found
+    return _compiled.get_or_make(
+        (salon.id, salon.revision, kind, settings), lambda: _render_notice(salon, kind, settings)
+    )
+
+
+def _render_notice(salon: SalonSession, kind: NoticeKind, settings: Settings) -> _CompiledNotice:
     record = sessions_repo.record_of(salon)
     view = session_view(salon, record, settings.base_url)
     organizer = record.organizer or settings.organizer
@@ -80,10 +83,7 @@ def _compile(salon: SalonSession, kind: NoticeKind, settings: Settings) -> _Comp
         page_url=view.calendar_url,
         stamp=utcnow(),
     )
-    if len(_compiled) > 256:  # old revisions and sessions: start afresh rather than grow
-        _compiled.clear()
-    _compiled[key] = compiled = _CompiledNotice(subject, html, text, calendar)
-    return compiled
+    return _CompiledNotice(subject, html, text, calendar)
 
 
 def build_rsvp_notice(

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.cache import BoundedCache
 from newsletter.db import AloneStatement, fetch_row_alone, utcnow
 from newsletter.rsvp.models import Answer, Rsvp
 from newsletter.sessions.archive import ArchiveLink, ArchiveRow, ArchiveTalkGroup
@@ -134,17 +135,12 @@ def record_of(row: SalonSession) -> SessionRecord:
     loading its JSON (see the deferred column in ``rsvp.repo``), costs more than the rest of
     the row. Records are immutable (frozen pydantic models), so sharing one is safe.
     """
-    key = (row.id, row.revision, row.updated_at)
-    found = _records.get(key)
-    if found is None:
-        if len(_records) >= _RECORDS_KEPT:  # old revisions: start afresh rather than grow
-            _records.clear()
-        found = _records[key] = SessionRecord.model_validate(row.record)
-    return found
+    return _records.get_or_make(
+        (row.id, row.revision, row.updated_at), lambda: SessionRecord.model_validate(row.record)
+    )
 
 
-_RECORDS_KEPT = 256
-_records: dict[tuple[int, int, datetime], SessionRecord] = {}
+_records: BoundedCache[tuple[int, int, datetime], SessionRecord] = BoundedCache(256)
 
 
 @dataclass(frozen=True, slots=True)
