@@ -88,6 +88,7 @@ def test_metrics_count_a_campaign_and_the_answers(live: Live) -> None:
     assert samples[("newsletter_rsvp_answers", (no, ("waitlisted", "false")))] == 1
     assert samples[("newsletter_deliveries_waiting", (("state", "queued"),))] == 1
     assert samples[("newsletter_database_up", ())] == 1
+    assert samples[("newsletter_rsvp_notices_pending", ())] >= 0  # the outbox, shown
     # Latency by route template: the three answers, and never a token in a label.
     assert _answers_timed(samples) - before == 3
     rsvp, _ = live.links(0)

@@ -29,7 +29,7 @@ from newsletter.campaigns import service as campaigns
 from newsletter.campaigns.models import Delivery
 from newsletter.cli import app as newsletter_app
 from newsletter.db import get_sessionmaker, session_scope, utcnow
-from newsletter.rsvp import notice_repo
+from newsletter.metrics.repo import pending_notices
 from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.models import Answer, RsvpEvent
 from newsletter.rsvp.service import record_answer
@@ -167,7 +167,7 @@ def notes(live: Live, person: int) -> list[str]:
 
 def pending(live: Live) -> int:
     with session_scope(live.settings.database_url) as db:
-        return notice_repo.pending_count(db)
+        return pending_notices(db)
 
 
 # --- promotion: the reported bug ------------------------------------------------------------

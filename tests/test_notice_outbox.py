@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from newsletter.db import session_scope, utcnow
-from newsletter.rsvp import notice_repo
+from newsletter.metrics.repo import pending_notices
 from newsletter.rsvp.models import Answer, RsvpEvent
 from subscribers.models import Subscriber
 from tasks.rsvp import send_rsvp_notices
@@ -41,7 +41,7 @@ def address(url: str, subscriber_id: int) -> str:
 
 def pending(url: str) -> int:
     with session_scope(url) as db:
-        return notice_repo.pending_count(db)
+        return pending_notices(db)
 
 
 def test_each_notice_is_sent_once_through_smtp(

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from newsletter.db import session_scope
-from newsletter.rsvp import notice_repo
+from newsletter.metrics.repo import pending_notices
 from newsletter.rsvp.models import RsvpEvent
 from newsletter.sessions.service import import_records
 from tests.conftest import Configure, _empty_tables
@@ -77,7 +77,7 @@ def mails_sent(live: Live, expected: int) -> int:
     deadline = time.monotonic() + 30
     while True:
         with session_scope(live.settings.database_url) as db:
-            pending = notice_repo.pending_count(db)
+            pending = pending_notices(db)
         sent = len(list(outbox.glob("*.eml")))
         if (pending == 0 and sent >= expected) or time.monotonic() > deadline:
             assert pending == 0

@@ -56,6 +56,7 @@ class DatabaseCollector(Collector):
             campaigns = repo.campaign_counts(db)
             answers = repo.answer_counts(db)
             queued, inflight = repo.queued_deliveries(db)
+            notices = repo.pending_notices(db)
         by_outcome = {
             outcome: CounterMetricFamily(
                 f"newsletter_messages_{outcome}",
@@ -91,6 +92,12 @@ class DatabaseCollector(Collector):
         depth.add_metric(["queued"], queued)
         depth.add_metric(["inflight"], inflight)
         yield depth
+        outbox = GaugeMetricFamily(
+            "newsletter_rsvp_notices_pending",
+            "RSVP confirmation and waitlist mails in the outbox, not yet sent nor given up.",
+        )
+        outbox.add_metric([], notices)
+        yield outbox
 
     def _broker_queue(self) -> Metric:
         family = GaugeMetricFamily(

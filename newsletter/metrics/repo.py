@@ -9,7 +9,7 @@ from sqlalchemy import and_, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns.models import Delivery, DeliveryStatus
-from newsletter.rsvp.models import Rsvp
+from newsletter.rsvp.models import Rsvp, RsvpEvent
 from subscribers.models import Subscriber, SubscriberStatus
 
 
@@ -74,3 +74,9 @@ def queued_deliveries(db: Session) -> tuple[int, int]:
         ).where(Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.inflight]))
     ).one()
     return int(row[0]), int(row[1])
+
+
+def pending_notices(db: Session) -> int:
+    """RSVP notice mails in the outbox, not yet sent nor given up: a number that keeps
+    growing means no worker is sending them (the ``notice_due_at`` index serves it)."""
+    return int(db.scalar(select(func.count()).where(RsvpEvent.notice_due_at.is_not(None))) or 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from newsletter.rsvp.models import NoticeKind, RsvpEvent
@@ -91,11 +91,3 @@ def drop_pending(db: Session, subscriber_id: int, *, reason: str) -> int:
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-def pending_count(db: Session, session_id: int | None = None) -> int:
-    """Notices not yet sent nor given up (for the tests and for checks by hand)."""
-    query = select(func.count()).where(RsvpEvent.notice_due_at.is_not(None))
-    if session_id is not None:
-        query = query.where(RsvpEvent.session_id == session_id)
-    return int(db.scalar(query) or 0)
