@@ -337,3 +337,33 @@ def test_the_api_of_a_served_app_is_answered_while_the_worker_sends(
     with session_scope(settings.database_url) as db:
         assert db.scalar(select(Campaign.status)) == "finished"
     assert received(relay) == everyone(3)
+
+
+def test_two_served_processes_without_a_broker_mail_everyone_once(
+    configure: Configure, tmp_path: Path, start_smtp: StartSmtp
+) -> None:
+    """``newsletter serve --workers 2`` with no broker: each process has its own embedded
+    worker and beat; the campaign started through one of them is mailed once to everyone,
+    whichever worker takes which batch (the claims on the rows decide, not the process)."""
+    from tests.webapp import newsletter_serve
+
+    relay = start_smtp()
+    settings = configure(
+        base_url=f"http://127.0.0.1:{free_port()}",
+        mail_url=f"smtp://127.0.0.1:{relay.port}",
+        batch_size="5",
+    )
+    seed(settings, tmp_path, people=40, capacity=None)
+    with (
+        newsletter_serve(settings, tmp_path, "--workers", "2"),
+        httpx.Client(base_url=settings.base_url) as api,
+    ):
+        created = api.post("/api/campaigns", json={"number": 95}, headers=ADMIN).json()
+        assert api.post(f"/api/campaigns/{created['id']}/send", headers=ADMIN).status_code == 200
+
+        def done() -> bool:
+            shown = api.get(f"/api/campaigns/{created['id']}", headers=ADMIN).json()
+            return bool(shown["status"] == "finished")
+
+        until(done, "the served processes finished the campaign")
+    assert received(relay) == everyone(40)
