@@ -40,6 +40,9 @@ class Recorder:
     data_reply: str | None = None
     mail_reply: str | None = None
     hang_up_after_data: bool = False
+    # Recipients whose message arrives but whose DATA reply never leaves: the connection is
+    # closed instead (a hand-over the client cannot confirm), every time.
+    hang_up_for: set[str] = field(default_factory=set)
     data_calls: int = 0
     # Answer the first N DATA commands with ``refuse_first_reply`` (a relay under load).
     refuse_first: int = 0
@@ -135,7 +138,7 @@ class Recorder:
         self.data_calls += 1
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
-        if self.hang_up_after_data:
+        if self.hang_up_after_data or self.hang_up_for.intersection(envelope.rcpt_tos):
             self.hang_up_after_data = False
             server.transport.close()  # the message arrived, the reply never leaves
             return "250 OK"

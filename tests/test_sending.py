@@ -1,12 +1,14 @@
 """The batch pipeline in one process: back-off, give-up, suppression, budget, scheduling.
 
-These use the memory transport so that refusals can be staged per address; the same paths
-run against a real relay and real workers in test_drills.py.
+Refusals are staged per address on a real aiosmtpd relay (tests/smtp.py); the tests that
+need no refusal use the memory transport. The same paths run against a real relay and real
+workers in test_drills.py.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -17,8 +19,6 @@ from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus
 from newsletter.campaigns.sending import send_batch
 from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
-from newsletter.errors import DeliveryError
-from newsletter.mail.smtp import SmtpRefused
 from newsletter.mail.transports import memory_mailbox
 from newsletter.migrate import upgrade
 from newsletter.sessions.service import import_records
@@ -26,6 +26,7 @@ from subscribers.models import Subscriber, SubscriberStatus
 from tasks.campaigns import start_campaign, sweep
 from tasks.dispatch import enqueue
 from tests.conftest import EXAMPLES, Configure
+from tests.smtp import SmtpServer
 from tests.worker import wait_for_worker
 
 
@@ -48,50 +49,74 @@ def mailbox_settings(configure: Configure, request: pytest.FixtureRequest) -> Se
     return configure(mail_url=f"memory://{name}", retry_backoff="0.05,0.1", batch_size="10")
 
 
-def test_temporary_refusal_is_retried_after_the_back_off(mailbox_settings: Settings) -> None:
-    campaign_id = prepare(mailbox_settings, 5)
-    box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
-    box.refuse["p2@example.org"] = DeliveryError("451 busy", permanent=False, code=451)
-    with session_scope(mailbox_settings.database_url) as db:
+@pytest.fixture
+def relay(start_smtp: Callable[..., SmtpServer]) -> SmtpServer:
+    """A real relay; a test stages refusals in ``relay.handler.refuse_rcpt``."""
+    return start_smtp()
+
+
+@pytest.fixture
+def relay_settings(configure: Configure, relay: SmtpServer) -> Settings:
+    return configure(
+        mail_url=f"smtp://127.0.0.1:{relay.port}", retry_backoff="0.05,0.1", batch_size="10"
+    )
+
+
+def mailed(relay: SmtpServer) -> list[str]:
+    """The recipients the relay accepted a message for, sorted."""
+    return sorted(address for r in relay.handler.received for address in r.rcpt_tos)
+
+
+@pytest.mark.smtp
+def test_temporary_refusal_is_retried_after_the_back_off(
+    relay_settings: Settings, relay: SmtpServer
+) -> None:
+    campaign_id = prepare(relay_settings, 5)
+    relay.handler.refuse_rcpt["p2@example.org"] = "451 4.3.0 busy"
+    with session_scope(relay_settings.database_url) as db:
         service.start_campaign(db, campaign_id)
-    result = send_batch(mailbox_settings, campaign_id)  # one batch: p2 waits out its back-off
+    result = send_batch(relay_settings, campaign_id)  # one batch: p2 waits out its back-off
     assert (result.claimed, result.sent, result.retried) == (5, 4, 1)
-    with session_scope(mailbox_settings.database_url) as db:
+    with session_scope(relay_settings.database_url) as db:
         row = db.scalars(select(Delivery).where(Delivery.subscriber_id == 3)).one()
         assert row.status == DeliveryStatus.queued and row.attempts == 1
         assert row.next_attempt_at is not None  # due after the first back-off step
         assert "451" in (row.last_error or "")
-    del box.refuse["p2@example.org"]
+    del relay.handler.refuse_rcpt["p2@example.org"]
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    assert sorted(m.recipient for m in box.messages) == [f"p{i}@example.org" for i in range(5)]
-    with session_scope(mailbox_settings.database_url) as db:
+    assert mailed(relay) == [f"p{i}@example.org" for i in range(5)]
+    with session_scope(relay_settings.database_url) as db:
         assert service.progress(db, campaign_id).status == CampaignStatus.finished
 
 
-def test_a_delivery_fails_after_the_last_back_off_step(mailbox_settings: Settings) -> None:
-    campaign_id = prepare(mailbox_settings, 3)
-    box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
-    box.refuse["p1@example.org"] = DeliveryError("421 closing", permanent=False, code=421)
+@pytest.mark.smtp
+def test_a_delivery_fails_after_the_last_back_off_step(
+    relay_settings: Settings, relay: SmtpServer
+) -> None:
+    campaign_id = prepare(relay_settings, 3)
+    relay.handler.refuse_rcpt["p1@example.org"] = "452 4.2.2 mailbox full"
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(mailbox_settings.database_url) as db:
+    with session_scope(relay_settings.database_url) as db:
         progress = service.progress(db, campaign_id)
         row = db.scalars(select(Delivery).where(Delivery.subscriber_id == 2)).one()
     assert (progress.status, progress.sent, progress.failed) == ("finished", 2, 1)
     assert row.attempts == 3  # the first try and one per back-off step (two here)
-    assert row.last_error and row.last_error.startswith("gave up after 3 attempts: 421")
+    assert relay.handler.rcpt_refusals["p1@example.org"] == 3
+    assert row.last_error and row.last_error.startswith("gave up after 3 attempts: ")
+    assert "452 4.2.2 mailbox full" in row.last_error
 
 
-def test_hard_bounce_fails_and_suppresses_the_address(mailbox_settings: Settings) -> None:
-    campaign_id = prepare(mailbox_settings, 3)
-    box = memory_mailbox(mailbox_settings.mail_url.removeprefix("memory://"))
-    box.refuse["p0@example.org"] = SmtpRefused(
-        "550 5.1.1 no such user", code=550, reply="5.1.1 no such user", stage="RCPT TO"
-    )
+@pytest.mark.smtp
+def test_hard_bounce_fails_and_suppresses_the_address(
+    relay_settings: Settings, relay: SmtpServer
+) -> None:
+    campaign_id = prepare(relay_settings, 3)
+    relay.handler.refuse_rcpt["p0@example.org"] = "550 5.1.1 no such user"
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
-    with session_scope(mailbox_settings.database_url) as db:
+    with session_scope(relay_settings.database_url) as db:
         person = db.scalars(select(Subscriber).where(Subscriber.email == "p0@example.org"))
         assert person.one().status == SubscriberStatus.bounced
         assert service.progress(db, campaign_id).failed == 1
@@ -99,13 +124,14 @@ def test_hard_bounce_fails_and_suppresses_the_address(mailbox_settings: Settings
         assert service.create_campaign(db, 61, past=True).recipient_count == 2
 
 
-def test_error_budget_pauses_with_the_reason(configure: Configure) -> None:
-    memory_mailbox("budget").clear()
-    settings = configure(mail_url="memory://budget", error_budget="0.2", error_budget_min="10")
+@pytest.mark.smtp
+def test_error_budget_pauses_with_the_reason(configure: Configure, relay: SmtpServer) -> None:
+    settings = configure(
+        mail_url=f"smtp://127.0.0.1:{relay.port}", error_budget="0.2", error_budget_min="10"
+    )
     campaign_id = prepare(settings, 30)
-    box = memory_mailbox("budget")
     for i in range(0, 30, 2):
-        box.refuse[f"p{i}@example.org"] = DeliveryError("554 policy", permanent=True, code=554)
+        relay.handler.refuse_rcpt[f"p{i}@example.org"] = "554 5.7.1 policy"
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
     with session_scope(settings.database_url) as db:
@@ -114,13 +140,14 @@ def test_error_budget_pauses_with_the_reason(configure: Configure) -> None:
     assert progress.status_reason and progress.status_reason.startswith("error budget: 15 of 30")
 
 
-def test_streak_of_temporary_refusals_pauses(configure: Configure) -> None:
-    memory_mailbox("streak").clear()
-    settings = configure(mail_url="memory://streak", error_streak="8", retry_backoff="60")
+@pytest.mark.smtp
+def test_streak_of_temporary_refusals_pauses(configure: Configure, relay: SmtpServer) -> None:
+    settings = configure(
+        mail_url=f"smtp://127.0.0.1:{relay.port}", error_streak="8", retry_backoff="60"
+    )
     campaign_id = prepare(settings, 12)
-    box = memory_mailbox("streak")
     for i in range(12):
-        box.refuse[f"p{i}@example.org"] = DeliveryError("421 overloaded", permanent=False)
+        relay.handler.refuse_rcpt[f"p{i}@example.org"] = "451 4.7.1 overloaded"
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
     with session_scope(settings.database_url) as db:

@@ -17,9 +17,7 @@ from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus
 from newsletter.campaigns.sending import REPORT_EVERY, send_batch
 from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
-from newsletter.mail.message import OutgoingMessage
-from newsletter.mail.smtp import HandoverUnconfirmed, SmtpRefused
-from newsletter.mail.transports import MemoryTransport, memory_mailbox
+from newsletter.mail.transports import memory_mailbox
 from newsletter.migrate import upgrade
 from newsletter.sessions.service import import_records
 from subscribers.models import Subscriber, SubscriberStatus
@@ -128,68 +126,71 @@ def test_a_relay_answering_421_makes_the_campaign_wait_and_costs_no_attempt(
     assert any("probing the relay" in m for m in caplog.messages)
 
 
+@pytest.mark.smtp
 def test_a_lost_hand_over_is_no_attempt_and_a_refused_resend_is_unconfirmed(
-    configure: Configure,
+    configure: Configure, start_smtp: Callable[..., SmtpServer]
 ) -> None:
-    memory_mailbox("handover").clear()
-    settings = configure(mail_url="memory://handover", retry_backoff="0.05")
+    relay = start_smtp()
+    settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}", retry_backoff="0.05")
     campaign_id = prepare(settings, people(2))
-    box = memory_mailbox("handover")
-    box.refuse["p0@example.org"] = HandoverUnconfirmed("lost the connection; it may have it")
+    # p0's message arrives, then the relay hangs up instead of answering its end of data.
+    relay.handler.hang_up_for.add("p0@example.org")
     with session_scope(settings.database_url) as db:
         service.start_campaign(db, campaign_id)
     result = send_batch(settings, campaign_id)
     assert (result.claimed, result.sent, result.given_back) == (2, 1, 1)
     first = rows(settings)[0]
     assert (first.status, first.attempts, first.maybe_sent) == ("queued", 0, True)
-    box.refuse["p0@example.org"] = SmtpRefused(
-        "550 5.7.1 policy", code=550, reply="5.7.1 policy", stage="RCPT TO"
-    )
+    relay.handler.hang_up_for.clear()
+    relay.handler.refuse_rcpt["p0@example.org"] = "550 5.7.1 policy"
     send_batch(settings, campaign_id)
     first = rows(settings)[0]
     assert (first.status, first.attempts) == (DeliveryStatus.unconfirmed, 1)
     assert "an earlier copy may have been accepted" in (first.last_error or "")
 
 
-class UnsubscribingTransport(MemoryTransport):
-    """Delivers to memory; while handing over the first message, the last person leaves."""
+class Unsubscriber:
+    """A relay's RCPT policy: at the first message of the batch, ``leaver`` unsubscribes
+    (committed before the relay answers), so the batch is under way when it happens."""
 
     def __init__(self, settings: Settings, leaver: str) -> None:
-        super().__init__("leaver")
-        self.settings, self.leaver = settings, leaver
+        self.settings, self.leaver, self.done = settings, leaver, False
 
-    def send(self, message: OutgoingMessage) -> None:
-        if not self.mailbox.messages:
+    def __call__(self, _address: str) -> None:
+        if not self.done:
+            self.done = True
             with session_scope(self.settings.database_url) as db:
                 person = db.scalars(select(Subscriber).where(Subscriber.email == self.leaver))
                 person.one().status = SubscriberStatus.unsubscribed
-        super().send(message)
 
 
+@pytest.mark.smtp
 def test_someone_who_unsubscribes_during_a_long_batch_is_not_mailed(
-    configure: Configure,
+    configure: Configure, start_smtp: Callable[..., SmtpServer]
 ) -> None:
-    memory_mailbox("leaver").clear()
+    relay = start_smtp()
     count = REPORT_EVERY + 20
-    settings = configure(mail_url="memory://leaver", batch_size=str(count))
+    settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}", batch_size=str(count))
     campaign_id = prepare(settings, people(count))
     leaver = f"p{count - 1}@example.org"
+    relay.handler.rcpt_policy = Unsubscriber(settings, leaver)
     with session_scope(settings.database_url) as db:
         service.start_campaign(db, campaign_id)
-    result = send_batch(settings, campaign_id, transport=UnsubscribingTransport(settings, leaver))
+    result = send_batch(settings, campaign_id)
     assert (result.claimed, result.sent, result.skipped) == (count, count - 1, 1)
-    assert leaver not in {m.recipient for m in memory_mailbox("leaver").messages}
+    assert leaver not in {a for r in relay.handler.received for a in r.rcpt_tos}
 
 
+@pytest.mark.smtp
 def test_each_batch_logs_one_line_of_counts_without_addresses(
-    configure: Configure, caplog: pytest.LogCaptureFixture
+    configure: Configure,
+    start_smtp: Callable[..., SmtpServer],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    memory_mailbox("counted").clear()
-    settings = configure(mail_url="memory://counted", retry_backoff="60")
+    relay = start_smtp()
+    settings = configure(mail_url=f"smtp://127.0.0.1:{relay.port}", retry_backoff="60")
     campaign_id = prepare(settings, people(4))
-    memory_mailbox("counted").refuse["p1@example.org"] = SmtpRefused(
-        "451 4.7.1 greylisted", code=451, reply="4.7.1 greylisted", stage="RCPT TO"
-    )
+    relay.handler.refuse_rcpt["p1@example.org"] = "451 4.7.1 greylisted"
     with session_scope(settings.database_url) as db:
         service.start_campaign(db, campaign_id)
         db.scalars(select(Subscriber).where(Subscriber.email == "p3@example.org")).one()

@@ -196,11 +196,8 @@ def test_configured_outbox(settings: Settings) -> None:
 def test_memory_transport_keeps_messages_by_name() -> None:
     mailbox = memory_mailbox("test-memory")
     mailbox.clear()
-    mailbox.refuse["refused@example.com"] = DeliveryError("no", permanent=True, code=550)
     with transport_from_url("memory://test-memory") as transport:
         transport.send(message(1))
-        with pytest.raises(DeliveryError):
-            transport.send(message(2, "refused@example.com"))
     with MemoryTransport("test-memory") as again:
         again.send(message(3))
     assert [m.delivery_id for m in mailbox.messages] == [1, 3]

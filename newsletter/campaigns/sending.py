@@ -122,8 +122,6 @@ def send_batch(
     settings: Settings,
     campaign_id: int,
     *,
-    transport: Transport | None = None,
-    limiter: RateLimiter | None = None,
     worker: str = WORKER_ID,
     probe_forever: bool = True,
 ) -> BatchResult:
@@ -131,8 +129,8 @@ def send_batch(
 
     Protocol: gives back the rows of dead workers, claims queued rows (→ inflight, owner =
     ``worker``, heartbeat written) and commits; beats while it holds them; sends them over
-    ``settings.smtp_connections`` connections at once (or over ``transport`` alone, when
-    given), within the shared rate limit; reports by time (see the module docstring).
+    ``settings.smtp_connections`` connections at once, within the shared rate limit;
+    reports by time (see the module docstring).
     Permanent refusals → failed with the relay's answer (a 5.1.x bounce also suppresses the
     address); temporary ones → queued again after the next back-off step, failed after the
     last. Subscribers no longer active are skipped, never mailed. Rows never answered go back
@@ -163,7 +161,7 @@ def send_batch(
     if not claimed:
         return result
     with Heartbeat(settings, worker):
-        _send_claimed(batch, compiled, transport, limiter)
+        _send_claimed(batch, compiled)
     result.more = result.claimed == settings.batch_size and result.stopped_because is None
     log.info(
         "campaign %s batch: claimed %d, sent %d, failed %d, retried %d, skipped %d,"
@@ -189,24 +187,15 @@ def _halt(settings: Settings, campaign_id: int, reason: str) -> BatchResult:
     return BatchResult(stopped_because=reason)
 
 
-def _send_claimed(
-    batch: Ledger,
-    compiled: CompiledCampaign,
-    transport: Transport | None,
-    limiter: RateLimiter | None,
-) -> None:
+def _send_claimed(batch: Ledger, compiled: CompiledCampaign) -> None:
     """Send the claimed rows over the lanes, report as they go, settle the batch."""
     settings, campaign_id, result = batch.settings, batch.campaign_id, batch.result
     waiting: str | None = None
     halted: str | None = None
     zone = ZoneInfo(settings.timezone)
     try:
-        transports = (
-            [transport]
-            if transport is not None
-            else transports_for(settings.mail_url, settings.smtp_connections)
-        )
-        feed = _Feed(batch.claimed, limiter or _shared_limiter(settings), batch.stop)
+        transports = transports_for(settings.mail_url, settings.smtp_connections)
+        feed = _Feed(batch.claimed, _shared_limiter(settings), batch.stop)
         keys = settings.secret_keys
 
         def lane(connection: Transport) -> None:

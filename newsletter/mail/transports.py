@@ -235,18 +235,16 @@ class FileTransport:
 class MemoryMailbox:
     """What a ``memory://NAME`` transport delivered, shared by every transport of that name.
 
-    ``refuse`` maps a recipient address to the DeliveryError its messages raise, to rehearse
-    failures (4xx, hard bounces) without a server. ``batches`` counts opened ``with`` blocks.
+    It accepts everything; refusals are rehearsed against a real SMTP server instead.
+    ``batches`` counts opened ``with`` blocks.
     """
 
     messages: list[OutgoingMessage] = field(default_factory=list)
-    refuse: dict[str, DeliveryError] = field(default_factory=dict)
     batches: int = 0
 
     def clear(self) -> None:
-        """Forget every message, refusal and batch count."""
+        """Forget every message and the batch count."""
         self.messages.clear()
-        self.refuse.clear()
         self.batches = 0
 
 
@@ -284,8 +282,5 @@ class MemoryTransport:
         return None
 
     def send(self, message: OutgoingMessage) -> None:
-        """Keep ``message``, or raise the error registered for its recipient."""
-        error = self.mailbox.refuse.get(message.recipient)
-        if error is not None:
-            raise error
+        """Keep ``message``."""
         self.mailbox.messages.append(message)
