@@ -70,6 +70,16 @@ class Campaign(Base):
     # (the step of the back-off table); reset by the first message it accepts.
     relay_retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     relay_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Deliveries per status, moved by the delivery transitions in repo.py in the same
+    # statement's transaction (see counts_repo.py): read paths never count delivery rows.
+    queued_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    inflight_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sent_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    skipped_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    unconfirmed_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When `campaign prune` removed its delivery rows (the counts above stay).
+    pruned_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Delivery(Base):
@@ -80,6 +90,11 @@ class Delivery(Base):
         UniqueConstraint("campaign_id", "subscriber_id"),
         # The claim query scans queued rows of one campaign in id order.
         Index("ix_deliveries_campaign_status_id", "campaign_id", "status", "id"),
+        # The earliest back-off end of a campaign's queued rows, read from the index alone.
+        Index("ix_deliveries_campaign_status_due", "campaign_id", "status", "next_attempt_at"),
+        # The id makes the Message-ID: SQLite must never hand out again the id of a row that
+        # was deleted (pruned), as it would without AUTOINCREMENT for the highest ids.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

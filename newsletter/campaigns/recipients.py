@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, Select, func, insert, literal, select
 from sqlalchemy.orm import Session
 
+from newsletter.campaigns.counts_repo import shift
 from newsletter.campaigns.models import Campaign, Delivery, DeliveryStatus
 from newsletter.rsvp.models import Answer, Rsvp
 from subscribers.models import Subscriber, SubscriberStatus, Tag, subscriber_tags
@@ -59,13 +60,16 @@ def _insert_deliveries(
             ["campaign_id", "subscriber_id", "status", "attempts"], audience
         )
     )
-    # Counted afterwards (an index-only scan): psycopg reports no rowcount for INSERT … SELECT.
-    return int(
+    # Counted afterwards (an index-only scan of the new campaign's rows, once, at creation):
+    # psycopg reports no rowcount for INSERT … SELECT. The counts move with the rows.
+    created = int(
         db.scalar(
             select(func.count()).select_from(Delivery).where(Delivery.campaign_id == campaign.id)
         )
         or 0
     )
+    shift(db, campaign.id, {DeliveryStatus.queued: created})
+    return created
 
 
 def snapshot_recipients(db: Session, campaign: Campaign) -> int:

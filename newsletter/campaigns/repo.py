@@ -3,8 +3,10 @@ says why it looks the way it does.
 
 Progress lives in ``deliveries`` rows: a worker claims a batch by flipping rows from
 ``queued`` to ``inflight`` in one statement, sends, then marks them ``sent``. Nothing about
-who has been mailed is kept only in the broker or in memory. Workers' heartbeats and the
-rows of dead workers: :mod:`.sweep_repo`.
+who has been mailed is kept only in the broker or in memory. Every function here that moves
+a delivery's status moves the campaign's counts with it, in the same transaction
+(:mod:`.counts_repo`); read paths read those counts, never count rows. Workers' heartbeats
+and the rows of dead workers: :mod:`.sweep_repo`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Result,
+    Update,
     and_,
     case,
     func,
@@ -28,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from newsletter.campaigns.counts_repo import counts_of, moved, shift
 from newsletter.campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -36,6 +40,7 @@ from newsletter.campaigns.models import (
 )
 from newsletter.campaigns.sweep_repo import record_heartbeat
 from newsletter.db import is_postgresql, utcnow
+from newsletter.sessions.models import SalonSession
 from subscribers.models import Subscriber, SubscriberStatus
 
 
@@ -67,9 +72,17 @@ def claim_batch(db: Session, campaign_id: int, *, worker: str, limit: int) -> li
     (``next_attempt_at`` in the future) are not due yet. A claim is not an attempt: only an
     answer of the relay counts (see :func:`mark_answered`). The worker's heartbeat is written
     in the same transaction, so its rows are never seen held by a worker without one.
+
+    On PostgreSQL the campaign row is locked first (``FOR NO KEY UPDATE``), as a cancel
+    locks it before skipping queued rows: taking row locks then the campaign's (to move its
+    counts) in the opposite order to a cancel could deadlock.
     """
     now = utcnow()
     record_heartbeat(db, worker)
+    if is_postgresql(db):
+        db.execute(
+            select(Campaign.id).where(Campaign.id == campaign_id).with_for_update(key_share=True)
+        )
     candidates = (
         select(Delivery.id)
         .where(
@@ -91,6 +104,11 @@ def claim_batch(db: Session, campaign_id: int, *, worker: str, limit: int) -> li
     ).all()
     if not claimed:
         return []
+    shift(
+        db,
+        campaign_id,
+        {DeliveryStatus.queued: -len(claimed), DeliveryStatus.inflight: len(claimed)},
+    )
     by_subscriber = {row.subscriber_id: row for row in claimed}
     # Status is read at claim time (and again at each report, see inactive_subscribers), so
     # an unsubscribe after the campaign was created counts.
@@ -145,7 +163,8 @@ def mark_sent(db: Session, delivery_ids: Sequence[int], *, worker: str) -> int:
     attempt). A cancelled row stays cancelled."""
     if not delivery_ids:
         return 0
-    result = db.execute(
+    return _from_inflight(
+        db,
         update(Delivery)
         .where(_owned(delivery_ids, worker))
         .values(
@@ -153,10 +172,19 @@ def mark_sent(db: Session, delivery_ids: Sequence[int], *, worker: str) -> int:
             sent_at=utcnow(),
             last_error=None,
             attempts=Delivery.attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
+        ),
     )
-    return _affected(result)
+
+
+def _from_inflight(db: Session, statement: Update) -> int:
+    """Run an UPDATE of in-flight rows and move the counts by the rows it changed (their
+    campaign and new status come back by RETURNING); returns how many changed."""
+    rows = db.execute(
+        statement.returning(Delivery.campaign_id, Delivery.status).execution_options(
+            synchronize_session=False
+        )
+    ).all()
+    return moved(db, DeliveryStatus.inflight, [(row[0], row[1]) for row in rows])
 
 
 def _failed_unless_maybe_sent() -> ColumnElement[str]:
@@ -183,33 +211,34 @@ def mark_failed(
     accepted (``maybe_sent``) becomes ``unconfirmed``, never ``failed``.
     """
     if delivery_ids:
-        db.execute(
+        _from_inflight(
+            db,
             update(Delivery)
             .where(_owned(delivery_ids, worker))
             .values(
                 status=_failed_unless_maybe_sent(),
                 last_error=reason,
                 attempts=Delivery.attempts + 1 if answered else Delivery.attempts,
-            )
-            .execution_options(synchronize_session=False)
+            ),
         )
 
 
 def mark_skipped(db: Session, delivery_ids: Sequence[int], reason: str, *, worker: str) -> None:
     """Mark this worker's in-flight deliveries skipped (the person is not active any more)."""
     if delivery_ids:
-        db.execute(
+        _from_inflight(
+            db,
             update(Delivery)
             .where(_owned(delivery_ids, worker))
-            .values(status=DeliveryStatus.skipped, last_error=reason)
-            .execution_options(synchronize_session=False)
+            .values(status=DeliveryStatus.skipped, last_error=reason),
         )
 
 
 def defer(db: Session, delivery_id: int, *, worker: str, reason: str, not_before: datetime) -> None:
     """The relay refused this worker's delivery for now (4xx): an answered attempt; queued
     again, not due before ``not_before``."""
-    db.execute(
+    _from_inflight(
+        db,
         update(Delivery)
         .where(_owned([delivery_id], worker))
         .values(
@@ -219,8 +248,7 @@ def defer(db: Session, delivery_id: int, *, worker: str, reason: str, not_before
             next_attempt_at=not_before,
             last_error=reason,
             attempts=Delivery.attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
+        ),
     )
 
 
@@ -248,12 +276,7 @@ def give_back(
             values["maybe_sent"] = True
         if reason is not None:
             values["last_error"] = reason
-        db.execute(
-            update(Delivery)
-            .where(_owned(delivery_ids, worker))
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+        _from_inflight(db, update(Delivery).where(_owned(delivery_ids, worker)).values(**values))
 
 
 def touch_claims(db: Session, delivery_ids: Sequence[int], *, worker: str) -> None:
@@ -268,14 +291,19 @@ def touch_claims(db: Session, delivery_ids: Sequence[int], *, worker: str) -> No
 
 
 def skip_queued(db: Session, campaign_id: int, reason: str) -> int:
-    """Mark every still-queued delivery of a campaign skipped (on cancel)."""
+    """Mark every still-queued delivery of a campaign skipped (on cancel).
+
+    One campaign and one status change, so the rowcount is what moved (no RETURNING of up to
+    a million ids)."""
     result = db.execute(
         update(Delivery)
         .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.queued)
         .values(status=DeliveryStatus.skipped, last_error=reason)
         .execution_options(synchronize_session=False)
     )
-    return _affected(result)
+    skipped = _affected(result)
+    shift(db, campaign_id, {DeliveryStatus.queued: -skipped, DeliveryStatus.skipped: skipped})
+    return skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,19 +316,21 @@ class Pending:
 
 
 def pending(db: Session, campaign_id: int) -> Pending:
-    """Queued and in-flight rows, with the times that say when to look again."""
-    queued = db.execute(
-        select(func.count(), func.min(Delivery.next_attempt_at)).where(
-            Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.queued
+    """Queued and in-flight rows (the campaign's counts), with the time that says when to
+    look again: the earliest back-off end, read from ix_deliveries_campaign_status_due."""
+    counts = db.execute(
+        select(Campaign.queued_count, Campaign.inflight_count).where(Campaign.id == campaign_id)
+    ).one_or_none()
+    queued, inflight = (int(counts[0]), int(counts[1])) if counts else (0, 0)
+    next_due = None
+    if queued:
+        next_due = db.scalar(
+            select(func.min(Delivery.next_attempt_at)).where(
+                Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.queued
+            )
         )
-    ).one()
-    inflight = db.scalar(
-        select(func.count()).where(
-            Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.inflight
-        )
-    )
     # min() over a timestamp loses the type decorator on SQLite: restore UTC awareness.
-    return Pending(int(queued[0]), int(inflight or 0), _aware(queued[1]))
+    return Pending(queued, inflight, _aware(next_due))
 
 
 def _aware(value: datetime | str | None) -> datetime | None:
@@ -318,15 +348,11 @@ def final_counts(db: Session, campaign_id: int) -> tuple[int, int]:
 
 
 def delivery_counts(db: Session, campaign_id: int) -> dict[str, int]:
-    """Deliveries by status, from the rows (the index covers campaign_id, status)."""
-    counts = {status.value: 0 for status in DeliveryStatus}
-    for status, count in db.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.campaign_id == campaign_id)
-        .group_by(Delivery.status)
-    ):
-        counts[status] = int(count)
-    return counts
+    """Deliveries by status, as kept on the campaign row (all 0 for an unknown campaign)."""
+    campaign = db.get(Campaign, campaign_id)
+    if campaign is None:
+        return {status.value: 0 for status in DeliveryStatus}
+    return counts_of(campaign)
 
 
 def get_campaign(db: Session, campaign_id: int) -> Campaign | None:
@@ -342,26 +368,45 @@ def lock_campaign(db: Session, campaign_id: int) -> Campaign | None:
     return db.scalars(query).first()
 
 
-def list_campaigns(db: Session, limit: int = 50) -> list[Campaign]:
-    """Newest campaigns first."""
-    return list(db.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(limit)))
+def list_campaigns(
+    db: Session, limit: int = 50, *, session_id: int | None = None
+) -> list[Campaign]:
+    """Newest campaigns first (of one salon's session, if given)."""
+    query = select(Campaign).order_by(Campaign.id.desc()).limit(limit)
+    if session_id is not None:
+        query = query.where(Campaign.session_id == session_id)
+    return list(db.scalars(query))
+
+
+def list_with_numbers(
+    db: Session, limit: int = 50, *, session_id: int | None = None
+) -> list[tuple[Campaign, int]]:
+    """Newest campaigns first, each with its session's number: one query for the whole list
+    (the counts are on the campaign rows)."""
+    query = (
+        select(Campaign, SalonSession.number)
+        .join(SalonSession, SalonSession.id == Campaign.session_id)
+        .order_by(Campaign.id.desc())
+        .limit(limit)
+    )
+    if session_id is not None:
+        query = query.where(Campaign.session_id == session_id)
+    return [(campaign, int(number)) for campaign, number in db.execute(query)]
 
 
 def finish_if_done(db: Session, campaign_id: int) -> bool:
-    """Mark a sending campaign finished when no delivery is queued or in flight."""
-    pending = db.scalar(
-        select(func.count())
-        .select_from(Delivery)
-        .where(
-            Delivery.campaign_id == campaign_id,
-            Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.inflight]),
-        )
-    )
-    if pending:
-        return False
+    """Mark a sending campaign finished when no delivery is queued or in flight (its counts
+    say so: one conditional UPDATE of its row)."""
     result = db.execute(
         update(Campaign)
-        .where(and_(Campaign.id == campaign_id, Campaign.status == CampaignStatus.sending))
+        .where(
+            and_(
+                Campaign.id == campaign_id,
+                Campaign.status == CampaignStatus.sending,
+                Campaign.queued_count == 0,
+                Campaign.inflight_count == 0,
+            )
+        )
         .values(status=CampaignStatus.finished, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns import recipients, repo
+from newsletter.campaigns.counts_repo import counts_of
 from newsletter.campaigns.models import (
     Campaign,
     CampaignKind,
@@ -303,7 +304,7 @@ def apply_organizer_action(db: Session, campaign_id: int, action: OrganizerActio
 
 @dataclass(frozen=True, slots=True)
 class CampaignProgress:
-    """A campaign's state and its delivery counts, read from the rows."""
+    """A campaign's state and its delivery counts, as kept on the campaign row."""
 
     id: int
     session_number: int
@@ -322,21 +323,43 @@ class CampaignProgress:
     kind: str = CampaignKind.invitation
     # Re-sends refused after a worker stopped mid-hand-over: maybe delivered, maybe not.
     unconfirmed: int = 0
+    # When `campaign prune` removed the delivery rows (the counts above are kept).
+    pruned_at: datetime | None = None
 
     @property
     def done(self) -> int:
         """Deliveries that reached a final state."""
         return self.sent + self.failed + self.skipped + self.unconfirmed
 
+    @property
+    def state(self) -> str:
+        """The status as shown to organizers: "finished, pruned" once the rows are gone."""
+        return f"{self.status}, pruned" if self.pruned_at else self.status
+
 
 def progress(db: Session, campaign_id: int) -> CampaignProgress:
-    """The campaign's status with counts per delivery state."""
+    """The campaign's status with counts per delivery state (from its row: no count(*))."""
     campaign = require_campaign(db, campaign_id)
-    counts = repo.delivery_counts(db, campaign_id)
     salon = sessions_repo.get_by_id(db, campaign.session_id)
+    return progress_of(campaign, salon.number if salon else 0)
+
+
+def list_progress(
+    db: Session, limit: int = 50, *, session_id: int | None = None
+) -> list[tuple[Campaign, CampaignProgress]]:
+    """The newest campaigns with their progress, in one query whatever their number."""
+    return [
+        (campaign, progress_of(campaign, number))
+        for campaign, number in repo.list_with_numbers(db, limit, session_id=session_id)
+    ]
+
+
+def progress_of(campaign: Campaign, session_number: int) -> CampaignProgress:
+    """The progress of a campaign row already read."""
+    counts = counts_of(campaign)
     return CampaignProgress(
         id=campaign.id,
-        session_number=salon.number if salon else 0,
+        session_number=session_number,
         subject=campaign.subject,
         status=campaign.status,
         status_reason=campaign.status_reason,
@@ -351,4 +374,5 @@ def progress(db: Session, campaign_id: int) -> CampaignProgress:
         finished_at=campaign.finished_at,
         kind=campaign.kind,
         unconfirmed=counts[DeliveryStatus.unconfirmed],
+        pruned_at=campaign.pruned_at,
     )

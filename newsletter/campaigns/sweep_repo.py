@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from newsletter.campaigns.counts_repo import moved
 from newsletter.campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -79,13 +80,15 @@ def requeue_orphans(
     )
     if campaign_id is not None:
         condition = and_(Delivery.campaign_id == campaign_id, condition)
-    result = db.execute(
+    rows = db.execute(
         update(Delivery)
         .where(condition)
         .values(status=DeliveryStatus.queued, claimed_by=None, claimed_at=None, maybe_sent=True)
+        .returning(Delivery.campaign_id, Delivery.status)
         .execution_options(synchronize_session=False)
-    )
-    return _affected(result)
+    ).all()
+    # The counts move with the rows (of every campaign given back from, when not one).
+    return moved(db, DeliveryStatus.inflight, [(row[0], row[1]) for row in rows])
 
 
 def stalled_campaigns(db: Session, *, quiet_for: timedelta) -> list[int]:

@@ -14,7 +14,6 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import repo as campaigns_repo
 from newsletter.campaigns import service as campaigns
 from newsletter.campaigns.service import CampaignProgress
 from newsletter.config import get_settings
@@ -189,7 +188,7 @@ def _start(campaign_id: int) -> None:
 def list_campaigns() -> list[CampaignProgress]:
     """The 50 newest campaigns."""
     with session_scope(get_settings().database_url) as db:
-        return [campaigns.progress(db, c.id) for c in campaigns_repo.list_campaigns(db)]
+        return [progress for _, progress in campaigns.list_progress(db)]
 
 
 @router.post("/campaigns", status_code=201)
@@ -204,7 +203,7 @@ def create_campaign(body: CampaignIn) -> CampaignProgress:
 
 @router.get("/campaigns/{campaign_id}")
 def campaign_status(campaign_id: CampaignId) -> CampaignProgress:
-    """State and counts, read from the delivery rows."""
+    """State and counts, as kept on the campaign row."""
     with _refusals_as_http():
         return _campaign_out(campaign_id)
 

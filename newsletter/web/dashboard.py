@@ -17,7 +17,6 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Path
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import repo as campaigns_repo
 from newsletter.campaigns import service as campaigns
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
@@ -73,8 +72,8 @@ def index(login: Login) -> Response:
     with session_scope(get_settings().database_url) as db:
         sessions = [session_row(s) for s in sessions_repo.list_with_counts(db)]
         recent = [
-            campaign_view(c, campaigns.progress(db, c.id), zone)
-            for c in campaigns_repo.list_campaigns(db, limit=RECENT_CAMPAIGNS)
+            campaign_view(c, progress, zone)
+            for c, progress in campaigns.list_progress(db, RECENT_CAMPAIGNS)
         ]
     return _render("admin_index.html", login, sessions=sessions, campaigns=recent)
 
@@ -102,9 +101,8 @@ def _session_page(
         end = min(utcnow(), salon.ends_at)
         capacity = salon.capacity
         own = [
-            campaign_view(c, campaigns.progress(db, c.id), _zone())
-            for c in campaigns_repo.list_campaigns(db)
-            if c.session_id == salon.id
+            campaign_view(c, progress, _zone())
+            for c, progress in campaigns.list_progress(db, session_id=salon.id)
         ]
     drawn = history.thin(points, CHART_POINTS)
     charts = [

@@ -108,7 +108,8 @@ def campaign_view(campaign: Campaign, progress: CampaignProgress, zone: ZoneInfo
         kind=KIND_LABELS.get(CampaignKind(campaign.kind), campaign.kind),
         subject=progress.subject,
         status=status.value,
-        status_label=STATUS_LABELS[status],
+        # Pruned: the per-person rows are gone, the counts shown are the ones kept.
+        status_label=STATUS_LABELS[status] + ("（明细已清理）" if progress.pruned_at else ""),
         reason=progress.status_reason or "",
         total=progress.total,
         done=progress.done,
