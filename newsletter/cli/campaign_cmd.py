@@ -1,4 +1,4 @@
-"""``newsletter campaign``: create, send, remind, watch, pause, resume, cancel, list."""
+"""``newsletter campaign``: create, send, remind, watch, pause, resume, cancel, list, prune."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from newsletter.campaigns import repo, service
+from newsletter.campaigns import prune as retention
+from newsletter.campaigns import service
 from newsletter.campaigns.models import CampaignStatus
 from newsletter.cli.common import (
     SCHEMA_NOTE,
@@ -83,7 +84,7 @@ def check_mail_url(settings: Settings) -> None:
 def progress_line(progress: service.CampaignProgress) -> str:
     """One line of counts, for status and the end of a send."""
     line = (
-        f"campaign {progress.id} (session {progress.session_number}): {progress.status}; "
+        f"campaign {progress.id} (session {progress.session_number}): {progress.state}; "
         f"{progress.sent} sent, {progress.failed} failed, {progress.skipped} skipped, "
         f"{progress.queued} queued, {progress.inflight} in flight of {progress.total}"
     )
@@ -323,14 +324,14 @@ def list_(limit: int = typer.Option(50, help="How many, newest first.")) -> None
     settings = get_settings()
     database_for_reading()
     with session_scope(settings.database_url) as db:
-        rows = [service.progress(db, c.id) for c in repo.list_campaigns(db, limit)]
+        rows = [p for _, p in service.list_progress(db, limit)]
     table = Table("id", "期数", "subject", "status", "sent", "failed", "skipped", "queued", "total")
     for p in rows:
         table.add_row(
             str(p.id),
             str(p.session_number),
             p.subject,
-            p.status,
+            p.state,
             str(p.sent),
             str(p.failed),
             str(p.skipped),
@@ -338,3 +339,62 @@ def list_(limit: int = typer.Option(50, help="How many, newest first.")) -> None
             str(p.total),
         )
     console.print(table)
+
+
+@app.command()
+@handles_errors
+def prune(
+    older_than: str = typer.Option(
+        ...,
+        "--older-than",
+        help="Age, in whole days or hours: 180d, 30d, 12h. Campaigns that ended (finished or"
+        " cancelled) longer ago than this lose their delivery rows.",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go; change nothing."),
+) -> None:
+    """Remove the delivery rows of campaigns that ended long ago, keeping the campaigns and
+    their counts (shown as "pruned"). Campaigns not over are left alone. Message-IDs of
+    removed rows are never given to new deliveries."""
+    try:
+        age = retention.parse_age(older_than)
+    except ValueError as exc:
+        raise fail(str(exc), code=2) from None
+    settings = get_settings()
+    if dry_run:
+        database_for_reading()
+    else:
+        database_for_writing()
+    plan = retention.plan(settings.database_url, age)
+    for campaign_id, why in plan.left:
+        err_console.print(f"campaign {campaign_id}: {why}")
+    cut = f"ended before {plan.before:%Y-%m-%d %H:%M} UTC"
+    if not plan.candidates:
+        console.print(f"nothing to prune: no campaign {cut} still has delivery rows")
+        return
+    if dry_run:
+        for c in plan.candidates:
+            console.print(
+                f"campaign {c.id} ({c.status} {c.finished_at:%Y-%m-%d}): {c.rows:,} delivery rows"
+            )
+        console.print(
+            f"would remove {plan.rows:,} delivery rows of {len(plan.candidates)} campaigns {cut}"
+            " (dry run: nothing changed)"
+        )
+        return
+    removed = 0
+    columns = (
+        TextColumn("[bold]pruning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("prune", total=plan.rows)
+        for c in plan.candidates:
+            removed += retention.prune_campaign(
+                settings.database_url, c.id, on_batch=lambda n: bar.advance(task, n)
+            )
+    console.print(
+        f"removed {removed:,} delivery rows of {len(plan.candidates)} campaigns {cut};"
+        " their counts are kept"
+    )
