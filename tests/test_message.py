@@ -38,6 +38,15 @@ from newsletter.mail.message import (
     delivery_id_from_message_id,
     format_message_id,
 )
+from newsletter.rendering import InvitationTemplate
+from tests.test_rendering import (
+    HOSTILE_NAMES,
+    ORGANIZER,
+    TIMEZONE,
+    archive_before,
+    recipient,
+    record,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("NEWSLETTER_UPDATE_GOLDEN") == "1"
@@ -232,6 +241,34 @@ def test_canonical_body_makes_crlf_line_ends() -> None:
 
 def test_bytes_bodies_give_the_same_message_as_str() -> None:
     assert build(html=HTML.encode(), text=TEXT.encode()).data == build().data
+
+
+def test_the_campaign_path_with_crlf_chunks_builds_the_same_bytes() -> None:
+    # What a campaign sends: the template's chunks converted to CRLF once, the message built
+    # without a second pass; byte for byte what converting each rendered part gives, also for
+    # names that hold line breaks (those take the slow path).
+    template = InvitationTemplate.build(
+        record(61), archive_before(61), organizer=ORGANIZER, timezone=TIMEZONE
+    )
+    factory = make_factory()
+    for name in [*HOSTILE_NAMES, "a\r", "\nb", "", "张三"]:
+        person = recipient(name)
+        plain, crlf = template.personalise(person), template.personalise_utf8(person, crlf=True)
+        assert crlf.html == canonical_body(plain.html)
+        assert crlf.text == canonical_body(plain.text)
+        expected = build(factory, html=plain.html, text=plain.text)
+        fast = factory.build(
+            delivery_id=42,
+            recipient_name="张三",
+            recipient_address="zhang.san@example.com",
+            html=crlf.html,
+            text=crlf.text,
+            unsubscribe_url=UNSUBSCRIBE_URL,
+            unsubscribe_mailto=UNSUBSCRIBE_MAILTO,
+            date=FIXED_DATE,
+            canonical=True,
+        )
+        assert fast.data == expected.data
 
 
 def test_ascii_values_stay_plain_and_fold_at_spaces() -> None:

@@ -149,8 +149,8 @@ def build_message(
     """The finished message for one recipient: links, personalised body, MIME bytes
     (``message_id``: the delivery's own unless given, as a preview does)."""
     links, recipient = recipient_for(compiled, subscriber_id, name, settings, keys)
-    # The UTF-8 variant: the big static chunks were encoded once per campaign.
-    rendered = compiled.template.personalise_utf8(recipient)
+    # UTF-8 with CRLF line ends: the big static chunks were encoded once per campaign.
+    rendered = compiled.template.personalise_utf8(recipient, crlf=True)
     return compiled.factory.build(
         delivery_id=delivery_id,
         recipient_name=name,
@@ -160,4 +160,5 @@ def build_message(
         unsubscribe_url=links.unsubscribe,
         unsubscribe_mailto=links.unsubscribe_mailto,
         message_id=message_id,
+        canonical=True,
     )

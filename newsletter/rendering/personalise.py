@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from markupsafe import escape
 
 from newsletter.errors import NewsletterError
+from newsletter.mail.message import canonical_body
 from newsletter.rendering.environment import get_environment
 from newsletter.rendering.inline import inline_css
 from newsletter.rendering.invitation import (
@@ -67,11 +68,16 @@ class _Compiled:
     the rest of personalising it.
     """
 
-    __slots__ = ("parts", "parts_utf8", "slots")
+    __slots__ = ("crlf_safe", "parts", "parts_crlf", "parts_utf8", "slots")
 
     def __init__(self, parts: list[str], slots: tuple[tuple[int, int], ...]) -> None:
         self.parts = parts
         self.parts_utf8 = [part.encode("utf-8") for part in parts]
+        # The same chunks with CRLF line ends, the form MIME encodes: converting 45 KB per
+        # message was a fifth of building it. Chunk by chunk equals the whole document
+        # converted unless a chunk ends in a bare CR (its LF could follow in the next piece).
+        self.parts_crlf = [canonical_body(part) for part in self.parts_utf8]
+        self.crlf_safe = not any(part.endswith(b"\r") for part in self.parts_utf8)
         self.slots = slots
 
     def fill(self, values: Sequence[str]) -> str:
@@ -80,8 +86,10 @@ class _Compiled:
             parts[index] = values[field]
         return "".join(parts)
 
-    def fill_utf8(self, values: Sequence[bytes]) -> bytes:
-        parts = self.parts_utf8.copy()
+    def fill_utf8(self, values: Sequence[bytes], *, crlf: bool = False) -> bytes:
+        if crlf and not (self.crlf_safe and not any(b"\r" in v or b"\n" in v for v in values)):
+            return canonical_body(self.fill_utf8(values))  # rare: a value holds a line break
+        parts = (self.parts_crlf if crlf else self.parts_utf8).copy()
         for index, field in self.slots:
             parts[index] = values[field]
         return b"".join(parts)
@@ -156,15 +164,19 @@ class InvitationTemplate:
             text=self._text.fill(values),
         )
 
-    def personalise_utf8(self, recipient: Recipient) -> EncodedInvitation:
+    def personalise_utf8(self, recipient: Recipient, *, crlf: bool = False) -> EncodedInvitation:
         """:meth:`personalise`, with both parts already UTF-8 encoded (what a MIME builder
         needs): the same bytes as ``personalise(recipient).html.encode()``, a fifth faster
-        per finished message because the big static chunks were encoded at build time."""
+        per finished message because the big static chunks were encoded at build time.
+        ``crlf=True``: with CRLF line ends, the same bytes as
+        :func:`~newsletter.mail.message.canonical_body` of those, converted at build time too.
+        """
         values = slot_values(recipient)
+        html = [value.encode("utf-8") for value in _html_values(values)]
         return EncodedInvitation(
             subject=self.subject,
-            html=self._html.fill_utf8([value.encode("utf-8") for value in _html_values(values)]),
-            text=self._text.fill_utf8([value.encode("utf-8") for value in values]),
+            html=self._html.fill_utf8(html, crlf=crlf),
+            text=self._text.fill_utf8([value.encode("utf-8") for value in values], crlf=crlf),
         )
 
 
