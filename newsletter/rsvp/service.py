@@ -4,21 +4,25 @@ and giving every answer up when a subscriber leaves the list.
 Every way an answer is recorded comes here: the web app (:func:`answer_alone` on
 PostgreSQL, :func:`record_answer` on SQLite), the CLI and tests (:func:`record_answer`), the
 subscribers service when someone leaves the list (:func:`withdraw_answers`). The rules
-themselves are one definition, in SQL, in :mod:`newsletter.rsvp.answer_repo`; this module
-runs it on each database and says in words why an answer was refused.
+themselves are one definition, in SQL (:mod:`newsletter.rsvp.decision_repo`, with its writes
+in ``record_repo`` and ``waitlist_repo``, and PostgreSQL's one statement in ``answer_repo``);
+this module runs it on each database and says in words why an answer was refused. On
+PostgreSQL the steps of an answer are written once (:func:`_answering`) and run by a thin
+sync shell (a caller's transaction) or async shell (the web app's driver pool).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Executable, Result
+from sqlalchemy import Executable, Result, Select
 from sqlalchemy.orm import Session
 
+from newsletter.cache import BoundedCache
 from newsletter.db import (
     AloneStatement,
     SessionStatement,
@@ -27,7 +31,15 @@ from newsletter.db import (
     utcnow,
 )
 from newsletter.errors import InvalidStateError, NotFoundError
-from newsletter.rsvp import answer_repo, notice_repo, repo
+from newsletter.rsvp import (
+    answer_repo,
+    decision_repo,
+    notice_repo,
+    record_repo,
+    repo,
+    waitlist_repo,
+)
+from newsletter.rsvp.decision_repo import Shape
 from newsletter.rsvp.models import Answer, Rsvp
 from newsletter.sessions.models import SalonSession
 from subscribers.models import SubscriberStatus
@@ -83,6 +95,9 @@ def closes_at(salon: SalonSession) -> datetime:
 _DECISIONS = 3
 
 Row = Mapping[Any, Any]
+# One statement to run on PostgreSQL and its parameters: what :func:`_answering` asks for.
+Step = tuple[Select[Any], dict[str, Any]]
+T = TypeVar("T")
 
 
 def record_answer(
@@ -101,54 +116,166 @@ def record_answer(
     order of answering; a "maybe" or "no" from a confirmed "yes" frees its seats, and the
     first on the waitlist who fit are promoted. Answering the same again changes nothing.
     """
-    values = answer_repo.parameters(session_id, subscriber_id, answer, guests, now or utcnow())
+    values = decision_repo.parameters(session_id, subscriber_id, answer, guests, now or utcnow())
     return _record(db, values)
 
 
 def _record(db: Session, values: dict[str, Any]) -> Recorded:
     if is_postgresql(db):
-        for _ in range(_DECISIONS):
-            row = _in_session()[0].first_row(db, values) or {}
-            if not _undecided(row):
-                break
-        _refuse_unless_allowed(row, values)
-        _undecidable(row)
-        promoted = [row["promoted"]] if row["promoted"] is not None else []
-        if row["wrote"] and row["free_left"] and promoted:  # a party freed several seats
-            promoted += _promote_more(lambda: _promote_once(db, values))
-    else:
-        row, promoted = _record_sqlite(db, values)
-    return _recorded(row, values, promoted, lambda: _place(db, row, values))
+        return _in_transaction(db, _answering(values))[1]
+    return _record_sqlite(db, values)
 
 
-def _record_sqlite(db: Session, values: dict[str, Any]) -> tuple[Row, list[int]]:
-    """The same decision, then its writes one by one, under the database's write lock."""
-    _run(db, answer_repo.lock_sqlite(), values)
-    row = _run(db, answer_repo.decision(), values).mappings().one()
+async def answer_alone(
+    url: str, session_id: int, subscriber_id: int, answer: Answer, guests: int, now: datetime
+) -> Answered:
+    """Record an answer on PostgreSQL with the answer statement committed on its own: one
+    round trip (plus one per further seat given when a party frees several, and one to count
+    the place of a waiting answer that kept it). Raises as :func:`record_answer` does."""
+    values = decision_repo.parameters(session_id, subscriber_id, answer, guests, now)
+    row, recorded = await _alone(url, _answering(values))
+    return Answered(recorded, row["revision"], row["updated_at"])
+
+
+# --- PostgreSQL: the answer as the statements it takes, run by two thin shells ------------
+
+
+def _answering(values: dict[str, Any]) -> Generator[Step, Row | None, tuple[Row, Recorded]]:
+    """The answer on PostgreSQL, as the statements it runs one after another: each is
+    yielded with its parameters and sent back the row it returned. The same steps for the
+    web app's driver pool (:func:`_alone`) and a caller's transaction (:func:`_in_transaction`).
+
+    The statement's shape is the one for a session without a seat limit when this session
+    had none at its last answer (the lighter statement, same rules); should it have one now
+    (an import gave it a limit), that statement finds no session and writes nothing, and
+    the answer is decided again by the statement for any session.
+    """
+    session_id = values["session_id"]
+    shape = Shape.NO_LIMIT if _had_no_limit(session_id) else Shape.ANY
+    attempts = 0
+    while True:
+        found = yield answer_repo.answer_statement(shape), values
+        assert found is not None, "the answer statement returns one row"
+        row = found
+        if not _undecided(row):
+            break
+        if shape is Shape.NO_LIMIT and not row["session_found"]:
+            shape = Shape.ANY  # the session has a limit now: not an attempt lost
+            continue
+        attempts += 1
+        if attempts == _DECISIONS:
+            break
+    if row["session_found"]:
+        _remember_limit(session_id, row["capacity"] is not None)
     _refuse_unless_allowed(row, values)
-    if not row["writes"]:
-        return row, []
-    decided = {f"d_{name}": row[name] for name in row.keys()}  # noqa: SIM118 (a RowMapping)
-    both = values | decided
-    _run(db, answer_repo.write_answer_sqlite(), both)
-    _run(db, answer_repo.write_counters_sqlite(), both)
-    _run(db, answer_repo.write_event_sqlite(), both)
-    promoted = _promote_more(lambda: _promote_sqlite(db, values))
-    return row, promoted
+    _undecidable(row)
+    promoted = [int(row["promoted"])] if row["promoted"] is not None else []
+    if row["wrote"] and row["free_left"] and promoted:  # a party freed several seats
+        while (moved := (yield waitlist_repo.promote_statement(), values)) is not None:
+            if moved["promoted"] is None:
+                break
+            promoted.append(int(moved["promoted"]))
+    place = None
+    if _needs_count(row):  # a waiting answer that kept its place: count who is ahead
+        counted = yield waitlist_repo.place_statement(), _place_values(row, values)
+        place = int(counted["place"]) if counted is not None else 1
+    return row, _recorded(row, values, promoted, place)
+
+
+def _in_transaction(db: Session, steps: Generator[Step, Row | None, T]) -> T:
+    """Run ``steps`` in ``db``'s transaction; what they return."""
+    try:
+        step = next(steps)
+        while True:
+            statement, parameters = step
+            step = steps.send(_session_statement(statement).first_row(db, parameters))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+async def _alone(url: str, steps: Generator[Step, Row | None, T]) -> T:
+    """Run ``steps`` on the driver pool, each statement committed on its own."""
+    try:
+        step = next(steps)
+        while True:
+            statement, parameters = step
+            row = await fetch_row_alone(url, _alone_statement(statement), parameters)
+            step = steps.send(row)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+# The statements are built once (lru_cache) and hash by identity: compiled once each.
+@lru_cache(maxsize=8)
+def _session_statement(statement: Select[Any]) -> SessionStatement:
+    return SessionStatement(statement)
+
+
+@lru_cache(maxsize=8)
+def _alone_statement(statement: Select[Any]) -> AloneStatement:
+    return AloneStatement(statement)
+
+
+@dataclass(slots=True)
+class _Limit:
+    """Whether a session had a seat limit at its last answer in this process: which shape
+    of the statement to try first. Never trusted for the rules (see :func:`_answering`)."""
+
+    limited: bool
+
+
+_limits: BoundedCache[int, _Limit] = BoundedCache(64)
+
+
+def _had_no_limit(session_id: int) -> bool:
+    known = _limits.get(session_id)
+    return known is not None and not known.limited
+
+
+def _remember_limit(session_id: int, limited: bool) -> None:
+    _limits.get_or_make(session_id, lambda: _Limit(limited)).limited = limited
+
+
+# --- SQLite: the same decision, then its writes one by one ---------------------------------
+
+
+def _record_sqlite(db: Session, values: dict[str, Any]) -> Recorded:
+    """The decision, then its writes one by one, under the database's write lock."""
+    _run(db, decision_repo.lock_sqlite(), values)
+    row = _run(db, decision_repo.decision(), values).mappings().one()
+    _refuse_unless_allowed(row, values)
+    promoted: list[int] = []
+    if row["writes"]:
+        decided = {f"d_{name}": row[name] for name in row.keys()}  # noqa: SIM118 (a RowMapping)
+        both = values | decided
+        _run(db, record_repo.write_answer_sqlite(), both)
+        _run(db, record_repo.write_counters_sqlite(), both)
+        _run(db, record_repo.write_event_sqlite(), both)
+        while (moved := _promote_sqlite(db, values)) is not None:
+            promoted.append(moved)
+    place = None
+    if _needs_count(row):
+        place = int(
+            _run(db, waitlist_repo.place_statement(), _place_values(row, values)).scalar_one()
+        )
+    return _recorded(row, values, promoted, place)
 
 
 def _promote_sqlite(db: Session, values: dict[str, Any]) -> int | None:
-    free = _run(db, answer_repo.free_seats_sqlite(), values).scalar()
+    """The next freed seat to the first waiting person who fits, or None."""
+    free = _run(db, waitlist_repo.free_seats_sqlite(), values).scalar()
     if not free or free <= 0:
         return None
-    picked = _run(db, answer_repo.pick_next_sqlite(), values | {"free": free}).first()
+    picked = _run(db, waitlist_repo.pick_next_sqlite(), values | {"free": free}).first()
     if picked is None:
         return None
     moved = values | {"picked": picked.id, "p_guests": picked.guests}
     moved["p_subscriber_id"] = picked.subscriber_id
-    _run(db, answer_repo.promote_sqlite(), moved)
-    _run(db, answer_repo.promoted_counters_sqlite(), moved)
-    _run(db, answer_repo.promoted_event_sqlite(), moved)
+    _run(db, waitlist_repo.promote_sqlite(), moved)
+    _run(db, waitlist_repo.promoted_counters_sqlite(), moved)
+    _run(db, waitlist_repo.promoted_event_sqlite(), moved)
     return int(picked.subscriber_id)
 
 
@@ -165,26 +292,7 @@ def _bind_names(statement: Executable) -> frozenset[str]:
     return frozenset(statement.compile().params)  # type: ignore[attr-defined]
 
 
-def _promote_once(db: Session, values: dict[str, Any]) -> int | None:
-    row = _in_session()[1].first_row(db, values)
-    return None if row is None or row["promoted"] is None else int(row["promoted"])
-
-
-def _promote_more(promote: Callable[[], int | None]) -> list[int]:
-    """Promote one person at a time while someone fits the seats left: the same people in the
-    same order as a pass down the waitlist (seats only get fewer, so whoever did not fit
-    once never fits later), one short statement each."""
-    promoted = []
-    while (moved := promote()) is not None:
-        promoted.append(moved)
-    return promoted
-
-
-async def _promote_more_async(promote: Callable[[], Awaitable[int | None]]) -> list[int]:
-    promoted = []
-    while (moved := await promote()) is not None:
-        promoted.append(moved)
-    return promoted
+# --- what a decided row means, on both databases -------------------------------------------
 
 
 def _undecided(row: Row) -> bool:
@@ -229,75 +337,20 @@ def _needs_count(row: Row) -> bool:
     return bool(waiting) and not (row["writes"] and row["place"])
 
 
-def _recorded(
-    row: Row, values: dict[str, Any], promoted: list[int], place: Callable[[], int]
-) -> Recorded:
+def _place_values(row: Row, values: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of the place count for a waiting answer that kept its place."""
+    queue_no = row["queue_no"] if row["writes"] else row["old_queue_no"]
+    return values | {"queue_no": queue_no, "rsvp_id": row["old_id"]}
+
+
+def _recorded(row: Row, values: dict[str, Any], promoted: list[int], place: int | None) -> Recorded:
+    """What was recorded; ``place`` is the counted place of an answer that kept it."""
     answer, guests = Answer(values["answer"]), int(values["guests"])
     waitlisted = bool(row["waitlisted"] if row["writes"] else row["old_waitlisted"])
     position = None
     if waitlisted:
-        position = place() if _needs_count(row) else row["place"] - len(promoted)
+        position = place if place is not None else row["place"] - len(promoted)
     return Recorded(answer, guests, waitlisted, position, bool(row["writes"]), promoted)
-
-
-def _place(db: Session, row: Row, values: dict[str, Any]) -> int:
-    rsvp = repo.get(db, values["session_id"], values["subscriber_id"])
-    assert rsvp is not None, "a waiting answer has its row"
-    return repo.waitlist_position(db, rsvp)
-
-
-# --- the web app on PostgreSQL: the driver pool, each statement committed on its own ------
-
-
-@lru_cache(maxsize=1)
-def _in_session() -> tuple[SessionStatement, SessionStatement]:
-    return (
-        SessionStatement(answer_repo.answer_statement()),
-        SessionStatement(answer_repo.promote_statement()),
-    )
-
-
-@lru_cache(maxsize=1)
-def _alone() -> tuple[AloneStatement, AloneStatement, AloneStatement]:
-    return (
-        AloneStatement(answer_repo.answer_statement()),
-        AloneStatement(answer_repo.promote_statement()),
-        AloneStatement(answer_repo.place_statement()),
-    )
-
-
-async def answer_alone(
-    url: str, session_id: int, subscriber_id: int, answer: Answer, guests: int, now: datetime
-) -> Answered:
-    """Record an answer on PostgreSQL with the answer statement committed on its own: one
-    round trip (plus one per further seat given when a party frees several, and one to count
-    the place of a waiting answer that kept it). Raises as :func:`record_answer` does."""
-    answering, promoting, placing = _alone()
-    values = answer_repo.parameters(session_id, subscriber_id, answer, guests, now)
-    for _ in range(_DECISIONS):
-        found = await fetch_row_alone(url, answering, values)
-        assert found is not None, "the answer statement returns one row"
-        row = found
-        if not _undecided(row):
-            break
-    _refuse_unless_allowed(row, values)
-    _undecidable(row)
-    promoted = [row["promoted"]] if row["promoted"] is not None else []
-
-    async def promote_once() -> int | None:
-        moved = await fetch_row_alone(url, promoting, values)
-        return None if moved is None or moved["promoted"] is None else int(moved["promoted"])
-
-    if row["wrote"] and row["free_left"] and promoted:
-        promoted += await _promote_more_async(promote_once)
-    place = 1
-    if _needs_count(row):  # a waiting answer that kept its place: count who is ahead
-        queue_no = row["queue_no"] if row["writes"] else row["old_queue_no"]
-        placed = values | {"queue_no": queue_no, "rsvp_id": row["old_id"]}
-        counted = await fetch_row_alone(url, placing, placed)
-        place = int(counted["place"]) if counted is not None else 1
-    recorded = _recorded(row, values, promoted, lambda: place)
-    return Answered(recorded, row["revision"], row["updated_at"])
 
 
 def withdraw_answers(
@@ -320,7 +373,7 @@ def withdraw_answers(
     repo.lock_sessions_ahead(db, now)
     note = f"withdrawn: subscriber {why}"
     for session_id in repo.answered_ahead(db, subscriber_id, now):
-        values = answer_repo.parameters(session_id, subscriber_id, Answer.no, 0, now, note)
+        values = decision_repo.parameters(session_id, subscriber_id, Answer.no, 0, now, note)
         recorded = _record(db, values)
         if recorded.changed:
             changed.append(session_id)
