@@ -11,7 +11,7 @@ from newsletter.cli.common import SCHEMA_NOTE, console, database_for_reading, ha
 from newsletter.config import get_settings
 from newsletter.db import session_scope
 from newsletter.rsvp import repo
-from newsletter.rsvp.export import attendees_csv
+from newsletter.rsvp.export import session_attendees_csv
 from newsletter.sessions.service import require_session
 
 app = typer.Typer(help="Answers to invitations. " + SCHEMA_NOTE, no_args_is_help=True)
@@ -30,12 +30,12 @@ def list_(
     database_for_reading()
     with session_scope(settings.database_url) as db:
         salon = require_session(db, number)
+        if as_csv:
+            sys.stdout.write(session_attendees_csv(db, salon.id))
+            return
         rows = repo.attendees(db, salon.id)
         counts = repo.counts(db, salon.id)
         capacity = salon.capacity
-    if as_csv:
-        sys.stdout.write(attendees_csv(rows))
-        return
     table = Table("#", "姓名", "邮箱", "答复", "同行", "答复时间")
     waiting = 0
     for index, row in enumerate(rows, 1):
