@@ -9,8 +9,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
+from newsletter.campaigns import repo as campaigns_repo
 from newsletter.campaigns import service as campaigns
-from newsletter.campaigns.models import Delivery, DeliveryStatus
 from newsletter.db import session_scope
 from subscribers.models import Subscriber, SubscriberStatus
 from tests.conftest import Configure
@@ -55,19 +55,17 @@ def test_metrics_count_a_campaign_and_the_answers(live: Live) -> None:
     _answer(live, 2, "no")
     with session_scope(live.settings.database_url) as db:
         campaign_id = campaigns.create_campaign(db, 95).id
-    # The outcomes a worker would have recorded: one sent, one refused for good (the
-    # address bounced), one still queued.
+    # The outcomes a worker records, through the same repo calls: one sent, one refused for
+    # good (the address bounced), one still queued.
     first, second, _ = live.people
     with session_scope(live.settings.database_url) as db:
-        db.execute(
-            update(Delivery)
-            .where(Delivery.subscriber_id == first)
-            .values(status=DeliveryStatus.sent)
-        )
-        db.execute(
-            update(Delivery)
-            .where(Delivery.subscriber_id == second)
-            .values(status=DeliveryStatus.failed)
+        claimed = {
+            row.subscriber_id: row.delivery_id
+            for row in campaigns_repo.claim_batch(db, campaign_id, worker="w", limit=2)
+        }
+        campaigns_repo.mark_sent(db, [claimed[first]], worker="w")
+        campaigns_repo.mark_failed(
+            db, [claimed[second]], "550 no such user", worker="w", answered=True
         )
         db.execute(
             update(Subscriber)

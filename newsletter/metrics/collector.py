@@ -74,7 +74,8 @@ class DatabaseCollector(Collector):
             label = [str(counts.campaign_id)]
             by_outcome["sent"].add_metric(label, counts.sent)
             by_outcome["failed"].add_metric(label, counts.failed)
-            by_outcome["bounced"].add_metric(label, counts.bounced)
+            if counts.bounced is not None:
+                by_outcome["bounced"].add_metric(label, counts.bounced)
         yield from by_outcome.values()
         rsvps = GaugeMetricFamily(
             "newsletter_rsvp_answers",

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns.models import Delivery, DeliveryStatus
+from newsletter.campaigns.models import Campaign, Delivery, DeliveryStatus
 from newsletter.rsvp.models import Rsvp, RsvpEvent
 from subscribers.models import Subscriber, SubscriberStatus
 
@@ -20,7 +20,9 @@ class CampaignCounts:
     campaign_id: int
     sent: int
     failed: int
-    bounced: int  # failed, and the address is now marked bounced (a permanent refusal)
+    # Failed, and the address is now marked bounced (a permanent refusal); None once the
+    # campaign's delivery rows are pruned.
+    bounced: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +40,43 @@ def ping(db: Session) -> None:
 
 
 def campaign_counts(db: Session) -> list[CampaignCounts]:
-    """Sent, failed and bounced messages of every campaign that has deliveries."""
-    failed = Delivery.status == DeliveryStatus.failed
-    # The bounced addresses are few: a set looked up per failed row, no join with everyone.
-    bounced = select(Subscriber.id).where(Subscriber.status == SubscriberStatus.bounced)
+    """Sent, failed and bounced messages of every campaign that has deliveries.
+
+    Sent and failed are the counts the campaign row keeps (campaigns.counts_repo), so a
+    scrape reads one row per campaign, not millions of deliveries. Bounced is counted over
+    the campaign's failed rows only, through the (campaign, status) index: failures are few,
+    and the address's state is what says whether one was a bounce. A campaign whose delivery
+    rows were pruned has no bounced figure (None) rather than a counter dropping to zero.
+    """
+    bounced = (
+        select(func.count())
+        .select_from(Delivery)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(
+            Delivery.campaign_id == Campaign.id,
+            Delivery.status == DeliveryStatus.failed,
+            Subscriber.status == SubscriberStatus.bounced,
+        )
+        .scalar_subquery()
+    )
     rows = db.execute(
         select(
-            Delivery.campaign_id,
-            func.count().filter(Delivery.status == DeliveryStatus.sent),
-            func.count().filter(failed),
-            func.count().filter(and_(failed, Delivery.subscriber_id.in_(bounced))),
+            Campaign.id,
+            Campaign.sent_count,
+            Campaign.failed_count,
+            case(
+                (Campaign.pruned_at.is_not(None), None),
+                (Campaign.failed_count > 0, bounced),
+                else_=0,
+            ),
         )
-        .group_by(Delivery.campaign_id)
-        .order_by(Delivery.campaign_id)
+        .where(Campaign.recipient_count > 0)
+        .order_by(Campaign.id)
     )
-    return [CampaignCounts(row[0], row[1], row[2], row[3]) for row in rows]
+    return [
+        CampaignCounts(row[0], row[1], row[2], None if row[3] is None else int(row[3]))
+        for row in rows
+    ]
 
 
 def answer_counts(db: Session) -> list[AnswerCount]:
@@ -66,12 +90,13 @@ def answer_counts(db: Session) -> list[AnswerCount]:
 
 
 def queued_deliveries(db: Session) -> tuple[int, int]:
-    """Deliveries waiting to be sent, and those claimed by a worker right now."""
+    """Deliveries waiting to be sent, and those claimed by a worker right now (the counts
+    the campaign rows keep)."""
     row = db.execute(
         select(
-            func.coalesce(func.sum(case((Delivery.status == DeliveryStatus.queued, 1))), 0),
-            func.coalesce(func.sum(case((Delivery.status == DeliveryStatus.inflight, 1))), 0),
-        ).where(Delivery.status.in_([DeliveryStatus.queued, DeliveryStatus.inflight]))
+            func.coalesce(func.sum(Campaign.queued_count), 0),
+            func.coalesce(func.sum(Campaign.inflight_count), 0),
+        )
     ).one()
     return int(row[0]), int(row[1])
 
