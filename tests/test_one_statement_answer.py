@@ -1,6 +1,7 @@
 """The answer statement on the web app's path (rsvp.service.answer_alone) on PostgreSQL: it
 records an answer, its history row and its confirmation mail together, or nothing at all and
-says why; sessions with and without a seat limit, one statement each."""
+says why; sessions with and without a seat limit, one statement each. Its lighter shape for a
+session without a limit decides as the full one, and a limit an import adds is seen at once."""
 
 from __future__ import annotations
 
@@ -12,8 +13,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from newsletter.db import close_async_connections, session_scope, utcnow
+from newsletter.db import (
+    AloneStatement,
+    SessionStatement,
+    close_async_connections,
+    fetch_row_alone,
+    session_scope,
+    utcnow,
+)
 from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.rsvp import service
+from newsletter.rsvp.answer_repo import answer_statement
+from newsletter.rsvp.decision_repo import Shape, parameters
 from newsletter.rsvp.models import Answer, NoticeKind, Rsvp, RsvpEvent
 from newsletter.rsvp.service import Answered, AnswersClosed, SubscriberNotActive, answer_alone
 from newsletter.sessions.models import SalonSession
@@ -107,3 +118,146 @@ def test_what_the_rules_refuse_records_nothing_and_says_why(
     with pytest.raises(AnswersClosed):
         quick(postgres_url, sid, people[0], Answer.yes)
     assert stored(postgres_url) == ([], [])
+
+
+# --- the statement's two shapes: the lighter one for a session without a seat limit -------
+
+Step = tuple[int | None, Answer, int, timedelta, str | None]  # who (an index), answer, …
+
+
+def _run_shapes(
+    url: str, tmp_path: Path, shape: Shape, steps: list[Step], start: datetime
+) -> list[object]:
+    """A session with one seat where R0 takes it and R3 waits, then imported again without
+    a limit, and then ``steps`` decided by the statement of ``shape``: each returned row,
+    then the answers, the history and the session's counters as stored."""
+    _empty_tables(url)
+    sid, people = setup_session(url, tmp_path, capacity=1, people=4)
+    statements = {each: SessionStatement(answer_statement(each)) for each in Shape}
+
+    def decide(
+        shape: Shape, who: int | None, choice: Answer, guests: int, at: timedelta, note: str | None
+    ) -> dict[str, object]:
+        person = people[who] if who is not None else people[0] + 1000  # None: nobody
+        values = parameters(sid, person, choice, guests, start + at, note)
+        with session_scope(url) as db:
+            row = statements[shape].first_row(db, values)
+        assert row is not None
+        return {name: value for name, value in row.items() if name != "updated_at"}
+
+    seen: list[object] = [
+        decide(Shape.ANY, 0, Answer.yes, 0, timedelta(0), None),
+        decide(Shape.ANY, 3, Answer.yes, 0, timedelta(seconds=1), None),
+    ]
+    setup_session(url, tmp_path, capacity=None, people=0)  # the limit is lifted
+    seen += [decide(shape, *step) for step in steps]
+    with session_scope(url) as db:
+        seen.append(
+            [
+                tuple(row)
+                for row in db.execute(
+                    select(
+                        Rsvp.subscriber_id,
+                        Rsvp.answer,
+                        Rsvp.guests,
+                        Rsvp.waitlisted,
+                        Rsvp.answered_at,
+                        Rsvp.queue_no,
+                    ).order_by(Rsvp.subscriber_id)
+                )
+            ]
+        )
+        seen.append(
+            [
+                tuple(row)
+                for row in db.execute(
+                    select(
+                        RsvpEvent.subscriber_id,
+                        RsvpEvent.answer,
+                        RsvpEvent.waitlisted,
+                        RsvpEvent.at,
+                        RsvpEvent.notice,
+                        RsvpEvent.notice_error,
+                    ).order_by(RsvpEvent.id)
+                )
+            ]
+        )
+        salon = db.get(SalonSession, sid)
+        assert salon is not None
+        seen.append((salon.seats_taken, salon.waiting, salon.queue_next, salon.capacity))
+    return seen
+
+
+def test_the_no_limit_shape_decides_every_answer_as_the_full_statement(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Every kind of answer, through each shape of the statement for a session without a
+    seat limit: the same rows returned and the same rows stored (the lighter shape leaves
+    out only what does nothing there)."""
+    s = timedelta(seconds=1)
+    steps: list[Step] = [
+        (1, Answer.yes, 0, 2 * s, None),  # a first "yes"
+        (1, Answer.yes, 0, 3 * s, None),  # a double click
+        (1, Answer.yes, 1, 4 * s, None),  # with a guest
+        (1, Answer.yes, 2, 5 * s, None),  # more guests than allowed
+        (1, Answer.maybe, 0, 6 * s, None),
+        (1, Answer.yes, 0, 7 * s, None),  # a new "yes": queues again
+        (2, Answer.no, 0, 8 * s, None),
+        (3, Answer.yes, 0, 9 * s, None),  # waited for a seat: the limit is gone, confirmed
+        (0, Answer.maybe, 0, 10 * s, None),  # frees a seat: nobody to promote without a limit
+        (None, Answer.yes, 0, 11 * s, None),  # a link to nobody
+        (2, Answer.yes, 0, timedelta(days=4), None),  # after the start: closed
+        (1, Answer.no, 0, 12 * s, "withdrawn: subscriber unsubscribed"),  # a departure
+    ]
+    start = utcnow()
+    full = _run_shapes(postgres_url, tmp_path, Shape.ANY, steps, start)
+    light = _run_shapes(postgres_url, tmp_path, Shape.NO_LIMIT, steps, start)
+    assert light == full
+    assert full[-1] == (1, 1, 3, None)  # counters kept only under a limit: as left then
+
+
+def test_the_no_limit_shape_finds_no_session_that_has_a_limit(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    _empty_tables(postgres_url)
+    sid, people = setup_session(postgres_url, tmp_path, capacity=1, people=1)
+    values = parameters(sid, people[0], Answer.yes, 0, utcnow())
+    with session_scope(postgres_url) as db:
+        row = SessionStatement(answer_statement(Shape.NO_LIMIT)).first_row(db, values)
+    assert row is not None
+    assert (row["session_found"], row["session_exists"], row["writes"]) == (False, True, False)
+    assert stored(postgres_url) == ([], [])
+
+
+def test_a_session_given_a_limit_by_a_reimport_counts_seats_at_once(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The web path answers a session without a limit with the lighter statement; after an
+    import gives the session a limit, the next answer finds out in that same statement and
+    is decided with seats counted (it waits), and the ones after it take the full one."""
+    _empty_tables(postgres_url)
+    sid, people = setup_session(postgres_url, tmp_path, capacity=None, people=3)
+    names = {AloneStatement(answer_statement(shape)).sql: shape.value for shape in Shape}
+    ran: list[str] = []
+
+    async def watched(url: str, statement: AloneStatement, values: dict[str, object]) -> object:
+        ran.append(names.get(statement.sql, "other"))
+        return await fetch_row_alone(url, statement, values)
+
+    monkeypatch.setattr(service, "fetch_row_alone", watched)
+    assert not quick(postgres_url, sid, people[0], Answer.yes).recorded.waitlisted
+    ran.clear()
+    assert not quick(postgres_url, sid, people[2], Answer.maybe).recorded.waitlisted
+    assert ran == ["no_limit"]  # the session had no limit at its last answer
+    ran.clear()
+    setup_session(postgres_url, tmp_path, capacity=1, people=0)  # R0 holds the one seat
+    second = quick(postgres_url, sid, people[1], Answer.yes).recorded
+    assert (second.waitlisted, second.position) == (True, 1)
+    assert ran == ["no_limit", "any"]
+    ran.clear()
+    third = quick(postgres_url, sid, people[2], Answer.yes).recorded
+    assert (third.waitlisted, third.position) == (True, 2)
+    assert ran == ["any"]
+    with session_scope(postgres_url) as db:
+        salon = db.get(SalonSession, sid)
+        assert salon is not None and (salon.seats_taken, salon.waiting) == (1, 2)
