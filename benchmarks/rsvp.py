@@ -9,8 +9,10 @@ answers the database recorded, which must equal the number of requests sent.
 
 Run: ``.venv/bin/python benchmarks/rsvp.py [--n 20000] [--concurrency 32] [--workers 2]``.
 The last line is one JSON object: ``{"sent", "recorded", "requests_per_s", "p50_ms",
-"p99_ms"}`` (plus the number of non-200 answers, of confirmation mails queued, and the
-server's CPU milliseconds per confirmation, which other load on the machine barely moves).
+"p99_ms"}`` (plus the number of non-200 answers, of confirmation mails queued, and the CPU
+milliseconds per confirmation of the web processes, of PostgreSQL and of the client, which
+other load on the machine barely moves). ``--profile PATH_TO_PY_SPY`` also samples the web
+processes and prints the functions they spent the burst in.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,7 +102,8 @@ def prepare(url: str, n: int, folder: Path, capacity: int | None = None) -> list
     return requests
 
 
-Results = tuple[list[float], int, float]  # latencies (s), non-200 answers, wall seconds
+# latencies (s), non-200 answers, wall seconds, the client's own CPU seconds
+Results = tuple[list[float], int, float, float]
 
 
 def client(
@@ -160,9 +164,9 @@ def client(
             finally:
                 writer.close()
 
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one() for _ in range(concurrency)))
-        out.put((latencies, failures, time.perf_counter() - began))
+        out.put((latencies, failures, time.perf_counter() - began, time.process_time() - cpu))
 
     asyncio.run(main())
 
@@ -224,6 +228,65 @@ def server_cpu_s(pid: int) -> float:
     return total
 
 
+def postgres_pid(directory: Path) -> int:
+    """The postmaster's process id (its backends are its children)."""
+    return int((directory / "data" / "postmaster.pid").read_text().split()[0])
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of process ``pid``."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def start_profiles(py_spy: str, pids: list[int], folder: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy sampling each web process for the burst (collapsed stacks, one file each)."""
+    options = ["--rate", "250", "--format", "raw", "--nonblocking"]
+    return [
+        subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                *options,
+                "--output",
+                str(folder / f"web-{pid}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+
+
+def profile_summary(folder: Path, top: int = 20) -> list[tuple[str, float, float]]:
+    """Where the web processes spent their samples: per module (the file of the innermost
+    frame, the "self" time) and per function (inclusive: counted once per stack it is in),
+    as shares of all samples; the rows of both, the largest first."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for path in folder.glob("web-*.txt"):
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            samples = int(count)
+            total += samples
+            frames = stack.split(";")
+            place = frames[-1].rpartition("(")[2].split(":")[0]
+            place = "/".join(place.split("/")[-2:])  # package/module.py
+            own[place] = own.get(place, 0) + samples
+            for frame in {frame.split(" (")[0] for frame in frames}:
+                inclusive[frame] = inclusive.get(frame, 0) + samples
+    rows = sorted(own.items(), key=lambda item: -item[1])[:top]
+    rows += sorted(inclusive.items(), key=lambda item: -item[1])[:top]
+    return [(name, samples / max(1, total), samples) for name, samples in rows]
+
+
 def main() -> None:
     """Run the burst and print the figures, the JSON summary last."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -235,6 +298,13 @@ def main() -> None:
     parser.add_argument(
         "--capacity", type=int, default=None, help="seats (default: no limit, no waitlist)"
     )
+    parser.add_argument(
+        "--profile",
+        metavar="PY_SPY",
+        default=None,
+        help="path of a py-spy binary: sample the web processes and print where they spend it",
+    )
+    parser.add_argument("--profile-dir", default=None, help="keep py-spy's stacks there")
     args = parser.parse_args()
     with postgres_server() as pg, redis_server() as redis, tempfile.TemporaryDirectory() as tmp:
         if pg is None or redis is None:
@@ -281,10 +351,25 @@ def main() -> None:
                 target=client,
                 args=(port, requests, args.concurrency, results),
             )
-            cpu_before = server_cpu_s(server.pid)
+            profiles = []
+            if args.profile:
+                workers = children(server.pid)
+                profiles = start_profiles(args.profile, workers, Path(tmp))
+                time.sleep(1)  # py-spy attached
+            postmaster = postgres_pid(pg.directory)
+            cpu_before, pg_before = server_cpu_s(server.pid), server_cpu_s(postmaster)
             load.start()
-            latencies, failures, seconds = results.get(timeout=900)
-            cpu_ms = (server_cpu_s(server.pid) - cpu_before) * 1000 / max(1, len(latencies))
+            latencies, failures, seconds, client_s = results.get(timeout=900)
+            per = 1000 / max(1, len(latencies))
+            cpu_ms = (server_cpu_s(server.pid) - cpu_before) * per
+            pg_ms = (server_cpu_s(postmaster) - pg_before) * per
+            for profile in profiles:
+                profile.send_signal(signal.SIGINT)
+                profile.wait(30)
+            summary = profile_summary(Path(tmp)) if profiles else []
+            if profiles and args.profile_dir:
+                for path in Path(tmp).glob("web-*.txt"):
+                    shutil.copy(path, args.profile_dir)
             load.join(30)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
@@ -310,7 +395,12 @@ def main() -> None:
     print(f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; non-200 answers: {failures}")
     print(f"answers recorded in PostgreSQL: {recorded:,} of {len(latencies):,} sent")
     print(f"confirmation mails queued with them: {mails:,}")
-    print(f"server CPU per confirmation: {cpu_ms:.2f} ms (all server processes)")
+    print(
+        f"CPU per confirmation: web {cpu_ms:.2f} ms (all server processes), PostgreSQL "
+        f"{pg_ms:.2f} ms, client {client_s * per:.2f} ms"
+    )
+    for name, share, _samples in summary:
+        print(f"  web profile {share:6.1%}  {name}")
     print(
         f"waitlist in answer order: {order['in_order']} ({order['waiting']:,} waiting, "
         f"{order['seats']:,} seats taken, counter {order['counter']:,}, "
@@ -327,6 +417,8 @@ def main() -> None:
                 "non_200": failures,
                 "mails_queued": mails,
                 "server_cpu_ms": round(cpu_ms, 3),
+                "postgres_cpu_ms": round(pg_ms, 3),
+                "client_cpu_ms": round(client_s * per, 3),
                 "waitlist_in_order": order["in_order"],
                 "seats_counter_right": order["counter"] == order["seats"],
             }
