@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import event, func, select, text
+from sqlalchemy import delete, event, func, select, text
 
 from newsletter.campaigns import repo, service, sweep_repo
 from newsletter.campaigns.models import Campaign, CampaignStatus, Delivery, DeliveryStatus
@@ -249,7 +249,7 @@ def test_migration_fills_the_counts_from_the_rows(db_url: str) -> None:
         # The rows kept their ids through SQLite's table rebuild (AUTOINCREMENT), and ids go
         # on above them even once the highest rows are gone.
         with session_scope(db_url) as db:
-            db.execute(Delivery.__table__.delete().where(Delivery.id >= 7))
+            db.execute(delete(Delivery).where(Delivery.id >= 7))
         with session_scope(db_url) as db:
             db.add(Delivery(campaign_id=3, subscriber_id=6, status="queued", attempts=0))
             db.flush()

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import repo, service, sweep_repo
+from newsletter.campaigns import counts_repo, repo, service, sweep_repo
 from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus, WorkerHeartbeat
 from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
@@ -68,7 +68,7 @@ def test_snapshot_takes_active_subscribers_with_the_tag(db_url: str) -> None:
         tagged = service.create_campaign(db, 61, tag="zju", past=True)
         assert (everyone.recipient_count, tagged.recipient_count) == (4, 3)
         assert everyone.subject == "第 61 期机器学习学术沙龙邀请函：联邦学习的鲁棒性"
-        assert repo.delivery_counts(db, everyone.id)["queued"] == 4
+        assert counts_repo.delivery_counts(db, everyone.id)["queued"] == 4
 
 
 def test_unknown_session_and_campaign_are_clear_errors(db_url: str) -> None:

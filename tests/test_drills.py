@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from newsletter.campaigns import service
 from newsletter.campaigns.models import Campaign, Delivery, DeliveryStatus
@@ -180,7 +180,26 @@ def stack(
         built.stop_all()
 
 
+def assert_counts_are_the_rows(stack: Stack) -> None:
+    """Every campaign's counts, kept on its row, equal a count of its delivery rows by
+    status: read in one statement (one snapshot), so it holds even while workers write."""
+    counted = {
+        status: select(func.count())
+        .where(Delivery.campaign_id == Campaign.id, Delivery.status == status)
+        .scalar_subquery()
+        for status in DeliveryStatus
+    }
+    kept = [getattr(Campaign, f"{status.value}_count") for status in DeliveryStatus]
+    with session_scope(stack.database_url) as db:
+        rows = db.execute(select(Campaign.id, *kept, *counted.values())).all()
+    assert rows
+    half = len(DeliveryStatus)
+    for row in rows:
+        assert tuple(row[1 : 1 + half]) == tuple(row[1 + half :]), f"campaign {row[0]}: {row}"
+
+
 def assert_everyone_once(stack: Stack, *, people: int = PEOPLE, in_flight: int = 0) -> None:
+    assert_counts_are_the_rows(stack)
     got = stack.received()
     assert sorted(got) == [f"p{i:04d}@example.org" for i in range(people)]
     repeated = {to: ids for to, ids in got.items() if len(ids) > 1}
@@ -282,6 +301,7 @@ def test_relay_refusing_some_addresses_fails_those_and_suppresses_hard_bounces(
     assert {row.email for row in failed} == refused
     assert all(row.status == SubscriberStatus.bounced for row in failed)
     assert all("5.1.1" in (row.last_error or "") for row in failed)
+    assert_counts_are_the_rows(stack)
 
 
 def test_error_budget_exceeded_pauses_the_campaign_with_the_reason(stack: Stack) -> None:
@@ -297,6 +317,7 @@ def test_error_budget_exceeded_pauses_the_campaign_with_the_reason(stack: Stack)
     assert progress.status_reason and "error budget" in progress.status_reason
     assert "5.7.1" in progress.status_reason
     assert progress.queued > 0  # the rest of the list was not burned
+    assert_counts_are_the_rows(stack)
 
 
 def test_pause_resume_and_cancel_mid_flight(stack: Stack) -> None:
@@ -330,6 +351,7 @@ def test_pause_resume_and_cancel_mid_flight(stack: Stack) -> None:
     assert progress.queued == 0 and progress.inflight == 0
     assert progress.sent + progress.skipped == PEOPLE
     assert len(stack.smtp.handler.received) == PEOPLE + progress.sent
+    assert_counts_are_the_rows(stack)
 
 
 # --- faults: kills during retry waits, a PostgreSQL restart, a relay outage ----------------
@@ -390,6 +412,7 @@ def test_kill_9_during_retry_waits_with_a_greylisting_relay(stack: Stack) -> Non
     assert set(by_status) <= {"sent", "failed", "unconfirmed"}
     assert set(by_status["failed"]) | set(by_status["unconfirmed"]) >= always - set(got)
     assert len(by_status["failed"]) >= len(always) // 2  # the drill did exercise give-ups
+    assert_counts_are_the_rows(stack)
     print(
         f"\ngreylisting drill: N={GREYLIST_PEOPLE}, kills={kills}, "
         f"451 answers={sum(refusals.values())}, sent={len(by_status['sent'])}, "

@@ -137,6 +137,11 @@ def test_prune_removes_old_rows_keeps_counts_and_never_reuses_ids(
         headers={"Authorization": "Bearer test-admin-token"},
     )
     assert api.status_code == 200 and api.json()["sent"] == 3 and api.json()["pruned_at"]
+    # The dashboard shows the kept counts and says the rows are gone.
+    assert live.client.post("/admin/login", data={"token": "test-admin-token"}).status_code == 303
+    for path in (f"/admin/campaigns/{old}", "/admin", "/admin/sessions/95"):
+        page = live.client.get(path)
+        assert page.status_code == 200 and "明细已清理" in page.text, path
 
 
 def test_rows_go_in_batches_each_committed(live: Live) -> None:

@@ -68,3 +68,17 @@ def moved(db: Session, from_status: str, rows: Iterable[tuple[int, str]]) -> int
 def counts_of(campaign: Campaign) -> dict[str, int]:
     """The campaign's deliveries by status, as kept on its row."""
     return {status: int(getattr(campaign, column.key)) for status, column in COLUMNS.items()}
+
+
+def delivery_counts(db: Session, campaign_id: int) -> dict[str, int]:
+    """Deliveries by status, as kept on the campaign row (all 0 for an unknown campaign)."""
+    campaign = db.get(Campaign, campaign_id)
+    if campaign is None:
+        return {status.value: 0 for status in DeliveryStatus}
+    return counts_of(campaign)
+
+
+def final_counts(db: Session, campaign_id: int) -> tuple[int, int]:
+    """(sent, failed) so far: what the error budget is judged on."""
+    counts = delivery_counts(db, campaign_id)
+    return counts[DeliveryStatus.sent], counts[DeliveryStatus.failed]

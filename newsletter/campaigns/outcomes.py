@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import repo, service, sweep_repo
+from newsletter.campaigns import counts_repo, repo, service, sweep_repo
 from newsletter.campaigns.models import CampaignStatus
 from newsletter.campaigns.outage import patiently
 from newsletter.campaigns.repo import ClaimedDelivery
@@ -259,7 +259,7 @@ class Ledger:
             last = todo.deferred[-1].reason if todo.deferred else "temporary refusals"
             return f"error budget: the relay refused {streak} messages in a row ({last})", True
         if todo.failed:
-            sent, failed = repo.final_counts(db, self.campaign_id)
+            sent, failed = counts_repo.final_counts(db, self.campaign_id)
             done = sent + failed
             if done >= settings.error_budget_min and failed > settings.error_budget * done:
                 return (

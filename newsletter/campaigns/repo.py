@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns.counts_repo import counts_of, moved, shift
+from newsletter.campaigns.counts_repo import moved, shift
 from newsletter.campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -339,20 +339,6 @@ def _aware(value: datetime | str | None) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def final_counts(db: Session, campaign_id: int) -> tuple[int, int]:
-    """(sent, failed) so far: what the error budget is judged on."""
-    counts = delivery_counts(db, campaign_id)
-    return counts[DeliveryStatus.sent], counts[DeliveryStatus.failed]
-
-
-def delivery_counts(db: Session, campaign_id: int) -> dict[str, int]:
-    """Deliveries by status, as kept on the campaign row (all 0 for an unknown campaign)."""
-    campaign = db.get(Campaign, campaign_id)
-    if campaign is None:
-        return {status.value: 0 for status in DeliveryStatus}
-    return counts_of(campaign)
 
 
 def get_campaign(db: Session, campaign_id: int) -> Campaign | None:
