@@ -23,15 +23,13 @@ COLUMNS = ["name", "email", "answer", "guests", "waitlisted", "answered_at", "up
 # formula (OWASP, "CSV Injection"), with the full-width forms that some programs fold into
 # the ASCII ones. Looked for after any leading whitespace too, as importers may trim it.
 _FORMULA_STARTS = frozenset("=+-@＝＋－＠")
-# The same test as a regular expression, for the CSV PostgreSQL writes: any run of what
-# str.lstrip() strips (every character Python calls whitespace; tests/test_read_paths.py
-# checks this list against str.isspace), then a formula character; or a tab or a carriage
-# return first. The hyphen goes last in its bracket, where it means itself.
+# What str.lstrip() strips, for the CSV PostgreSQL writes (which trims these before
+# looking for the characters above): every character Python calls whitespace;
+# tests/test_read_paths.py checks the list against str.isspace.
 PYTHON_SPACES = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
     "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-FORMULA_PATTERN = f"^([{PYTHON_SPACES}]*[{''.join(sorted(_FORMULA_STARTS - {'-'}))}-]|[\t\r])"
 
 
 def spreadsheet_safe(value: object) -> str:
@@ -73,5 +71,6 @@ def session_attendees_csv(db: Session, session_id: int) -> str:
     """
     if not is_postgresql(db):
         return attendees_csv(repo.attendees(db, session_id))
-    lines = repo.attendee_csv_lines(db, session_id, formula=FORMULA_PATTERN)
+    starts = "".join(sorted(_FORMULA_STARTS))
+    lines = repo.attendee_csv_lines(db, session_id, spaces=PYTHON_SPACES, starts=starts)
     return "\r\n".join([",".join(COLUMNS), *lines]) + "\r\n"
