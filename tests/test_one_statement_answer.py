@@ -126,11 +126,17 @@ Step = tuple[int | None, Answer, int, timedelta, str | None]  # who (an index), 
 
 
 def _run_shapes(
-    url: str, tmp_path: Path, shape: Shape, steps: list[Step], start: datetime
+    url: str,
+    tmp_path: Path,
+    shape: Shape,
+    steps: list[Step],
+    start: datetime,
+    capacity: int | None = None,
 ) -> list[object]:
-    """A session with one seat where R0 takes it and R3 waits, then imported again without
-    a limit, and then ``steps`` decided by the statement of ``shape``: each returned row,
-    then the answers, the history and the session's counters as stored."""
+    """A session with one seat where R0 takes it and R3 waits, then imported again with
+    ``capacity`` seats (None: no limit), and then ``steps`` decided by the statement of
+    ``shape``: each returned row, then the answers, the history and the session's counters
+    as stored."""
     _empty_tables(url)
     sid, people = setup_session(url, tmp_path, capacity=1, people=4)
     statements = {each: SessionStatement(answer_statement(each)) for each in Shape}
@@ -149,7 +155,7 @@ def _run_shapes(
         decide(Shape.ANY, 0, Answer.yes, 0, timedelta(0), None),
         decide(Shape.ANY, 3, Answer.yes, 0, timedelta(seconds=1), None),
     ]
-    setup_session(url, tmp_path, capacity=None, people=0)  # the limit is lifted
+    setup_session(url, tmp_path, capacity=capacity, people=0)  # the limit lifted or moved
     seen += [decide(shape, *step) for step in steps]
     with session_scope(url) as db:
         seen.append(
@@ -216,25 +222,51 @@ def test_the_no_limit_shape_decides_every_answer_as_the_full_statement(
     assert full[-1] == (1, 1, 3, None)  # counters kept only under a limit: as left then
 
 
-def test_the_no_limit_shape_finds_no_session_that_has_a_limit(
+def test_the_limited_shape_decides_every_answer_as_the_full_statement(
     postgres_url: str, tmp_path: Path
 ) -> None:
+    """The same for a session with a seat limit: seats, guests, the waitlist's order and
+    promotion inside the statement, through the shape that reads only a limited session."""
+    s = timedelta(seconds=1)
+    steps: list[Step] = [
+        (1, Answer.yes, 1, 2 * s, None),  # two seats: waits behind R3
+        (2, Answer.yes, 0, 3 * s, None),  # the second seat
+        (2, Answer.yes, 0, 4 * s, None),  # a double click
+        (1, Answer.yes, 0, 5 * s, None),  # fewer guests: keeps its place
+        (0, Answer.no, 0, 6 * s, None),  # frees a seat: R3, first in line, is promoted
+        (2, Answer.yes, 1, 7 * s, None),  # a guest: no seat for them, waits (last)
+        (3, Answer.maybe, 0, 8 * s, None),  # frees a seat: R1 (one seat) before R2 (two)
+        (None, Answer.yes, 0, 9 * s, None),  # a link to nobody
+        (1, Answer.no, 0, 10 * s, "withdrawn: subscriber unsubscribed"),  # a departure
+    ]
+    start = utcnow()
+    full = _run_shapes(postgres_url, tmp_path, Shape.ANY, steps, start, capacity=2)
+    limited = _run_shapes(postgres_url, tmp_path, Shape.LIMITED, steps, start, capacity=2)
+    assert limited == full
+    assert full[-1] == (2, 0, 5, 2)
+
+
+@pytest.mark.parametrize(("shape", "capacity"), [(Shape.NO_LIMIT, 1), (Shape.LIMITED, None)])
+def test_a_shape_finds_no_session_of_the_other_kind(
+    postgres_url: str, tmp_path: Path, shape: Shape, capacity: int | None
+) -> None:
     _empty_tables(postgres_url)
-    sid, people = setup_session(postgres_url, tmp_path, capacity=1, people=1)
+    sid, people = setup_session(postgres_url, tmp_path, capacity=capacity, people=1)
     values = parameters(sid, people[0], Answer.yes, 0, utcnow())
     with session_scope(postgres_url) as db:
-        row = SessionStatement(answer_statement(Shape.NO_LIMIT)).first_row(db, values)
+        row = SessionStatement(answer_statement(shape)).first_row(db, values)
     assert row is not None
     assert (row["session_found"], row["session_exists"], row["writes"]) == (False, True, False)
     assert stored(postgres_url) == ([], [])
 
 
-def test_a_session_given_a_limit_by_a_reimport_counts_seats_at_once(
+def test_a_session_that_changes_kind_by_a_reimport_is_decided_by_its_new_kind(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The web path answers a session without a limit with the lighter statement; after an
-    import gives the session a limit, the next answer finds out in that same statement and
-    is decided with seats counted (it waits), and the ones after it take the full one."""
+    """The web path answers a session with the statement for its kind (without a limit,
+    then with one); after an import gives the session a limit, the next answer finds out in
+    that same statement and is decided with seats counted (it waits), and the ones after it
+    take the statement for a limited session; the same when an import lifts the limit."""
     _empty_tables(postgres_url)
     sid, people = setup_session(postgres_url, tmp_path, capacity=None, people=3)
     names = {AloneStatement(answer_statement(shape)).sql: shape.value for shape in Shape}
@@ -257,7 +289,15 @@ def test_a_session_given_a_limit_by_a_reimport_counts_seats_at_once(
     ran.clear()
     third = quick(postgres_url, sid, people[2], Answer.yes).recorded
     assert (third.waitlisted, third.position) == (True, 2)
-    assert ran == ["any"]
+    assert ran == ["limited"]
+    ran.clear()
     with session_scope(postgres_url) as db:
         salon = db.get(SalonSession, sid)
         assert salon is not None and (salon.seats_taken, salon.waiting) == (1, 2)
+    setup_session(postgres_url, tmp_path, capacity=None, people=0)  # the limit is lifted
+    fourth = quick(postgres_url, sid, people[1], Answer.yes).recorded  # waited: now seated
+    assert (fourth.waitlisted, fourth.changed) == (False, True)
+    assert ran == ["limited", "any"]
+    ran.clear()
+    assert quick(postgres_url, sid, people[2], Answer.yes).recorded.waitlisted is False
+    assert ran == ["no_limit"]

@@ -6,10 +6,11 @@ the first waiting person who fits a freed seat (:mod:`.waitlist_repo`). Committe
 by the web app, it is one round trip, and a limited session's row stays locked only while it
 runs. SQLite runs the same decision, then the same writes one by one (``rsvp.service``).
 
-Two shapes of it, from the same decision and the same writes (:class:`.decision_repo.Shape`):
-``ANY`` decides for every session; ``NO_LIMIT`` leaves out what does nothing without a seat
-limit (the locked read of a limited session, the counters, the promotion) and finds no
-session when it has a limit, so the caller decides again with ``ANY``.
+Three shapes of it, from the same decision and the same writes (:class:`.decision_repo.Shape`):
+``ANY`` decides for every session; ``LIMITED`` reads only a session with a seat limit;
+``NO_LIMIT`` leaves out what does nothing without a seat limit (the locked read of a limited
+session, the counters, the promotion). Either of the last two finds no session when the
+session is not of its kind, so the caller decides again with ``ANY``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from newsletter.rsvp.waitlist_repo import pick_next, promote
 from newsletter.rsvp.waitlist_repo import place_statement as place_statement
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def answer_statement(shape: Shape = Shape.ANY) -> Select[Any]:
     """The whole answer in one statement; one row, the decision's columns with ``wrote``
     (0: nothing written, 1: the answer) and ``promoted`` (the subscriber given the freed

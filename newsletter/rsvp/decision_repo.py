@@ -16,11 +16,11 @@ while they fit, else waits; a new "yes" (from no answer, "maybe" or "no") queues
 and answered_at restarts; the same answer again changes nothing; a freed seat goes to the
 first waiting active person who fits, in queue order (:func:`.waitlist_repo.pick_next`).
 
-The decision comes in two shapes made from this one definition (:class:`Shape`): for any
-session, and for a session without a seat limit, which leaves out the locked read of a
-limited session. The second finds no session when the session has a limit (it reads the row
-only ``WHERE capacity IS NULL``), so it can never decide an answer that needed seats counted:
-the caller then decides again with the first.
+The decision comes in three shapes made from this one definition (:class:`Shape`): for any
+session, and for a session with (or without) a seat limit, which reads the session row only
+``WHERE capacity IS NOT NULL`` (or ``IS NULL``) and leaves out the other read. A shape that
+does not fit the session finds no session and decides nothing, so it can never decide an
+answer that needed seats counted: the caller then decides again for any session.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class Shape(enum.Enum):
     """Which sessions a decision (and the statement built on it) can decide for."""
 
     ANY = "any"  # with or without a seat limit: seats, the waitlist and promotion included
-    NO_LIMIT = "no_limit"  # only without a seat limit; a session with one is not found
+    LIMITED = "limited"  # only with a seat limit; a session without one is not found
+    NO_LIMIT = "no_limit"  # only without a seat limit (no seats, no promotion); nor with one
 
 
 def parameters(
@@ -147,25 +148,28 @@ def _salon(after: ColumnElement[bool], shape: Shape) -> CTE:
     other. (PostgreSQL allows no lock under a UNION: hence two CTEs.)"""
     columns = [SESSIONS.c[name] for name in _SALON_COLUMNS]
     here = SESSIONS.c.id == SESSION_ID
+    one = shape is not Shape.ANY  # the one read is the salon itself
     unlimited = (
         select(*columns)
         .where(here, SESSIONS.c.capacity.is_(None), after)
-        .cte("unlimited" if shape is Shape.ANY else "salon")
+        .cte("salon" if one else "unlimited")
         .prefix_with("MATERIALIZED")
     )
-    if shape is Shape.NO_LIMIT:
-        return unlimited
     limited = (
         select(*columns)
         .where(here, SESSIONS.c.capacity.is_not(None), after)
         .with_for_update(key_share=True)
-        .cte("limited")
+        .cte("salon" if one else "limited")
         .prefix_with("MATERIALIZED")
     )
+    if shape is Shape.NO_LIMIT:
+        return unlimited
+    if shape is Shape.LIMITED:
+        return limited
     return union_all(select(limited), select(unlimited)).cte("salon").prefix_with("MATERIALIZED")
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=3)
 def decided(shape: Shape) -> CTE:
     """One row whatever exists: what the rules make of this answer."""
     who = (

@@ -145,13 +145,14 @@ def _answering(values: dict[str, Any]) -> Generator[Step, Row | None, tuple[Row,
     yielded with its parameters and sent back the row it returned. The same steps for the
     web app's driver pool (:func:`_alone`) and a caller's transaction (:func:`_in_transaction`).
 
-    The statement's shape is the one for a session without a seat limit when this session
-    had none at its last answer (the lighter statement, same rules); should it have one now
-    (an import gave it a limit), that statement finds no session and writes nothing, and
-    the answer is decided again by the statement for any session.
+    The statement's shape is the one for the kind of session this one was at its last answer
+    in this process (with or without a seat limit: fewer reads, same rules), else the one
+    for any session. Should the session have changed kind since (an import gave it a limit,
+    or lifted it), that statement finds no session and writes nothing, and the answer is
+    decided again by the statement for any session.
     """
     session_id = values["session_id"]
-    shape = Shape.NO_LIMIT if _had_no_limit(session_id) else Shape.ANY
+    shape = _shape_for(session_id)
     attempts = 0
     while True:
         found = yield answer_repo.answer_statement(shape), values
@@ -159,8 +160,8 @@ def _answering(values: dict[str, Any]) -> Generator[Step, Row | None, tuple[Row,
         row = found
         if not _undecided(row):
             break
-        if shape is Shape.NO_LIMIT and not row["session_found"]:
-            shape = Shape.ANY  # the session has a limit now: not an attempt lost
+        if shape is not Shape.ANY and not row["session_found"]:
+            shape = Shape.ANY  # the session changed kind: not an attempt lost
             continue
         attempts += 1
         if attempts == _DECISIONS:
@@ -229,9 +230,11 @@ class _Limit:
 _limits: BoundedCache[int, _Limit] = BoundedCache(64)
 
 
-def _had_no_limit(session_id: int) -> bool:
+def _shape_for(session_id: int) -> Shape:
     known = _limits.get(session_id)
-    return known is not None and not known.limited
+    if known is None:
+        return Shape.ANY
+    return Shape.LIMITED if known.limited else Shape.NO_LIMIT
 
 
 def _remember_limit(session_id: int, limited: bool) -> None:
