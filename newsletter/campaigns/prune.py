@@ -103,15 +103,20 @@ def prune_campaign(
     batch_rows: int = BATCH_ROWS,
 ) -> int:
     """Remove the campaign's delivery rows in batches of ``batch_rows`` (one transaction
-    each, ``on_batch`` told how many went), then mark it pruned. Returns the rows removed."""
+    each, ``on_batch`` told how many went), status by status in id order, then mark it
+    pruned. Returns the rows removed."""
     removed = 0
-    while True:
-        with session_scope(database_url) as db:
-            gone = prune_repo.delete_some(db, campaign_id, batch_rows)
-            if gone < batch_rows:  # the last batch: mark it in the same transaction
-                prune_repo.mark_pruned(db, campaign_id)
-        removed += gone
-        if gone:
-            on_batch(gone)
-        if gone < batch_rows:
-            return removed
+    for status in DeliveryStatus:
+        after = 0
+        while True:
+            with session_scope(database_url) as db:
+                gone = prune_repo.delete_some(db, campaign_id, status, after, batch_rows)
+            if gone:
+                removed += len(gone)
+                after = max(gone)  # RETURNING promises no order
+                on_batch(len(gone))
+            if len(gone) < batch_rows:
+                break
+    with session_scope(database_url) as db:
+        prune_repo.mark_pruned(db, campaign_id)
+    return removed

@@ -8,9 +8,8 @@ therefore do not move here: they describe what the campaign did, and that stays 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import CursorResult, Result, delete, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns.models import Campaign, CampaignStatus, Delivery
@@ -18,10 +17,6 @@ from newsletter.db import utcnow
 
 # A campaign is only pruned once it is over: these states never go back to sending.
 OVER = (CampaignStatus.finished, CampaignStatus.cancelled)
-
-
-def _affected(result: Result[Any]) -> int:
-    return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
 def ended_before(db: Session, before: datetime) -> list[Campaign]:
@@ -55,18 +50,27 @@ def still_going(db: Session, before: datetime) -> list[Campaign]:
     )
 
 
-def delete_some(db: Session, campaign_id: int, limit: int) -> int:
-    """Delete up to ``limit`` delivery rows of the campaign; returns how many went.
+def delete_some(db: Session, campaign_id: int, status: str, after: int, limit: int) -> list[int]:
+    """Delete the campaign's next ``limit`` delivery rows in ``status`` with ids above
+    ``after``, lowest first; returns their ids.
 
-    In no particular order: the (campaign_id, status, id) index finds them, where an ORDER BY
-    id would sort all the campaign's rows again for every batch."""
+    Keyset order on the (campaign_id, status, id) index: each batch starts where the last one
+    ended, rather than scanning again past the index entries of the rows already deleted."""
     some = (
-        select(Delivery.id).where(Delivery.campaign_id == campaign_id).limit(limit)
-    ).scalar_subquery()
-    result = db.execute(
-        delete(Delivery).where(Delivery.id.in_(some)).execution_options(synchronize_session=False)
+        select(Delivery.id)
+        .where(Delivery.campaign_id == campaign_id, Delivery.status == status, Delivery.id > after)
+        .order_by(Delivery.id)
+        .limit(limit)
+        .scalar_subquery()
     )
-    return _affected(result)
+    return list(
+        db.scalars(
+            delete(Delivery)
+            .where(Delivery.id.in_(some))
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
 
 
 def mark_pruned(db: Session, campaign_id: int) -> None:
