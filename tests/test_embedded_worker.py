@@ -296,7 +296,11 @@ def test_ctrl_c_pauses_the_campaign_and_resume_mails_the_rest_once(
     sending = cli(tmp_path, "campaign", "send", str(campaign_id), "--wait")
     assert gate.reached.wait(GUARD_S)
     sending.send_signal(signal.SIGINT)
-    until(lambda: status(settings.database_url, campaign_id).status == "paused", "paused")
+    try:
+        until(lambda: status(settings.database_url, campaign_id).status == "paused", "paused")
+    except AssertionError:
+        sending.kill()
+        raise AssertionError(f"not paused; the command said: {sending.communicate()}") from None
     gate.open()
     code, _, err = finish(sending)
     assert code == 130 and f"campaign {campaign_id} paused" in err

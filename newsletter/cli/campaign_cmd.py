@@ -107,8 +107,9 @@ def send_and_watch(campaign_id: int, *, wait: bool) -> service.CampaignProgress:
     nothing left to do (with or without ``wait``), so that ``campaign send`` on a laptop
     sends the campaign; Ctrl-C then pauses it, resumable with ``campaign resume``.
     """
-    enqueue(start_campaign, campaign_id)
     try:
+        # Inside the try: a Ctrl-C that lands as soon as the worker has the task still pauses.
+        enqueue(start_campaign, campaign_id)
         if wait:
             _watch(campaign_id)
         else:
