@@ -218,6 +218,12 @@ def main() -> None:
         help="record each worker's pool process with py-spy during the send (raw stacks)",
     )
     parser.add_argument(
+        "--py-spy-gil",
+        action="store_true",
+        help="with --py-spy: only the samples of threads holding the GIL (where the Python "
+        "CPU goes) instead of every thread, waiting ones included (--idle)",
+    )
+    parser.add_argument(
         "--stall",
         type=float,
         default=60.0,
@@ -353,7 +359,11 @@ def main() -> None:
             "redis": redis.process.pid,
             "smtp-sink": sink.pid,
         }
-        spies = _start_py_spy(processes, args.py_spy, workers) if args.py_spy else []
+        spies = (
+            _start_py_spy(processes, args.py_spy, workers, gil=args.py_spy_gil)
+            if args.py_spy
+            else []
+        )
         with ProcessWatch(roles) as watch:
             base = sink.count()
             sink.begin("pipeline")
@@ -593,9 +603,10 @@ def _run_peer(sink: Sink, eml: Path, count: int) -> dict[str, Any]:
 
 
 def _start_py_spy(
-    processes: Processes, directory: Path, workers: list[Worker]
+    processes: Processes, directory: Path, workers: list[Worker], *, gil: bool
 ) -> list[subprocess.Popen[bytes]]:
-    """``py-spy record`` (raw stacks) on each worker's pool process, until SIGINT."""
+    """``py-spy record`` (raw stacks) on each worker's pool process, until SIGINT: every
+    thread's stack (``--idle``), or with ``gil`` only the thread holding the GIL."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.access(spy, os.X_OK):
         raise SystemExit("py-spy is missing: .venv/bin/pip install py-spy")
@@ -613,7 +624,7 @@ def _start_py_spy(
                 "50",  # samples/s: py-spy's own CPU stays small next to the worker's
                 "--format",
                 "raw",
-                "--idle",
+                "--gil" if gil else "--idle",
                 "--nonblocking",
                 "--output",
                 str(out),
