@@ -4,11 +4,14 @@ transaction as the UPDATE, INSERT or DELETE that moved the rows.
 ``campaigns.<status>_count`` holds how many of the campaign's deliveries are in each status,
 so read paths (status, list, the API, the dashboard, the error budget, "is it done?") read
 one row instead of counting millions. Every statement that changes a delivery's status
-lives in :mod:`.repo`, :mod:`.sweep_repo`, :mod:`.recipients` or :mod:`.prune_repo`, and each
-calls :func:`shift` with what it moved (the rowcount of a status-conditioned UPDATE, or the
-rows its RETURNING gave). Several workers move the same campaign's counts at once, so the
-UPDATE adds to the column (``sent_count = sent_count + n``); it never writes a value read
-earlier. No trigger: the rule would then be written twice, once per SQL dialect.
+lives in :mod:`.repo`, :mod:`.sweep_repo` or :mod:`.recipients`, and each calls
+:func:`shift` (or :func:`moved`) with what it moved (the rowcount of a status-conditioned
+UPDATE, or the rows its RETURNING gave). Several workers move the same campaign's counts at
+once, so the UPDATE adds to the column (``sent_count = sent_count + n``); it never writes a
+value read earlier. No trigger: the rule would then be written twice, once per SQL dialect.
+
+The one exception: ``campaign prune`` (:mod:`.prune_repo`) deletes the rows of a campaign
+that is over and keeps its counts, which say what the campaign did.
 """
 
 from __future__ import annotations
@@ -58,7 +61,10 @@ def moved(db: Session, from_status: str, rows: Iterable[tuple[int, str]]) -> int
     for campaign_id, status in rows:
         per_campaign[campaign_id][status] += 1
         total += 1
-    for campaign_id, arrived in per_campaign.items():
+    # Campaign rows locked in id order: two sweeps giving back rows of the same campaigns
+    # take their locks in the same order.
+    for campaign_id in sorted(per_campaign):
+        arrived = per_campaign[campaign_id]
         deltas = Counter(arrived)
         deltas[from_status] -= sum(arrived.values())
         shift(db, campaign_id, deltas)
