@@ -260,11 +260,21 @@ def functions(url: str, targets: Targets) -> list[tuple[str, Callable[[], object
             assert salon is not None
             return attendees_csv(rsvp_repo.attendees(db, salon.id))
 
+    from newsletter.rsvp import export
+
+    def database_csv() -> object:
+        with session_scope(url) as db:
+            salon = sessions_repo.get_by_number(db, targets.number)
+            assert salon is not None
+            return export.session_attendees_csv(db, salon.id)
+
+    found = [(f"fn session_attendees_csv({targets.number})", database_csv)]
     return [
         ("fn campaign list (50)", campaign_list),
         (f"fn progress({targets.campaign_id})", campaign_status),
         ("fn sessions_repo.list_with_counts", sessions_list),
         (f"fn attendees_csv(attendees({targets.number}))", attendee_csv),
+        *(found if hasattr(export, "session_attendees_csv") else []),
     ]
 
 
