@@ -15,6 +15,10 @@ from newsletter.migrate import upgrade
 log = logging.getLogger("newsletter.serve")
 
 
+#: Seconds a worker process of ``serve --workers N`` may take to import the app and answer.
+WORKER_START_TIMEOUT_S = 30
+
+
 @handles_errors
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
@@ -51,6 +55,9 @@ def serve(
             host=host,
             port=port,
             workers=workers,
+            # uvicorn's default 5 s makes the supervisor kill a worker process still importing
+            # the app on a busy machine (7 s was seen under load 8), over and over.
+            timeout_worker_healthcheck=WORKER_START_TIMEOUT_S,
             **options,
         )
     finally:
