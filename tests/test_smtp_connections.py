@@ -8,13 +8,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from newsletter.campaigns import service
 from newsletter.campaigns.heartbeat import give_back_orphans
-from newsletter.campaigns.models import CampaignStatus, Delivery, DeliveryStatus
+from newsletter.campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    Delivery,
+    DeliveryStatus,
+    WorkerHeartbeat,
+)
 from newsletter.campaigns.sending import BatchResult, send_batch
 from newsletter.config import Settings
 from newsletter.db import session_scope
@@ -200,3 +207,75 @@ def test_a_slow_relay_keeps_the_claims_renewed_so_the_sweeper_leaves_them(
     assert_everyone_once(relay, 6)
     rows = deliveries(settings)
     assert {(d.status, d.maybe_sent) for d in rows} == {(DeliveryStatus.sent, False)}
+
+
+def _sending_slowly(
+    configure: Configure, postgres_url: str, start_smtp: Callable[..., SmtpServer], people: int
+) -> tuple[Settings, SmtpServer, int, threading.Thread, list[BatchResult]]:
+    """A batch of ``people`` on one connection to a relay taking 0.3 s a message, started in
+    a thread once its first message arrived; heartbeats every 0.2 s (dead after 0.6 s)."""
+    relay = start_smtp()
+    relay.handler.data_delay = 0.3
+    settings = configure(
+        database_url=postgres_url,
+        mail_url=f"smtp://127.0.0.1:{relay.port}",
+        smtp_connections="1",
+        batch_size=str(people),
+        heartbeat_interval="0.2",
+    )
+    campaign_id = prepare(settings, people)
+    results: list[BatchResult] = []
+    sender = threading.Thread(target=lambda: results.append(send_batch(settings, campaign_id)))
+    sender.start()
+    deadline = time.monotonic() + 30
+    while not relay.handler.received:
+        assert time.monotonic() < deadline, "the batch did not start sending"
+        time.sleep(0.01)
+    return settings, relay, campaign_id, sender, results
+
+
+def test_a_report_waiting_for_the_campaign_row_does_not_silence_the_heartbeat(
+    configure: Configure, postgres_url: str, start_smtp: Callable[..., SmtpServer]
+) -> None:
+    """Another transaction holds the campaign row (a worker's counts, an organizer's pause):
+    the batch's report waits for it, but the worker must go on saying it is alive, or the
+    sweeper gives its rows to another worker and the same people are mailed twice."""
+    settings, relay, campaign_id, sender, _ = _sending_slowly(
+        configure, postgres_url, start_smtp, 12
+    )
+    with session_scope(settings.database_url) as holder:
+        holder.execute(select(Campaign.id).where(Campaign.id == campaign_id).with_for_update())
+        time.sleep(1.2)  # a report (every second) is now waiting for the row
+        first = _beat(settings)
+        time.sleep(1.2)
+        second = _beat(settings)
+    sender.join()
+    assert second > first, "the heartbeat stopped while the report waited"
+    assert give_back_orphans(settings, campaign_id) == 0
+    assert_everyone_once(relay, 12)
+
+
+def test_a_batch_whose_rows_were_given_away_stops_sending_them(
+    configure: Configure, postgres_url: str, start_smtp: Callable[..., SmtpServer]
+) -> None:
+    """A sweeper took this worker for dead and another worker claimed its rows: the batch
+    sees it when it renews its claims and stops, instead of mailing them as well."""
+    settings, relay, _, sender, results = _sending_slowly(configure, postgres_url, start_smtp, 12)
+    with session_scope(settings.database_url) as db:
+        db.execute(
+            update(Delivery)
+            .where(Delivery.status == DeliveryStatus.inflight)
+            .values(claimed_by="another-worker")
+        )
+    sender.join()
+    assert "given to another worker" in (results[0].stopped_because or "")
+    assert len(relay.handler.received) < 12  # the rest is the other worker's to send
+    rows = deliveries(settings)
+    assert {d.claimed_by for d in rows if d.status == DeliveryStatus.inflight} == {"another-worker"}
+
+
+def _beat(settings: Settings) -> datetime:
+    with session_scope(settings.database_url) as db:
+        beat: datetime | None = db.scalar(select(func.max(WorkerHeartbeat.beat_at)))
+    assert beat is not None
+    return beat

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import counts_repo, repo, service, sweep_repo
+from newsletter.campaigns import counts_repo, repo, service
 from newsletter.campaigns.models import CampaignStatus
 from newsletter.campaigns.outage import patiently
 from newsletter.campaigns.repo import ClaimedDelivery
@@ -230,9 +230,12 @@ class Ledger:
     def _write(self, todo: Outcomes, held: list[int], people: list[int]) -> str | None:
         settings = self.settings
         with session_scope(settings.database_url) as db:
-            sweep_repo.record_heartbeat(db, self.worker)
+            # No heartbeat here: this transaction may wait for the campaign row (other
+            # workers' counts), and a heartbeat row it had written would stay locked that
+            # long, stalling the Heartbeat thread until the sweeper took this worker for dead
+            # and gave its rows to another one: the same mails sent twice.
             todo.write(db, worker=self.worker, delays=settings.retry_delays)
-            repo.touch_claims(db, held, worker=self.worker)
+            still_held = repo.touch_claims(db, held, worker=self.worker)
             self.inactive = repo.inactive_subscribers(db, people)
             streak = repo.record_progress(
                 db,
@@ -241,6 +244,10 @@ class Ledger:
                 refused_temporarily=len(todo.deferred),
             )
             stop, halt = self._verdict(db, todo, streak)
+            if stop is None and still_held < len(held):
+                # Given away meanwhile: their new owner sends them; sending on would mail
+                # those people twice.
+                stop = f"{len(held) - still_held} rows of this batch were given to another worker"
             if halt and stop:
                 service.halt_campaign(db, self.campaign_id, stop)
         return stop

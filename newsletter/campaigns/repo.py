@@ -279,15 +279,19 @@ def give_back(
         _from_inflight(db, update(Delivery).where(_owned(delivery_ids, worker)).values(**values))
 
 
-def touch_claims(db: Session, delivery_ids: Sequence[int], *, worker: str) -> None:
-    """Renew this worker's claim on rows it is still sending: the sweeper's heartbeat."""
-    if delivery_ids:
+def touch_claims(db: Session, delivery_ids: Sequence[int], *, worker: str) -> int:
+    """Renew this worker's claim on rows it is still sending; returns how many it still
+    holds (fewer than asked: a sweeper took this worker for dead and gave some away)."""
+    if not delivery_ids:
+        return 0
+    return _affected(
         db.execute(
             update(Delivery)
             .where(_owned(delivery_ids, worker))
             .values(claimed_at=utcnow())
             .execution_options(synchronize_session=False)
         )
+    )
 
 
 def skip_queued(db: Session, campaign_id: int, reason: str) -> int:
