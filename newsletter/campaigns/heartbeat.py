@@ -2,7 +2,8 @@
 
 Rows in flight name their worker (``claimed_by``). While a batch holds rows, a thread of
 the process upserts the worker's ``worker_heartbeats`` row every ``heartbeat_interval``
-seconds (each report writes it too). The claim loop and the sweeper give back rows whose
+seconds, in a transaction of its own that no other statement waits behind (a report that
+waits for the campaign row must not hold it up). The claim loop and the sweeper give back rows whose
 worker's heartbeat is :data:`DEAD_AFTER_BEATS` intervals old (:func:`repo.requeue_orphans`):
 a killed worker's rows are sending again within seconds, not after a timeout of minutes.
 """
