@@ -46,12 +46,16 @@ class BoundedCache(Generic[K, V]):
         if found is not None:
             return found
         made = make()  # outside the lock: making may render templates or read the database
+        self.put(key, made)
+        return made
+
+    def put(self, key: K, value: V) -> None:
+        """Keep ``value`` for ``key`` (replacing what was kept), as the most recently used."""
         with self._lock:
-            self._values[key] = made
+            self._values[key] = value
             self._values.move_to_end(key)
             while len(self._values) > self._size:
                 self._values.popitem(last=False)
-        return made
 
     def __len__(self) -> int:
         with self._lock:

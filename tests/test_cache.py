@@ -35,3 +35,10 @@ def test_many_revisions_keep_the_cache_at_its_size() -> None:
     for revision in range(10_000):
         cache.get_or_make((61, revision), lambda: 0)
     assert len(cache) == 256
+
+
+def test_a_value_put_replaces_the_one_kept() -> None:
+    cache: BoundedCache[int, bool] = BoundedCache(2)
+    cache.put(61, False)
+    cache.put(61, True)  # the session got a seat limit
+    assert (cache.get(61), len(cache)) == (True, 1)

@@ -219,26 +219,20 @@ def _alone_statement(statement: Select[Any]) -> AloneStatement:
     return AloneStatement(statement)
 
 
-@dataclass(slots=True)
-class _Limit:
-    """Whether a session had a seat limit at its last answer in this process: which shape
-    of the statement to try first. Never trusted for the rules (see :func:`_answering`)."""
-
-    limited: bool
-
-
-_limits: BoundedCache[int, _Limit] = BoundedCache(64)
+# Whether each session had a seat limit at its last answer in this process: which shape of
+# the statement to try first. Never trusted for the rules (see :func:`_answering`).
+_limits: BoundedCache[int, bool] = BoundedCache(64)
 
 
 def _shape_for(session_id: int) -> Shape:
-    known = _limits.get(session_id)
-    if known is None:
+    limited = _limits.get(session_id)
+    if limited is None:
         return Shape.ANY
-    return Shape.LIMITED if known.limited else Shape.NO_LIMIT
+    return Shape.LIMITED if limited else Shape.NO_LIMIT
 
 
 def _remember_limit(session_id: int, limited: bool) -> None:
-    _limits.get_or_make(session_id, lambda: _Limit(limited)).limited = limited
+    _limits.put(session_id, limited)
 
 
 # --- SQLite: the same decision, then its writes one by one ---------------------------------
