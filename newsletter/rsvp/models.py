@@ -33,7 +33,7 @@ class Rsvp(Base):
     __table_args__ = (
         UniqueConstraint("session_id", "subscriber_id"),
         # The waitlist in order: the next person who fits when a seat frees, and a place in
-        # line counted for a page that shows one (not on the burst's path: see answer_repo).
+        # line counted for a page that shows one (not on the burst's path: see decision_repo).
         Index("ix_rsvps_session_queue", "session_id", "waitlisted", "queue_no"),
     )
 

@@ -34,7 +34,7 @@ class SalonSession(Base):
     deadline: Mapped[datetime | None] = mapped_column(UtcDateTime)
     cancelled: Mapped[bool] = mapped_column(default=False)
     # Guests each person may bring (the record's registration.plus_ones), a column because
-    # the answer statement checks it (newsletter/rsvp/answer_repo.py).
+    # the answer decision checks it (newsletter/rsvp/decision_repo.py).
     plus_ones: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Kept by every answer to a session with a seat limit, in the statement that records it
     # (so an answer reads no other answer): seats held by confirmed "yes" answers, guests
