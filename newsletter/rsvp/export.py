@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from newsletter.db import is_postgresql
 from newsletter.rsvp import repo
 from newsletter.rsvp.repo import AttendeeRow
 
@@ -23,13 +22,6 @@ COLUMNS = ["name", "email", "answer", "guests", "waitlisted", "answered_at", "up
 # formula (OWASP, "CSV Injection"), with the full-width forms that some programs fold into
 # the ASCII ones. Looked for after any leading whitespace too, as importers may trim it.
 _FORMULA_STARTS = frozenset("=+-@＝＋－＠")
-# What str.lstrip() strips, for the CSV PostgreSQL writes (which trims these before
-# looking for the characters above): every character Python calls whitespace;
-# tests/test_read_paths.py checks the list against str.isspace.
-PYTHON_SPACES = (
-    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
-    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
 
 
 def spreadsheet_safe(value: object) -> str:
@@ -63,14 +55,5 @@ def attendees_csv(rows: Sequence[AttendeeRow]) -> str:
 
 
 def session_attendees_csv(db: Session, session_id: int) -> str:
-    """The attendee CSV of a session: :func:`attendees_csv` of every answer, byte for byte.
-
-    On PostgreSQL the database writes the lines (``rsvp.repo.attendee_csv_lines``, the same
-    cells, quoting and order; ``tests/test_read_paths.py`` holds the two to the same bytes),
-    because at tens of thousands of answers the rows and cells made in Python cost seconds.
-    """
-    if not is_postgresql(db):
-        return attendees_csv(repo.attendees(db, session_id))
-    starts = "".join(sorted(_FORMULA_STARTS))
-    lines = repo.attendee_csv_lines(db, session_id, spaces=PYTHON_SPACES, starts=starts)
-    return "\r\n".join([",".join(COLUMNS), *lines]) + "\r\n"
+    """The attendee CSV of a session (the CLI, the API and the dashboard serve this)."""
+    return attendees_csv(repo.attendees(db, session_id))

@@ -1,4 +1,4 @@
-"""SQL about answers other than recording one (that is :mod:`newsletter.rsvp.answer_repo`):
+"""SQL about answers other than recording one (that is :mod:`newsletter.rsvp.decision_repo`):
 the link's rows, the sessions a departure gives up, counts and lists."""
 
 from __future__ import annotations
@@ -9,21 +9,17 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    String,
     bindparam,
     case,
-    cast,
     func,
-    literal,
-    or_,
     select,
     update,
 )
 from sqlalchemy.orm import QueryableAttribute, Session, defer, lazyload
 
 from newsletter.db import is_postgresql
-from newsletter.rsvp.answer_repo import place_statement
 from newsletter.rsvp.models import Answer, Rsvp
+from newsletter.rsvp.waitlist_repo import place_statement
 from newsletter.sessions.models import SalonSession
 from subscribers.models import Subscriber
 
@@ -71,7 +67,7 @@ def lock_sessions_ahead(db: Session, now: datetime) -> None:
 
 def waitlist_position(db: Session, rsvp: Rsvp) -> int:
     """1 for the first in line (only active subscribers are in line); see
-    :func:`newsletter.rsvp.answer_repo.place_statement`."""
+    :func:`newsletter.rsvp.waitlist_repo.place_statement`."""
     db.flush()
     values = {"session_id": rsvp.session_id, "queue_no": rsvp.queue_no, "rsvp_id": rsvp.id}
     return int(db.scalar(place_statement(), values) or 1)
@@ -171,60 +167,3 @@ def attendees(db: Session, session_id: int, *, limit: int | None = None) -> list
         .limit(limit)
     )
     return [AttendeeRow(*row) for row in rows]
-
-
-def _csv_cell(text: _Sql, spaces: str, starts: str) -> ColumnElement[Any]:
-    """PostgreSQL: one CSV cell as Python's ``csv`` module writes it after
-    :func:`~newsletter.rsvp.export.spreadsheet_safe`: an apostrophe first when, past the
-    leading ``spaces``, it starts with one of ``starts`` (or starts with a tab or a carriage
-    return); quoted, quotes doubled, when it holds a comma, a quote or a line break. String
-    functions, not regular expressions: half a million cells a list, a regex each costs
-    a second."""
-    risky = or_(
-        func.left(func.ltrim(text, spaces), 1).in_(list(starts)),
-        func.left(text, 1).in_(["\t", "\r"]),
-    )
-    safe = case((risky, literal("'") + text), else_=text)
-    quote = or_(*(func.strpos(text, c) > 0 for c in (",", '"', "\r", "\n")))
-    return case((quote, literal('"') + func.replace(safe, '"', '""') + literal('"')), else_=safe)
-
-
-def _iso(at: _Sql) -> ColumnElement[Any]:
-    """PostgreSQL: a timestamp as Python's ``datetime.isoformat()`` of it in UTC writes it
-    (microseconds only when there are some)."""
-    utc = func.timezone("UTC", at)
-    micro = func.to_char(utc, "US")
-    return (
-        func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS')
-        + case((micro == "000000", ""), else_=literal(".") + micro)
-        + literal("+00:00")
-    )
-
-
-def attendee_csv_lines(db: Session, session_id: int, *, spaces: str, starts: str) -> list[str]:
-    """PostgreSQL only: the CSV lines of :func:`attendees` (without line ends), each made by
-    the database. A session's list can be tens of thousands of answers; building a row
-    object and seven cells per answer in Python took seconds, the same text made by the
-    query takes milliseconds. ``spaces`` and ``starts``: the spreadsheet-formula test's
-    characters (:func:`newsletter.rsvp.export.spreadsheet_safe`)."""
-    cells = [
-        _csv_cell(func.coalesce(Subscriber.name, ""), spaces, starts),
-        _csv_cell(Subscriber.email, spaces, starts),
-        _csv_cell(Rsvp.answer, spaces, starts),
-        _csv_cell(cast(Rsvp.guests, String), spaces, starts),
-        _csv_cell(case((Rsvp.waitlisted.is_(True), "yes"), else_="no"), spaces, starts),
-        _csv_cell(_iso(Rsvp.answered_at), spaces, starts),
-        _csv_cell(_iso(Rsvp.updated_at), spaces, starts),
-    ]
-    line = cells[0]
-    for cell in cells[1:]:
-        line = line + literal(",") + cell
-    return list(
-        db.scalars(
-            select(line)
-            .select_from(Rsvp)
-            .join(Subscriber, Subscriber.id == Rsvp.subscriber_id)
-            .where(Rsvp.session_id == session_id)
-            .order_by(*_attendee_order())
-        )
-    )

@@ -21,7 +21,7 @@ from newsletter.db import session_scope
 from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.outages import is_unavailable
 from newsletter.rsvp import repo as rsvp_repo
-from newsletter.rsvp.export import attendees_csv
+from newsletter.rsvp.export import session_attendees_csv
 from newsletter.sessions import repo as sessions_repo
 from newsletter.web.auth import require_organizer
 from newsletter.web.faults import RETRY_AFTER_S
@@ -143,9 +143,9 @@ def session_rsvps_csv(number: Number) -> Response:
     """The same answers as CSV."""
     with session_scope(get_settings().database_url) as db:
         salon_id, _ = _salon_id(db, number)
-        rows = rsvp_repo.attendees(db, salon_id)
+        text = session_attendees_csv(db, salon_id)
     return Response(
-        attendees_csv(rows),
+        text,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="rsvps-{number}.csv"'},
     )

@@ -24,7 +24,7 @@ from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.rendering.session_view import session_view
 from newsletter.rsvp import history
 from newsletter.rsvp import repo as rsvp_repo
-from newsletter.rsvp.export import attendees_csv
+from newsletter.rsvp.export import session_attendees_csv
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from newsletter.web.admin_session import AdminLogin, check_csrf, csrf_token, require_admin
@@ -94,8 +94,8 @@ def _session_page(
         zone = ZoneInfo(salon.timezone)
         view = session_view(salon, sessions_repo.record_of(salon), settings.base_url)
         counts = rsvp_repo.counts(db, salon.id)
-        rows = rsvp_repo.attendees(db, salon.id)
-        attendees = [attendee_view(r, zone) for r in rows[:ATTENDEES_SHOWN]]
+        rows = rsvp_repo.attendees(db, salon.id, limit=ATTENDEES_SHOWN)
+        attendees = [attendee_view(r, zone) for r in rows]
         points = history.history(db, salon.id)
         # Lines run until now, but stay flat once the session is over.
         end = min(utcnow(), salon.ends_at)
@@ -117,7 +117,7 @@ def _session_page(
         full_title=salon.title,
         counts=counts,
         attendees=attendees,
-        attendees_total=len(rows),
+        attendees_total=counts.yes + counts.waitlisted + counts.maybe + counts.no,
         charts=[c for c in charts if c is not None],
         series=SERIES,
         latest=points[-1] if points else None,
@@ -140,9 +140,9 @@ def session_csv(number: Number, login: Login) -> Response:
     """The attendee list as CSV (the same file as ``newsletter rsvp list --csv``)."""
     with session_scope(get_settings().database_url) as db:
         salon = _salon(db, number)
-        rows = rsvp_repo.attendees(db, salon.id)
+        text = session_attendees_csv(db, salon.id)
     return Response(
-        attendees_csv(rows),
+        text,
         media_type="text/csv; charset=utf-8",
         headers={
             **SECURITY_HEADERS,
