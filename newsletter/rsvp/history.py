@@ -8,8 +8,8 @@ The replay is the same rule the service applies, so its last point equals today'
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
@@ -21,8 +21,7 @@ from newsletter.rsvp.models import Answer
 STATES = ("yes", "waitlisted", "maybe", "no")
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
+class Point(NamedTuple):
     """The counts right after everything that happened at ``at``."""
 
     at: datetime
@@ -37,33 +36,39 @@ class Point:
         return value
 
 
-def _state(event: EventRow) -> str:
+# Where each state's count is in a Point after ``at``.
+_YES, _WAITLISTED, _MAYBE, _NO = range(4)
+
+
+def _state(event: EventRow) -> int:
     if event.answer == Answer.yes:
-        return "waitlisted" if event.waitlisted else "yes"
-    return "maybe" if event.answer == Answer.maybe else "no"
+        return _WAITLISTED if event.waitlisted else _YES
+    return _MAYBE if event.answer == Answer.maybe else _NO
 
 
 def replay(events: Iterable[EventRow]) -> list[Point]:
     """One point per distinct event time, with the counts after all events of that time.
 
     Events sharing a timestamp (a "no" and the promotion it triggers) collapse into one point:
-    the intermediate state never existed for anyone looking.
+    the intermediate state never existed for anyone looking. A point is made only when the
+    time moves on: a session's history is tens of thousands of events.
     """
-    current: dict[int, str] = {}
-    tally = dict.fromkeys(STATES, 0)
+    current: dict[int, int] = {}
+    tally = [0, 0, 0, 0]
     points: list[Point] = []
+    at: datetime | None = None
     for event in events:
+        if at is not None and event.at != at:
+            points.append(Point(at, *tally))
+        at = event.at
         new = _state(event)
         old = current.get(event.subscriber_id)
         if old is not None:
             tally[old] -= 1
         tally[new] += 1
         current[event.subscriber_id] = new
-        point = Point(at=event.at, **tally)
-        if points and points[-1].at == event.at:
-            points[-1] = point
-        else:
-            points.append(point)
+    if at is not None:
+        points.append(Point(at, *tally))
     return points
 
 
