@@ -31,6 +31,8 @@ def spreadsheet_safe(value: object) -> str:
     a plain-text view, which is the price of opening the file safely anywhere.
     """
     text = str(value)
+    if text[:1].isalnum():  # most cells: neither whitespace nor a formula sign comes first
+        return text
     risky = text.lstrip()[:1] in _FORMULA_STARTS or text[:1] in ("\t", "\r")
     return "'" + text if risky else text
 
