@@ -43,18 +43,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # for newsletter and tests.servers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _scale_data, as send.py does
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
-
-from benchmarks._scale_data import (  # noqa: E402
+from _scale_data import (  # noqa: E402
     SEATED_SESSION,
     Shape,
     build,
     fill_counts,
     psycopg_url,
 )
+
 from tests.servers import _as_postgres_user, free_port, postgres_bin  # noqa: E402
 
 TOKEN = "scale-benchmark-admin-token"
