@@ -71,6 +71,20 @@ def _empty_tables(url: str) -> None:
         connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
 
 
+def no_schema(url: str) -> None:
+    """Leave the database at ``url`` with no tables at all, for a test that builds an older
+    schema and upgrades it (the suite's PostgreSQL is shared and at head: a fresh schema;
+    SQLite: a new file, after the engine lets go of the old one)."""
+    if url.startswith("postgresql"):
+        with get_engine(url).begin() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+        get_engine(url).dispose()
+    else:
+        get_engine(url).dispose()
+        Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated, empty database: each test using it runs on SQLite and on PostgreSQL."""

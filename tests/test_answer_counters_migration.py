@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import text
 
@@ -14,6 +13,7 @@ from newsletter.migrate import upgrade
 from newsletter.rsvp.models import Answer
 from newsletter.rsvp.service import record_answer
 from newsletter.sessions.models import SalonSession
+from tests.conftest import no_schema
 
 STARTS = datetime.now(UTC) + timedelta(days=5)
 
@@ -63,14 +63,7 @@ def _seed_at_0005(url: str) -> None:
 
 
 def test_counters_and_queue_places_come_from_the_answers(db_url: str) -> None:
-    if db_url.startswith("postgresql"):  # the suite's database is at head: a fresh schema
-        with get_engine(db_url).begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
-        get_engine(db_url).dispose()
-    else:  # a new file (the engine's connections would keep the old one open)
-        get_engine(db_url).dispose()
-        Path(db_url.removeprefix("sqlite:///")).unlink()
+    no_schema(db_url)
     try:
         _seed_at_0005(db_url)
         upgrade(db_url)
@@ -86,9 +79,5 @@ def test_counters_and_queue_places_come_from_the_answers(db_url: str) -> None:
             db.refresh(salon)
             assert (salon.seats_taken, salon.waiting, salon.queue_next) == (4, 0, 5)
     finally:
-        if db_url.startswith("postgresql"):
-            with get_engine(db_url).begin() as connection:
-                connection.execute(text("DROP SCHEMA public CASCADE"))
-                connection.execute(text("CREATE SCHEMA public"))
-            get_engine(db_url).dispose()
-            upgrade(db_url)
+        no_schema(db_url)
+        upgrade(db_url)

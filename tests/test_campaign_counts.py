@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import delete, event, func, select, text
 
@@ -19,7 +18,7 @@ from newsletter.migrate import upgrade
 from subscribers.models import Subscriber, SubscriberStatus
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
-from tests.conftest import Configure
+from tests.conftest import Configure, no_schema
 from tests.smtp import SmtpServer
 from tests.test_sending import prepare
 from tests.worker import wait_for_worker
@@ -212,19 +211,8 @@ def _seed_at_0006(url: str) -> None:
             )
 
 
-def _fresh(url: str) -> None:
-    if url.startswith("postgresql"):  # the suite's database is at head: a fresh schema
-        with get_engine(url).begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
-        get_engine(url).dispose()
-    else:  # a new file (the engine's connections would keep the old one open)
-        get_engine(url).dispose()
-        Path(url.removeprefix("sqlite:///")).unlink()
-
-
 def test_migration_fills_the_counts_from_the_rows(db_url: str) -> None:
-    _fresh(db_url)
+    no_schema(db_url)
     try:
         _seed_at_0006(db_url)
         upgrade(db_url)
@@ -255,5 +243,5 @@ def test_migration_fills_the_counts_from_the_rows(db_url: str) -> None:
             db.flush()
             assert db.scalars(select(Delivery.id).where(Delivery.campaign_id == 3)).one() == 10
     finally:
-        _fresh(db_url)
+        no_schema(db_url)
         upgrade(db_url)

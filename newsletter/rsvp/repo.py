@@ -104,6 +104,11 @@ class Counts:
     waitlisted: int
     seats: int  # confirmed people, guests included
 
+    @property
+    def answers(self) -> int:
+        """Everyone who answered, whatever the answer (the length of the attendee list)."""
+        return self.yes + self.waitlisted + self.maybe + self.no
+
 
 def counts(db: Session, session_id: int) -> Counts:
     """Counts for one session in one grouped query."""

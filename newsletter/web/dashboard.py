@@ -117,7 +117,7 @@ def _session_page(
         full_title=salon.title,
         counts=counts,
         attendees=attendees,
-        attendees_total=counts.yes + counts.waitlisted + counts.maybe + counts.no,
+        attendees_total=counts.answers,
         charts=[c for c in charts if c is not None],
         series=SERIES,
         latest=points[-1] if points else None,
