@@ -48,9 +48,6 @@ from newsletter.rsvp.record_repo import (
 )
 from newsletter.rsvp.waitlist_repo import pick_next, promote
 
-# ``rsvp.repo`` counts a waiting answer's place with it; its home is the waitlist's module.
-from newsletter.rsvp.waitlist_repo import place_statement as place_statement
-
 
 @lru_cache(maxsize=3)
 def answer_statement(shape: Shape = Shape.ANY) -> Select[Any]:
