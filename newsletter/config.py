@@ -93,6 +93,26 @@ class Settings(BaseSettings):
     # separate address (host:port) only, e.g. 127.0.0.1:9100 for a scraper on the host.
     metrics_listen: str | None = None
 
+    # --- Joining and leaving (SPEC "Joining and leaving") ---
+    # Sign-ups not confirmed within this many days are removed.
+    pending_days: int = Field(default=7, ge=1)
+    # The tags offered as topics on the sign-up and preference pages (comma-separated);
+    # unset: every tag the club has.
+    topics: str | None = None
+
+    # --- Mail coming back (SPEC "Mail coming back") ---
+    # Temporary bounces within 30 days that suppress an address as a permanent one does.
+    soft_bounce_limit: int = Field(default=3, ge=1)
+    # imaps://user:pass@host/INBOX: the mailbox `newsletter inbound poll` reads.
+    inbound_imap_url: str | None = Field(default=None, repr=False)
+    # Shared secret of the providers' event webhook (HMAC-SHA256 of the body); unset: no webhook.
+    inbound_webhook_secret: str | None = Field(default=None, repr=False)
+
+    # --- Signing (SPEC "Signing") ---
+    # With both set, every outgoing mail carries a DKIM signature (RSA-2048 or Ed25519 key).
+    dkim_selector: str | None = None
+    dkim_private_key: Path | None = None
+
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:

@@ -49,6 +49,8 @@ class Purpose(StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     CSRF = "csrf"  # the form on a page a link opened: bound to the same ids as the link
     ADMIN_SESSION = "admin-session"  # the organizer dashboard's login cookie
+    CONFIRM = "confirm"  # a sign-up's double opt-in link
+    PREFERENCES = "preferences"  # the preference page every mail links to
 
     @property
     def salt(self) -> str:

@@ -80,6 +80,10 @@ class Campaign(Base):
     unconfirmed_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # When `campaign prune` removed its delivery rows (the counts above stay).
     pruned_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Mail coming back (newsletter inbound), counted as it is classified: distinct deliveries
+    # that bounced for good, and abuse reports.
+    bounce_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    complaint_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Delivery(Base):

@@ -1,0 +1,1 @@
+"""Mail coming back: bounces, complaints, mailto unsubscribes and auto-replies."""
