@@ -40,10 +40,10 @@ class Point(NamedTuple):
 _YES, _WAITLISTED, _MAYBE, _NO = range(4)
 
 
-def _state(event: EventRow) -> int:
-    if event.answer == Answer.yes:
-        return _WAITLISTED if event.waitlisted else _YES
-    return _MAYBE if event.answer == Answer.maybe else _NO
+def _state(answer: str, waitlisted: bool) -> int:
+    if answer == Answer.yes:
+        return _WAITLISTED if waitlisted else _YES
+    return _MAYBE if answer == Answer.maybe else _NO
 
 
 def replay(events: Iterable[EventRow]) -> list[Point]:
@@ -57,16 +57,16 @@ def replay(events: Iterable[EventRow]) -> list[Point]:
     tally = [0, 0, 0, 0]
     points: list[Point] = []
     at: datetime | None = None
-    for event in events:
-        if at is not None and event.at != at:
+    for subscriber_id, answer, waitlisted, event_at in events:
+        if at is not None and event_at != at:
             points.append(Point(at, *tally))
-        at = event.at
-        new = _state(event)
-        old = current.get(event.subscriber_id)
+        at = event_at
+        new = _state(answer, waitlisted)
+        old = current.get(subscriber_id)
         if old is not None:
             tally[old] -= 1
         tally[new] += 1
-        current[event.subscriber_id] = new
+        current[subscriber_id] = new
     if at is not None:
         points.append(Point(at, *tally))
     return points

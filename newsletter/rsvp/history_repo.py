@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from newsletter.rsvp.models import RsvpEvent
 
-
-class EventRow(NamedTuple):
-    """One recorded answer: who, what, whether it waited for a seat, when. (A named tuple:
-    a session's history is tens of thousands of them, made at the cost of a tuple.)"""
-
-    subscriber_id: int
-    answer: str
-    waitlisted: bool
-    at: datetime
+# One recorded answer: who, what, whether it waited for a seat, when. Plain row tuples, not
+# named ones: a session's history is tens of thousands of them, and turning each fetched row
+# into a named tuple cost as much again as the fetch (90 of 300 ms for 82,000 events).
+EventRow = tuple[int, str, bool, datetime]
 
 
-def events(db: Session, session_id: int) -> list[EventRow]:
-    """Every answer event of a session in the order it happened.
+def events(db: Session, session_id: int) -> Sequence[EventRow]:
+    """Every answer event of a session in the order it happened, as (subscriber_id, answer,
+    waitlisted, at) tuples.
 
     Ordered by time and then by id: a "no" and the waitlist promotion it causes share one
     timestamp, and replaying them in insertion order gives the same state the service left.
@@ -36,4 +32,4 @@ def events(db: Session, session_id: int) -> list[EventRow]:
         .where(RsvpEvent.session_id == session_id)
         .order_by(RsvpEvent.at, RsvpEvent.id)
     )
-    return list(map(EventRow._make, rows.all()))  # one fetch, not one call per row
+    return rows.all()  # one fetch, not one call per row
