@@ -26,6 +26,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "sweep": {"task": "campaigns.sweep", "schedule": settings.sweep_interval},
         # Mails of answers whose sender was never asked for (the broker was down, a crash).
         "rsvp-notices": {"task": "rsvp.notices", "schedule": settings.sweep_interval},
+        # Confirmation, welcome and export mails whose sender was never asked for.
+        "subscriber-mails": {"task": "subscribers.mails", "schedule": settings.sweep_interval},
+        # Sign-ups not confirmed within NEWSLETTER_PENDING_DAYS: hourly is precise enough.
+        "expire-pending": {"task": "subscribers.expire_pending", "schedule": 3600.0},
     }
 
 
@@ -34,7 +38,7 @@ def make_celery(settings: Settings) -> Celery:
 
     ``conf.newsletter_embedded`` says whether tasks run on the embedded worker (no broker).
     """
-    celery = Celery("newsletter", include=["tasks.campaigns", "tasks.rsvp"])
+    celery = Celery("newsletter", include=["tasks.campaigns", "tasks.rsvp", "tasks.subscribers"])
     celery.conf.update(
         # Never used without a broker: tasks then go to the embedded worker, not to Celery.
         broker_url=settings.broker_url or "memory://",
