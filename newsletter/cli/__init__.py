@@ -8,6 +8,7 @@ from newsletter.cli import (
     campaign_cmd,
     db_cmd,
     demo_cmd,
+    inbound_cmd,
     rsvp_cmd,
     sessions_cmd,
     subscribers_cmd,
@@ -29,6 +30,7 @@ app.add_typer(subscribers_cmd.app, name="subscribers")
 app.add_typer(campaign_cmd.app, name="campaign")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(rsvp_cmd.app, name="rsvp")
+app.add_typer(inbound_cmd.app, name="inbound")
 app.command()(preview)
 app.command()(worker)
 app.command()(serve)
