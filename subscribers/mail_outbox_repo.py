@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -51,7 +51,7 @@ def add_many(
     one executemany, not one INSERT round trip per person."""
     if subscriber_ids:
         db.execute(
-            SubscriberMail.__table__.insert(),
+            insert(SubscriberMail),
             [
                 {
                     "subscriber_id": sid,
