@@ -25,6 +25,7 @@ from newsletter.web import (
     faults,
     ops,
     rsvp,
+    subscribe,
     unsubscribe,
 )
 from newsletter.web.admin_session import LOGIN_PATH, LoginRequired, csrf_token, current_login
@@ -131,6 +132,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(rsvp.router)
     app.include_router(unsubscribe.router)
+    app.include_router(subscribe.router)
     app.include_router(calendar_routes.router)
     app.include_router(api.router)
     app.include_router(dashboard_login.router)
