@@ -329,15 +329,23 @@ def find_existing(db: Session, emails: Sequence[str]) -> dict[str, ExistingRow]:
     return found
 
 
-def insert_many(db: Session, rows: Sequence[NewRow], now: datetime) -> dict[str, int]:
-    """Insert new *active* subscribers in bulk; the ids of those inserted, keyed by address.
+def insert_many(
+    db: Session,
+    rows: Sequence[NewRow],
+    now: datetime,
+    *,
+    status: SubscriberStatus = SubscriberStatus.active,
+    source: str | None = None,
+) -> dict[str, int]:
+    """Insert new subscribers in bulk (*active*, or ``pending`` for an import that asks them
+    to confirm); the ids of those inserted, keyed by address. ``source`` is how they joined.
 
     An address that another transaction inserted meanwhile is skipped by ``ON CONFLICT DO
     NOTHING`` and is missing from the result, so the caller can treat it as existing instead of
     failing the whole import.
     """
     s = SUBSCRIBERS.c
-    active = SubscriberStatus.active.value
+    status_value = status.value
     ids: dict[str, int] = {}
     for chunk in chunked(rows, WRITE_CHUNK):
         if is_postgresql(db):
@@ -350,11 +358,12 @@ def insert_many(db: Session, rows: Sequence[NewRow], now: datetime) -> dict[str,
                 src.c.email,
                 src.c.name,
                 src.c.locale,
-                literal(active, Text()),
+                literal(status_value, Text()),
                 literal(now, s.created_at.type),
+                literal(source, Text()),
             )
             pg_stmt = postgresql.insert(SUBSCRIBERS).from_select(
-                ["email", "name", "locale", "status", "created_at"], values
+                ["email", "name", "locale", "status", "created_at", "source"], values
             )
             result = db.execute(
                 pg_stmt.on_conflict_do_nothing(index_elements=["email"]).returning(s.email, s.id)
@@ -365,8 +374,9 @@ def insert_many(db: Session, rows: Sequence[NewRow], now: datetime) -> dict[str,
                     "email": r.email,
                     "name": r.name,
                     "locale": r.locale,
-                    "status": active,
+                    "status": status_value,
                     "created_at": now,
+                    "source": source,
                 }
                 for r in chunk
             ]
