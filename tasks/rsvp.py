@@ -9,7 +9,7 @@ import time
 from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
 from newsletter.errors import DeliveryError
-from newsletter.mail.transports import Transport, transport_from_url
+from newsletter.mail.transports import Transport, transport_for
 from newsletter.rsvp import outbox
 from tasks.celery_app import app
 from tasks.dispatch import enqueue
@@ -66,7 +66,7 @@ def _deliver(batch: list[outbox.PreparedNotice], settings: Settings) -> list[out
     mails = [p for p in batch if p.message is not None]
     handed_over = 0
     try:
-        with transport_from_url(settings.mail_url) as transport:
+        with transport_for(settings) as transport:
             for notice in mails:
                 outcomes.append(_send(transport, notice))
                 handed_over += 1

@@ -7,7 +7,7 @@ import logging
 from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
 from newsletter.errors import DeliveryError
-from newsletter.mail.transports import Transport, transport_from_url
+from newsletter.mail.transports import Transport, transport_for
 from newsletter.outages import is_unavailable
 from subscribers import mail_outbox
 from subscribers.signup import expire_pending
@@ -72,7 +72,7 @@ def _deliver(
     mails = [p for p in batch if p.message is not None]
     handed_over = 0
     try:
-        with transport_from_url(settings.mail_url) as transport:
+        with transport_for(settings) as transport:
             for mail in mails:
                 outcomes.append(_send(transport, mail))
                 handed_over += 1

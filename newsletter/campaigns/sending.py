@@ -51,6 +51,7 @@ from newsletter.campaigns.outcomes import REPORT_EVERY, BatchResult, Failed, Led
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.errors import ConfigurationError, DeliveryError
+from newsletter.mail.dkim import signer_for
 from newsletter.mail.lanes import Lanes, transports_for
 from newsletter.mail.smtp import HandoverUnconfirmed, RelayUnavailable, SmtpRefused
 from newsletter.mail.transports import Transport
@@ -194,7 +195,9 @@ def _send_claimed(batch: Ledger, compiled: CompiledCampaign) -> None:
     halted: str | None = None
     zone = ZoneInfo(settings.timezone)
     try:
-        transports = transports_for(settings.mail_url, settings.smtp_connections)
+        transports = transports_for(
+            settings.mail_url, settings.smtp_connections, signer=signer_for(settings)
+        )
         feed = _Feed(batch.claimed, _shared_limiter(settings), batch.stop)
         keys = settings.secret_keys
 

@@ -30,7 +30,7 @@ from newsletter.cli.common import (
 )
 from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
-from newsletter.mail.transports import transport_from_url
+from newsletter.mail.transports import transport_for
 from tasks import embedded
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
@@ -78,7 +78,7 @@ def check_mail_url(settings: Settings) -> None:
     workers' own settings decide, and they report it.
     """
     if settings.broker_url is None:
-        transport_from_url(settings.mail_url)  # builds only: no connection is opened
+        transport_for(settings)  # builds only (and reads the DKIM key): no connection
 
 
 def progress_line(progress: service.CampaignProgress) -> str:

@@ -23,25 +23,33 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
+from newsletter.mail.dkim import DkimSigner
 from newsletter.mail.smtp import RelayHealth, RelayUnavailable, SmtpTransport
-from newsletter.mail.transports import Transport, transport_from_url
+from newsletter.mail.transports import SigningTransport, Transport, transport_from_url
 
 __all__ = ["Lanes", "transports_for"]
 
 
-def transports_for(url: str, connections: int) -> list[Transport]:
+def transports_for(
+    url: str, connections: int, *, signer: DkimSigner | None = None
+) -> list[Transport]:
     """The transports one batch sends over: ``connections`` SMTP connections sharing one
-    relay health, or the single transport of a non-SMTP URL. ConfigurationError if unusable."""
+    relay health, or the single transport of a non-SMTP URL; each signing with ``signer``
+    when given (:func:`newsletter.mail.dkim.signer_for`). ConfigurationError if unusable."""
     first = transport_from_url(url)
     if not isinstance(first, SmtpTransport):
-        return [first]
+        return [_signing(first, signer)]
     health = RelayHealth()
     transports: list[Transport] = [first]
     transports.extend(transport_from_url(url) for _ in range(connections - 1))
     for transport in transports:
         assert isinstance(transport, SmtpTransport)
         transport.health = health
-    return transports
+    return [_signing(transport, signer) for transport in transports]
+
+
+def _signing(transport: Transport, signer: DkimSigner | None) -> Transport:
+    return SigningTransport(transport, signer) if signer is not None else transport
 
 
 class Lanes:

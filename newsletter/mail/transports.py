@@ -14,11 +14,16 @@ accepted by the SMTP server), so the caller may mark the delivery sent right aft
 * ``smtp://user:pass@host:587?starttls=true``, ``smtps://…`` (:mod:`newsletter.mail.smtp`);
   ``?max_messages=N`` for a relay that takes at most N messages per connection;
 * ``memory://name``: kept in a process-wide list, for tests (:class:`MemoryTransport`).
+
+With DKIM configured, every transport production opens signs what it hands over
+(:class:`SigningTransport`, made by :func:`transport_for` or ``signer=``): the transports are
+the one place the bytes of every outgoing mail pass, campaign, notice or subscription mail.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import ssl
@@ -30,7 +35,9 @@ from types import TracebackType
 from typing import Protocol, Self
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
+from newsletter.config import Settings
 from newsletter.errors import ConfigurationError, DeliveryError
+from newsletter.mail.dkim import DkimSigner, signer_for
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.smtp import SmtpTransport, TlsMode
 from newsletter.redaction import redact_text, redact_url, userinfo_is_malformed
@@ -39,9 +46,11 @@ __all__ = [
     "FileTransport",
     "MemoryMailbox",
     "MemoryTransport",
+    "SigningTransport",
     "Transport",
     "memory_mailbox",
     "redact_url",
+    "transport_for",
     "transport_from_url",
 ]
 
@@ -63,7 +72,23 @@ class Transport(Protocol):
         ...
 
 
-def transport_from_url(url: str, *, ssl_context: ssl.SSLContext | None = None) -> Transport:
+def transport_for(settings: Settings, *, ssl_context: ssl.SSLContext | None = None) -> Transport:
+    """The transport of ``settings.mail_url``, signing with the configured DKIM key if any.
+
+    How production code opens a transport: ConfigurationError for an unusable mail URL or
+    DKIM configuration, before any connection is made.
+    """
+    return transport_from_url(
+        settings.mail_url, ssl_context=ssl_context, signer=signer_for(settings)
+    )
+
+
+def transport_from_url(
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    signer: DkimSigner | None = None,
+) -> Transport:
     """The transport a mail URL names (``NEWSLETTER_MAIL_URL``); ConfigurationError if unusable.
 
     ``ssl_context`` replaces the default (system CAs, host name checked) for smtps/STARTTLS,
@@ -71,7 +96,13 @@ def transport_from_url(url: str, *, ssl_context: ssl.SSLContext | None = None) -
     redacted (:func:`newsletter.redaction.redact_url`), and a user-info that parsers would
     misread (an unencoded ``/ # ? @`` in the password) is reported as such, since urllib's
     own complaint would quote a piece of the password ("port 'pa' is not a number").
+    With ``signer`` every message is DKIM-signed on its way in (:class:`SigningTransport`).
     """
+    transport = _unsigned_transport(url, ssl_context)
+    return SigningTransport(transport, signer) if signer is not None else transport
+
+
+def _unsigned_transport(url: str, ssl_context: ssl.SSLContext | None) -> Transport:
     if userinfo_is_malformed(url.strip()):
         raise ConfigurationError(
             f"mail URL {redact_url(url.strip())!r} is malformed: the user name or password"
@@ -146,6 +177,37 @@ def _smtp_transport(parts: SplitResult, ssl_context: ssl.SSLContext | None) -> S
         ssl_context=ssl_context,
         max_messages=int(limit) if limit is not None else None,
     )
+
+
+class SigningTransport:
+    """Another transport whose every message gets a DKIM signature first (one per send:
+    a message retried later is signed anew, with a fresh ``t=``)."""
+
+    def __init__(self, inner: Transport, signer: DkimSigner) -> None:
+        """Sign with ``signer``, then hand over through ``inner``."""
+        self.inner = inner
+        self.signer = signer
+
+    def __repr__(self) -> str:
+        return f"SigningTransport({self.inner!r}, {self.signer!r})"
+
+    def __enter__(self) -> Self:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.inner.__exit__(exc_type, exc, traceback)
+
+    def send(self, message: OutgoingMessage) -> None:
+        """Sign ``message`` and send it through the inner transport."""
+        # The signature's lines are folded with CRLF + space: still dot-safe.
+        signed = dataclasses.replace(message, data=self.signer.sign(message.data))
+        self.inner.send(signed)
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9.@+_-]")
