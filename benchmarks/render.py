@@ -138,7 +138,7 @@ def main() -> None:
         if (got.html, got.text) != (expected.html.encode(), expected.text.encode()):
             raise SystemExit(f"recipient {i}: compiled and full render differ")
 
-    sample = template.personalise(Recipient("张三", *(["https://salon.example.org/x"] * 5)))
+    sample = template.personalise(Recipient("张三", *(["https://salon.example.org/x"] * 6)))
     fast, message_bytes = rate(fast_message, args.seconds)
     slow, _ = rate(naive_message, args.seconds)
 

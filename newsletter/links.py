@@ -5,11 +5,22 @@ The web app serves exactly these paths::
     {base}/rsvp/{rsvp_token}?answer=yes|maybe|no   page showing the session; a person confirms
     {base}/sessions/{number}.ics                    public calendar file of the session
     {base}/unsubscribe/{unsubscribe_token}          page + RFC 8058 one-click POST target
+    {base}/preferences/{preferences_token}          the person's preference page
 
 One RSVP token serves the three answers: the answer is a plain query parameter because it is
 not trusted anyway, a person confirms it on the page (mail scanners open every link). So a
-recipient costs two signatures, whatever the number of links. No link holds an address: the
-tokens carry ids only (see :mod:`newsletter.tokens`).
+recipient costs three signatures (RSVP, unsubscribe, preferences), whatever the number of
+links. No link holds an address: the tokens carry ids only (see :mod:`newsletter.tokens`).
+
+The preference link is the same for every mail a person gets (campaigns, RSVP notices, the
+subscription mails): :func:`preferences_link` is its one home, and :func:`recipient_links`
+includes it, so every mail builder gets it the same way. Like the unsubscribe link it has
+no age limit (the web app verifies it without ``max_age_seconds``): an invitation sits in a
+mailbox for months, and the page is also a way to unsubscribe, which must keep working as
+long as the mail does (RFC 8058, GDPR Art. 7(3): withdrawing consent as easy as giving it).
+What a stolen or forwarded link can do is bounded: the page shows no address, and the data
+export goes by mail to the address on file, never to the page. Rotating the secret key is
+the way to void every old link at once.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ class RecipientLinks:
     calendar: str
     unsubscribe: str
     unsubscribe_mailto: str | None
+    preferences: str
 
 
 def rsvp_payload(*, session_id: int, subscriber_id: int) -> dict[str, int]:
@@ -43,6 +55,18 @@ def rsvp_payload(*, session_id: int, subscriber_id: int) -> dict[str, int]:
 def unsubscribe_payload(*, subscriber_id: int, campaign_id: int) -> dict[str, int]:
     """The ids an unsubscribe token carries; the campaign tells which mail led to it."""
     return {"u": subscriber_id, "c": campaign_id}
+
+
+def preferences_payload(*, subscriber_id: int) -> dict[str, int]:
+    """The ids a preference token carries: the person only (the page is the same whichever
+    mail led to it)."""
+    return {"u": subscriber_id}
+
+
+def preferences_link(base_url: str, keys: Sequence[str], *, subscriber_id: int) -> str:
+    """The absolute link to this person's preference page (signed, ids only, no age limit)."""
+    token = sign(Purpose.PREFERENCES, preferences_payload(subscriber_id=subscriber_id), keys)
+    return f"{base_url.rstrip('/')}/preferences/{token}"
 
 
 def unsubscribe_mailto(mailbox: str, token: str) -> str:
@@ -94,4 +118,5 @@ def recipient_links(
             if unsubscribe_mailbox
             else None
         ),
+        preferences=preferences_link(base, keys, subscriber_id=subscriber_id),
     )

@@ -69,11 +69,27 @@ def test_mailto_unsubscribe_only_with_a_mailbox() -> None:
 
 def test_no_address_in_any_link() -> None:
     links = make(mailbox=None)
-    for url in (links.rsvp_yes, links.rsvp_maybe, links.rsvp_no, links.calendar, links.unsubscribe):
+    for url in (
+        links.rsvp_yes,
+        links.rsvp_maybe,
+        links.rsvp_no,
+        links.calendar,
+        links.unsubscribe,
+        links.preferences,
+    ):
         assert "@" not in unquote(url)
 
 
-def test_two_signatures_per_recipient(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preference_link_carries_the_person_only_and_never_expires() -> None:
+    links = make(mailbox=None)
+    assert links.preferences.startswith(f"{BASE}/preferences/")
+    token = links.preferences.rsplit("/", 1)[1]
+    assert verify(Purpose.PREFERENCES, token, KEYS) == {"u": 1234}
+    with pytest.raises(TokenInvalid):  # not usable as another purpose's token
+        verify(Purpose.UNSUBSCRIBE, token, KEYS)
+
+
+def test_three_signatures_per_recipient(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Purpose] = []
 
     def counting_sign(purpose: Purpose, payload: dict[str, int], keys: list[str]) -> str:
@@ -82,7 +98,8 @@ def test_two_signatures_per_recipient(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(links_module, "sign", counting_sign)
     make()
-    assert sorted(calls) == [Purpose.RSVP, Purpose.UNSUBSCRIBE]
+    # RSVP (one token for the three answers), unsubscribe, and the preference page.
+    assert sorted(calls) == [Purpose.PREFERENCES, Purpose.RSVP, Purpose.UNSUBSCRIBE]
 
 
 def test_trailing_slash_in_base_url_is_harmless() -> None:

@@ -311,6 +311,7 @@ def test_reminder_through_a_real_smtp_server_reaches_exactly_the_confirmed(
                 rsvp_no_url=anchors["不能来了"],
                 calendar_url=anchors["添加到日历"],
                 unsubscribe_url=anchors["退订"],
+                preferences_url=anchors["订阅设置"],
             ),
             subject=SUBJECT,
             organizer=settings.organizer,

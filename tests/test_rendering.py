@@ -114,6 +114,7 @@ def recipient(name: str = "张三", token: str = "tok") -> Recipient:
         rsvp_no_url=f"{base}/rsvp/{token}.no?s=61&a=no",
         calendar_url=f"{base}/calendar/{token}.ics",
         unsubscribe_url=f"{base}/unsubscribe/{token}",
+        preferences_url=f"{base}/preferences/{token}",
     )
 
 
@@ -251,7 +252,13 @@ def test_recipient_links_are_canonical_and_must_be_absolute() -> None:
             record(61), [], organizer=ORGANIZER, timezone=TIMEZONE
         ).personalise(
             Recipient(
-                "x", "/relative", "https://a.b/", "https://a.b/", "https://a.b/", "https://a.b/"
+                "x",
+                "/relative",
+                "https://a.b/",
+                "https://a.b/",
+                "https://a.b/",
+                "https://a.b/",
+                "https://a.b/",
             )
         )
 
@@ -313,6 +320,7 @@ def test_personalised_equals_full_render_for_random_names_and_odd_links() -> Non
             rsvp_no_url="https://salon.example.org/rsvp/no#frag`^{}|\\",
             calendar_url="https://salon.example.org/c/%E5%90%8D%zz.ics",
             unsubscribe_url="mailto:unsubscribe@example.org?subject=u&body=x",
+            preferences_url="https://salon.example.org/preferences/偏好 x?y=\"1\"",
         )
     )
     for full, compiled in full_and_compiled(record(61), archive_before(61)[-3:], people):

@@ -1,7 +1,7 @@
 """A campaign's mail compiled once per process, and each recipient's finished message.
 
 The compiled mail (Jinja + premailer, the slow part) is built once per campaign per process
-and cached, so each message costs only a join of precomputed chunks, two token signatures and
+and cached, so each message costs only a join of precomputed chunks, three token signatures and
 a MIME assembly. The campaign's kind picks the template (:data:`TEMPLATE_OF`); invitations and
 reminders share everything else, headers included.
 """
@@ -132,6 +132,7 @@ def recipient_for(
         rsvp_no_url=links.rsvp_no,
         calendar_url=links.calendar,
         unsubscribe_url=links.unsubscribe,
+        preferences_url=links.preferences,
     )
     return links, recipient
 

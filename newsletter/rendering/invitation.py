@@ -47,6 +47,7 @@ class Recipient:
     rsvp_no_url: str
     calendar_url: str
     unsubscribe_url: str
+    preferences_url: str  # the footer's link to the person's preference page
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ SLOT_FIELDS: tuple[str, ...] = (
     "rsvp_no_url",
     "calendar_url",
     "unsubscribe_url",
+    "preferences_url",
 )
 TEXT_SLOTS = frozenset({"greeting"})
 
@@ -123,6 +125,7 @@ def slot_values(recipient: Recipient) -> tuple[str, ...]:
         canonical_url(recipient.rsvp_no_url),
         canonical_url(recipient.calendar_url),
         canonical_url(recipient.unsubscribe_url),
+        canonical_url(recipient.preferences_url),
     )
 
 
@@ -136,6 +139,7 @@ class Slots:
     rsvp_no_url: str
     calendar_url: str
     unsubscribe_url: str
+    preferences_url: str
 
     @classmethod
     def of(cls, values: Sequence[str]) -> Slots:

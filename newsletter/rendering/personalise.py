@@ -47,8 +47,9 @@ from newsletter.sessions.archive import ArchiveRow
 from newsletter.sessions.schema import SessionRecord
 
 _TEXT_FIELD_INDEXES = frozenset(SLOT_FIELDS.index(field) for field in TEXT_SLOTS)
-#: Slots every invitation must carry: the visible unsubscribe link (SPEC "The message").
-_REQUIRED = (SLOT_FIELDS.index("unsubscribe_url"),)
+#: Slots every invitation must carry: the visible unsubscribe link (SPEC "The message") and
+#: the link to the person's preference page (SPEC "Joining and leaving": every mail has it).
+_REQUIRED = (SLOT_FIELDS.index("unsubscribe_url"), SLOT_FIELDS.index("preferences_url"))
 
 
 class RenderingError(NewsletterError):

@@ -36,6 +36,7 @@ _HEADLINES = {
 # revision: plain words, which premailer passes through untouched (see rendering.personalise).
 _GREETING = "NoticeGreetingSlotQz7"
 _CHANGE_URL = "https://notice.invalid/NoticeChangeUrlSlotQz7"
+_PREFERENCES_URL = "https://notice.invalid/NoticePreferencesUrlSlotQz7"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +71,11 @@ def _render_notice(salon: SalonSession, kind: NoticeKind, settings: Settings) ->
         organizer=organizer,
         session=view,
         change_url=_CHANGE_URL,
+        preferences_url=_PREFERENCES_URL,
     )
     for part in (html, text):
-        if part.count(_GREETING) != 1 or part.count(_CHANGE_URL) != 1:
+        slots = (_GREETING, _CHANGE_URL, _PREFERENCES_URL)
+        if any(part.count(slot) != 1 for slot in slots):
             raise RenderingError("rsvp_notice: a per-person placeholder was lost or repeated")
     calendar = session_calendar(
         salon,
@@ -107,10 +110,16 @@ def build_rsvp_notice(
     )
     greeting = f"{person.name}，你好！" if person.name else "你好！"
     change_url = links.rsvp_yes.split("?")[0]
-    html = compiled.html.replace(_GREETING, escape_text(greeting)).replace(
-        _CHANGE_URL, str(escape(change_url))
+    html = (
+        compiled.html.replace(_GREETING, escape_text(greeting))
+        .replace(_CHANGE_URL, str(escape(change_url)))
+        .replace(_PREFERENCES_URL, str(escape(links.preferences)))
     )
-    text = compiled.text.replace(_GREETING, greeting).replace(_CHANGE_URL, change_url)
+    text = (
+        compiled.text.replace(_GREETING, greeting)
+        .replace(_CHANGE_URL, change_url)
+        .replace(_PREFERENCES_URL, links.preferences)
+    )
     return build_notice(
         from_address=settings.from_address,
         mail_domain=settings.sender_domain,
