@@ -13,6 +13,7 @@ from newsletter.cli import (
     sessions_cmd,
     subscribers_cmd,
 )
+from newsletter.cli.dns_cmd import dns
 from newsletter.cli.preview_cmd import preview
 from newsletter.cli.serve_cmd import serve
 from newsletter.cli.worker_cmd import worker
@@ -35,6 +36,7 @@ app.command()(preview)
 app.command()(worker)
 app.command()(serve)
 app.command()(demo_cmd.demo)
+app.command()(dns)
 
 
 def main() -> None:
