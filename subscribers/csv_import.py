@@ -12,6 +12,14 @@ The contract (SPEC, ``newsletter subscribers import FILE.csv``):
 * A stored address is updated (name and locale when the file gives them; tags are added, never
   removed) only while active. An unsubscribed, bounced or suppressed address is left exactly as
   it is and counted as "kept unsubscribed": an old spreadsheet must never re-subscribe anyone.
+  A pending one (signed up, not confirmed yet) is left as it is too, counted as "kept pending".
+* An address that was erased (GDPR; :mod:`subscribers.erased`, keyed hashes under the secret
+  keys) is skipped and reported by line: an import never brings an erased person back, only
+  their own sign-up does.
+* Single opt-in by default: the organizer vouches for the list, and new addresses are active at
+  once. With ``confirm=True`` (``--confirm``) new addresses are added as pending and each is
+  sent a confirmation mail instead (the sign-up's double opt-in); known addresses are treated
+  as without it.
 * All valid rows are written in the caller's one transaction, in chunks of bulk statements:
   if the database refuses anything, nothing is stored.
 
@@ -22,7 +30,7 @@ is never held open while Python validates 100,000 addresses.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,10 +39,12 @@ from typing import BinaryIO
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from newsletter.config import get_settings
 from newsletter.db import utcnow
 from newsletter.errors import NewsletterError
-from subscribers import repo
-from subscribers.models import SubscriberStatus
+from subscribers import mail_outbox_repo, repo
+from subscribers.erased import erased_among
+from subscribers.models import SubscriberMailKind, SubscriberStatus
 from subscribers.validation import (
     DEFAULT_LOCALE,
     SubscriberDataError,
@@ -81,13 +91,25 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     kept_unsubscribed: int = 0
+    kept_pending: int = 0
+    # Lines of addresses that were erased before: skipped, never stored again.
+    erased_lines: list[int] = field(default_factory=list)
+    # With confirm=True: the added people were asked to confirm (this many mails queued).
+    confirmations: int = 0
     errors: list[RowError] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
 
     @property
     def stored(self) -> int:
-        """Valid rows: added, updated, unchanged or kept unsubscribed."""
-        return self.added + self.updated + self.unchanged + self.kept_unsubscribed
+        """Valid rows: added, updated, unchanged, kept unsubscribed or pending, or erased."""
+        return (
+            self.added
+            + self.updated
+            + self.unchanged
+            + self.kept_unsubscribed
+            + self.kept_pending
+            + len(self.erased_lines)
+        )
 
     @property
     def ok(self) -> bool:
@@ -104,19 +126,30 @@ class _Row:
     tags: list[str]
 
 
-def import_csv(db: Session, path: Path | str, *, progress: Progress | None = None) -> ImportReport:
-    """Import subscribers from the CSV file at ``path`` into ``session``'s transaction.
+def import_csv(
+    db: Session,
+    path: Path | str,
+    *,
+    progress: Progress | None = None,
+    confirm: bool = False,
+    keys: Sequence[str] | None = None,
+) -> ImportReport:
+    """Import subscribers from the CSV file at ``path`` into ``db``'s transaction.
 
     Refused rows are reported in ``ImportReport.errors``; the valid ones are written. Does not
     commit: the caller's unit of work does, so valid rows are stored together or not at all.
+    ``confirm``: new people are pending and their confirmation mails are queued (the caller
+    has them sent after the commit: ``tasks.subscribers.send_soon``). ``keys``: the secret
+    keys erased addresses are hashed under (default: the process settings').
     Raises :class:`ImportFileError` when the file cannot be read as a subscriber CSV at all,
     and :class:`ImportStoreError` when the database refuses the write.
     """
     file_path = Path(path)
     report = ImportReport(path=file_path)
     rows = _read(file_path, report, progress)
+    erased_keys = list(keys) if keys is not None else get_settings().secret_keys
     try:
-        _store(db, rows, report, progress)
+        _store(db, rows, report, progress, _Mode(confirm, erased_keys))
     except DBAPIError as exc:
         raise ImportStoreError(
             f"{file_path}: the database refused the import, nothing was stored: {exc.orig}"
@@ -309,7 +342,15 @@ def _validate(
 # Storing
 
 
-def _store(db: Session, rows: list[_Row], report: ImportReport, progress: Progress | None) -> None:
+@dataclass(frozen=True, slots=True)
+class _Mode:
+    confirm: bool  # new people pending, with a confirmation mail each
+    keys: list[str]  # for the erased addresses' hashes
+
+
+def _store(
+    db: Session, rows: list[_Row], report: ImportReport, progress: Progress | None, mode: _Mode
+) -> None:
     """Write valid rows in blocks; each block costs a handful of bulk statements."""
     if not rows:
         return
@@ -319,7 +360,7 @@ def _store(db: Session, rows: list[_Row], report: ImportReport, progress: Progre
     total = len(rows)
     for block_start in range(0, total, STORE_BLOCK):
         block = rows[block_start : block_start + STORE_BLOCK]
-        _store_block(db, block, tag_ids, report, now)
+        _store_block(db, block, tag_ids, report, now, mode)
         if progress is not None:
             progress("storing", block_start + len(block), total)
 
@@ -330,19 +371,29 @@ def _store_block(
     tag_ids: dict[str, int],
     report: ImportReport,
     now: datetime,
+    mode: _Mode,
 ) -> None:
     """Insert the new addresses of ``block``, update the active known ones, link tags.
 
     Known addresses that are not active are counted and left untouched: no statement here
-    ever writes the ``status`` column.
+    ever writes the ``status`` column. Erased addresses are not stored at all.
     """
     existing = repo.find_existing(db, [row.email for row in block])
+    # Only an address not stored can have been erased: erasure removes it from its row.
+    erased = erased_among(db, [row.email for row in block if row.email not in existing], mode.keys)
+    report.erased_lines.extend(row.line for row in block if row.email in erased)
+    block = [row for row in block if row.email not in erased]
     fresh = [row for row in block if row.email not in existing]
     new_ids = repo.insert_many(
         db,
         [repo.NewRow(r.email, r.name, r.locale or DEFAULT_LOCALE) for r in fresh],
         now,
+        status=SubscriberStatus.pending if mode.confirm else SubscriberStatus.active,
+        source="import",
     )
+    if mode.confirm:
+        mail_outbox_repo.add_many(db, list(new_ids.values()), SubscriberMailKind.confirm, now)
+        report.confirmations += len(new_ids)
     links: list[tuple[int, int]] = []
     for row in fresh:
         if row.email in new_ids:
@@ -360,6 +411,9 @@ def _store_block(
         if row.email in new_ids:
             continue
         stored = existing[row.email]
+        if stored.status == SubscriberStatus.pending:
+            report.kept_pending += 1
+            continue
         if stored.status != SubscriberStatus.active:
             report.kept_unsubscribed += 1
             continue
