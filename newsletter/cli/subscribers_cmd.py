@@ -51,19 +51,38 @@ def import_(
         help="UTF-8 CSV with columns email,name and optionally locale,tags (tags split by ';').",
         show_default=False,
     ),
+    confirm: bool = typer.Option(
+        False,
+        "--confirm",
+        help="Double opt-in: add new addresses as pending and send each a confirmation mail; "
+        "they are mailed nothing else until they confirm. Without it the import is single "
+        "opt-in: new addresses are active at once.",
+    ),
 ) -> None:
     """Import subscribers from a CSV file; every refused row is reported with its line.
 
     Valid rows are stored in one transaction even when other rows are refused; the exit code
     is 1 when any row was refused. Unsubscribed, bounced and suppressed addresses in the file
-    stay as they are: an import never re-subscribes anyone.
+    stay as they are: an import never re-subscribes anyone; erased addresses are skipped.
     """
     url = database_for_writing()
     with _progress_bar() as report_progress, session_scope(url) as db:
-        report = service.import_csv(db, file, progress=report_progress)
+        report = service.import_csv(db, file, progress=report_progress, confirm=confirm)
+    if report.confirmations:
+        _send_confirmations()
     _print_import(report)
     if report.errors:
         raise typer.Exit(1)
+
+
+def _send_confirmations() -> None:
+    """Have the queued confirmation mails sent; without a broker this command sends them
+    itself before it ends (a broker's worker does otherwise, and beat sends what is left)."""
+    from tasks import embedded
+    from tasks.subscribers import send_soon
+
+    send_soon()
+    embedded.wait_until_idle()
 
 
 @contextmanager
@@ -94,13 +113,35 @@ def _print_import(report: ImportReport) -> None:
         err_console.print(f"line {error.line}: {error.reason}", markup=False, soft_wrap=True)
     console.print(
         f"{escape(str(report.path))}: {report.added:,} added, {report.updated:,} updated, "
-        f"{report.unchanged:,} unchanged, {report.kept_unsubscribed:,} kept unsubscribed",
+        f"{report.unchanged:,} unchanged, {report.kept_unsubscribed:,} kept unsubscribed"
+        + (f", {len(report.erased_lines):,} erased skipped" if report.erased_lines else ""),
         soft_wrap=True,
     )
     if report.kept_unsubscribed:
         console.print(
             f"{_plural(report.kept_unsubscribed, 'address')} in the file had unsubscribed, "
             "bounced or been suppressed; they were left as they are and will not be mailed.",
+            soft_wrap=True,
+        )
+    if report.kept_pending:
+        console.print(
+            f"{_plural(report.kept_pending, 'address')} in the file signed up and have not "
+            "confirmed yet; they were left as they are.",
+            soft_wrap=True,
+        )
+    if report.erased_lines:
+        lines = ", ".join(str(line) for line in report.erased_lines[:20])
+        more = "…" if len(report.erased_lines) > 20 else ""
+        console.print(
+            f"{_plural(len(report.erased_lines), 'address')} had been erased at the person's "
+            f"request and were skipped (line {lines}{more}): only their own sign-up adds them "
+            "again.",
+            soft_wrap=True,
+        )
+    if report.confirmations:
+        console.print(
+            f"{_plural(report.confirmations, 'new address')} added as pending: each was sent a "
+            "confirmation mail and is mailed nothing else until it confirms.",
             soft_wrap=True,
         )
     if report.ignored_columns:
