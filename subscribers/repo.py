@@ -279,6 +279,33 @@ def link_tags(db: Session, links: Sequence[tuple[int, int]]) -> None:
             db.execute(sqlite.insert(subscriber_tags).on_conflict_do_nothing(), rows)
 
 
+def unlink_tags(db: Session, subscriber_id: int, tag_ids: Iterable[int]) -> None:
+    """Detach these tags from one subscriber (the preference page's topics: one statement)."""
+    wanted = sorted(set(tag_ids))
+    if wanted:
+        db.execute(
+            delete(subscriber_tags).where(
+                subscriber_tags.c.subscriber_id == subscriber_id,
+                subscriber_tags.c.tag_id.in_(wanted),
+            )
+        )
+        db.expire_all()  # a loaded Subscriber.tags must not show the detached tags
+
+
+def set_paused_until(db: Session, subscriber_id: int, until: datetime | None) -> None:
+    """Pause all campaign mail to one subscriber until ``until`` (None: not paused).
+
+    Read by ``campaigns.recipients.mailable`` both when a campaign picks its recipients and
+    when a worker claims a queued delivery, so a pause stops mail already queued too.
+    """
+    db.execute(
+        update(SUBSCRIBERS).where(SUBSCRIBERS.c.id == subscriber_id).values(paused_until=until)
+    )
+    cached = db.identity_map.get(db.identity_key(Subscriber, subscriber_id))
+    if cached is not None:
+        db.expire(cached)
+
+
 def tag_ids_of(db: Session, subscriber_ids: Sequence[int]) -> dict[int, set[int]]:
     """The tag ids each of these subscribers has (subscribers without tags are absent)."""
     found: dict[int, set[int]] = {}
