@@ -1,0 +1,235 @@
+"""DKIM: mail really sent (a campaign through a real SMTP relay, a notice into the file outbox)
+verifies with dkimpy against the very record ``newsletter dns`` prints; a tampered mail
+does not; nothing is signed without configuration; bad key settings are clean errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import dkim  # type: ignore[import-untyped]
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from newsletter.cli.dns_cmd import dns
+from newsletter.config import Settings
+from newsletter.errors import ConfigurationError
+from newsletter.mail.dkim import signer_for
+from newsletter.mail.notice import build_notice
+from newsletter.mail.transports import transport_for
+from tests.conftest import Configure
+from tests.smtp import SmtpServer
+from tests.test_sent_invitation import send_campaign
+
+cli = typer.Typer()
+cli.command()(dns)
+cli.command("noop")(lambda: None)  # two commands: `dns` stays a sub-command
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """PEM keys as operators make them with openssl."""
+    folder = tmp_path_factory.mktemp("keys")
+    made = {
+        "rsa": folder / "rsa.pem",  # PKCS#8, what `openssl genpkey` writes
+        "rsa-pkcs1": folder / "rsa1.pem",  # PKCS#1, `openssl genrsa -traditional`
+        "ed25519": folder / "ed25519.pem",
+        "rsa-1024": folder / "short.pem",
+        "ec": folder / "ec.pem",
+        "encrypted": folder / "encrypted.pem",
+    }
+    openssl(
+        "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(made["rsa"])
+    )
+    openssl("pkey", "-in", str(made["rsa"]), "-traditional", "-out", str(made["rsa-pkcs1"]))
+    openssl("genpkey", "-algorithm", "ed25519", "-out", str(made["ed25519"]))
+    openssl(
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+        "-out",
+        str(made["rsa-1024"]),
+    )
+    openssl(
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        str(made["ec"]),
+    )
+    openssl(
+        "pkey",
+        "-in",
+        str(made["rsa"]),
+        "-aes256",
+        "-passout",
+        "pass:secret",
+        "-out",
+        str(made["encrypted"]),
+    )
+    return made
+
+
+def dns_output(settings: Settings) -> tuple[str, str]:
+    """``newsletter dns`` run on the current settings: (stdout, stderr)."""
+    result = CliRunner().invoke(cli, ["dns"])
+    assert result.exit_code == 0, result.output
+    return result.stdout, result.stderr
+
+
+def published(stdout: str, name: str) -> bytes:
+    """The TXT record for ``name`` in ``newsletter dns`` output, its strings joined."""
+    for line in stdout.splitlines():
+        if line.startswith(f"{name}. TXT "):
+            strings = re.findall(r'"([^"]*)"', line)
+            assert all(len(piece.encode()) <= 255 for piece in strings)
+            return "".join(strings).encode("ascii")
+    raise AssertionError(f"no TXT record for {name} in:\n{stdout}")
+
+
+def dnsfunc_for(stdout: str, name: str) -> Callable[..., bytes]:
+    record = published(stdout, name)
+
+    def lookup(query: bytes, timeout: int = 5) -> bytes:
+        assert query.decode().rstrip(".") == name, query
+        return record
+
+    return lookup
+
+
+def verifies(data: bytes, lookup: Callable[..., bytes]) -> bool:
+    return bool(dkim.verify(data, dnsfunc=lookup))
+
+
+def signed_headers(data: bytes) -> set[str]:
+    header = data.split(b"\r\n\r\n", 1)[0].decode()
+    field = re.search(r"^DKIM-Signature:(.*?)(?=^\S)", header + "\r\nX", re.M | re.S)
+    assert field is not None
+    h = re.search(r"\bh=([^;]+);", field.group(1))
+    d = re.search(r"\bd=([^;]+);", field.group(1))
+    assert h is not None and d is not None and d.group(1).strip() == "example.org"
+    return {name.strip().lower() for name in h.group(1).replace("\r\n", "").split(":")}
+
+
+@pytest.fixture
+def smtp(start_smtp: Callable[..., SmtpServer]) -> SmtpServer:
+    return start_smtp()
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_campaign_mail_through_smtp_verifies_against_the_printed_record(
+    configure: Configure, smtp: SmtpServer, keys: dict[str, Path], kind: str
+) -> None:
+    configure(dkim_selector="salon2026", dkim_private_key=str(keys[kind]))
+    settings, _ = send_campaign(configure, smtp, 61)
+    stdout, _ = dns_output(settings)
+    lookup = dnsfunc_for(stdout, "salon2026._domainkey.example.org")
+    assert f"k={kind};" in published(stdout, "salon2026._domainkey.example.org").decode()
+    received = smtp.handler.received
+    assert len(received) == 3
+    for mail in received:
+        assert mail.data.startswith(b"DKIM-Signature: ")
+        assert verifies(mail.data, lookup)
+        assert {
+            "from", "to", "subject", "date", "message-id", "list-id",
+            "list-unsubscribe", "list-unsubscribe-post",
+        } <= signed_headers(mail.data)  # fmt: skip
+        # Tampering with the body or a signed header breaks the signature.
+        head, body = mail.data.split(b"\r\n\r\n", 1)
+        lines = body.split(b"\r\n")
+        index = next(i for i, line in enumerate(lines) if len(line) == 76)
+        lines[index] = lines[index][:10] + bytes([lines[index][10] ^ 1]) + lines[index][11:]
+        assert not verifies(head + b"\r\n\r\n" + b"\r\n".join(lines), lookup)
+        subject = re.sub(rb"(?m)^Subject: ", b"Subject: Re: ", head, count=1)
+        assert subject != head
+        assert not verifies(subject + b"\r\n\r\n" + body, lookup)
+        # A second From added after signing (From is oversigned) breaks it too.
+        assert not verifies(b"From: evil@example.com\r\n" + mail.data, lookup)
+
+
+@pytest.mark.parametrize("kind", ["rsa-pkcs1", "ed25519"])
+def test_notice_into_the_file_outbox_verifies(
+    configure: Configure, keys: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    settings = configure(
+        mail_url=f"file://{tmp_path / 'outbox'}",
+        dkim_selector="s1",
+        dkim_private_key=str(keys[kind]),
+    )
+    message = build_notice(
+        from_address=settings.from_address,
+        mail_domain=settings.sender_domain,
+        installation="0123456789abcdef",
+        recipient_name="李雷",
+        recipient_address="li.lei@example.com",
+        subject="候补名单：您有座位了",
+        text="您好\n",
+        html="<p>您好</p>",
+    )
+    with transport_for(settings) as transport:
+        transport.send(message)
+    (written,) = (tmp_path / "outbox").glob("*.eml")
+    data = written.read_bytes()
+    stdout, _ = dns_output(settings)
+    lookup = dnsfunc_for(stdout, "s1._domainkey.example.org")
+    assert verifies(data, lookup)
+    assert not verifies(data[:-40] + b"A" * 10 + data[-30:], lookup)
+
+
+def test_nothing_is_signed_without_configuration(configure: Configure, smtp: SmtpServer) -> None:
+    settings, _ = send_campaign(configure, smtp, 61)
+    assert signer_for(settings) is None
+    assert smtp.handler.received
+    assert all(b"DKIM-Signature" not in mail.data for mail in smtp.handler.received)
+    stdout, stderr = dns_output(settings)
+    assert "_domainkey" not in stdout
+    assert 'example.org. TXT "v=spf1' in stdout
+    assert '_dmarc.example.org. TXT "v=DMARC1;' in stdout
+    assert "DKIM is not configured" in stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"dkim_selector": "s1"}, "NEWSLETTER_DKIM_PRIVATE_KEY is not set"),
+        ({"dkim_private_key": "rsa"}, "NEWSLETTER_DKIM_SELECTOR is not set"),
+        ({"dkim_selector": "s1", "dkim_private_key": "missing"}, "cannot read the DKIM key"),
+        ({"dkim_selector": "s1", "dkim_private_key": "rsa-1024"}, "1024 bits"),
+        ({"dkim_selector": "s1", "dkim_private_key": "ec"}, "EC keys cannot sign DKIM"),
+        ({"dkim_selector": "s1", "dkim_private_key": "encrypted"}, "the key is encrypted"),
+        ({"dkim_selector": "s1", "dkim_private_key": "garbage"}, "not a PEM file"),
+        ({"dkim_selector": "bad selector", "dkim_private_key": "rsa"}, "not a DNS label"),
+    ],
+)
+def test_bad_key_configurations_are_one_line_errors(
+    configure: Configure,
+    keys: dict[str, Path],
+    tmp_path: Path,
+    values: dict[str, str],
+    expected: str,
+) -> None:
+    (tmp_path / "garbage").write_text("not a key\n")
+    files = {**{k: str(v) for k, v in keys.items()}, "missing": str(tmp_path / "missing.pem")}
+    files["garbage"] = str(tmp_path / "garbage")
+    if "dkim_private_key" in values:
+        values = {**values, "dkim_private_key": files[values["dkim_private_key"]]}
+    settings = configure(**values)
+    with pytest.raises(ConfigurationError, match=re.escape(expected)) as caught:
+        transport_for(settings)
+    if values.get("dkim_selector") == "s1" and "dkim_private_key" in values:
+        assert values["dkim_private_key"] in str(caught.value)  # the file is named
+    result = CliRunner().invoke(cli, ["dns"])
+    assert result.exit_code == 1
+    assert expected in result.stderr.replace("\n", " ")
+    assert "Traceback" not in result.output
