@@ -183,11 +183,16 @@ def list_subscribers(
     tag: str | None,
     limit: int,
     offset: int,
+    after_id: int = 0,
 ) -> list[Subscriber]:
-    """One page of subscribers in id order (tags are loaded in one extra query by selectin)."""
+    """One page of subscribers in id order (tags are loaded in one extra query by selectin).
+
+    ``after_id``: only ids above it, so a whole-list export pages by the primary key instead
+    of an offset that rereads every row before it.
+    """
     stmt = (
         select(Subscriber)
-        .where(*_filters(status, tag))
+        .where(*_filters(status, tag), Subscriber.id > after_id)
         .order_by(Subscriber.id)
         .limit(limit)
         .offset(offset)
