@@ -6,6 +6,7 @@ rows and errors to stderr; a command that refused anything exits non-zero.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -226,6 +227,40 @@ def _kept_status(removed: service.Removed) -> str:
     return SubscriberStatus.unsubscribed.value if removed.changed else removed.previous_status
 
 
+@app.command("suppress")
+@handles_errors
+def suppress(
+    file: Path = typer.Argument(
+        ...,
+        metavar="FILE",
+        help="UTF-8 text, one address a line; blank lines and lines starting with # are skipped.",
+        show_default=False,
+    ),
+) -> None:
+    """Add addresses to the suppression list: they are never mailed again.
+
+    Addresses not on the list are stored as suppressed, so that no later import or sign-up
+    mails them. Lines that are no address are reported by number; the others are applied.
+    """
+    try:
+        lines = file.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise fail(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    url = database_for_writing()
+    with session_scope(url) as db:
+        report = service.suppress_list(db, lines, reason=f"suppression list {file.name}")
+    for number, reason in report.errors:
+        err_console.print(f"line {number}: {reason}", markup=False, soft_wrap=True)
+    console.print(
+        f"{escape(str(file))}: {report.added:,} added as suppressed, {report.suppressed:,}"
+        f" suppressed, {report.already:,} already suppressed, {len(report.errors):,} bad"
+        f" {'line' if len(report.errors) == 1 else 'lines'}",
+        soft_wrap=True,
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
 @app.command("list")
 @handles_errors
 def list_(
@@ -235,9 +270,20 @@ def list_(
     tag: str | None = typer.Option(None, "--tag", "-t", help="Only subscribers with this tag."),
     limit: int = typer.Option(50, "--limit", "-l", min=1, help="How many to show."),
     offset: int = typer.Option(0, "--offset", min=0, help="How many to skip (paging)."),
+    as_csv: bool = typer.Option(
+        False,
+        "--csv",
+        help="Every matching subscriber as CSV on standard output (--limit and --offset do not"
+        " apply); cells are spreadsheet-safe.",
+    ),
 ) -> None:
     """Subscribers in the order they were added, with counts per status."""
     url = database_for_reading()
+    if as_csv:
+        with session_scope(url) as db:
+            for piece in service.subscribers_csv(db, status=status, tag=tag):
+                sys.stdout.write(piece)
+        return
     with session_scope(url) as db:
         page = service.list_subscribers(db, status=status, tag=tag, limit=limit, offset=offset)
         counts = service.status_counts(db)
