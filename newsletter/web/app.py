@@ -24,6 +24,7 @@ from newsletter.web import (
     dashboard_login,
     faults,
     ops,
+    preferences,
     rsvp,
     subscribe,
     unsubscribe,
@@ -133,6 +134,7 @@ def create_app() -> FastAPI:
     app.include_router(rsvp.router)
     app.include_router(unsubscribe.router)
     app.include_router(subscribe.router)
+    app.include_router(preferences.router)
     app.include_router(calendar_routes.router)
     app.include_router(api.router)
     app.include_router(dashboard_login.router)
