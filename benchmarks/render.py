@@ -7,8 +7,15 @@ Each timed message is what a campaign worker does per recipient: sign the recipi
 (Jinja + premailer) for every message. Sessions come straight from ``examples/sessions/*.yaml``,
 no database needed.
 
-Run: ``.venv/bin/python benchmarks/render.py [--seconds 3] [--session 61]``. The last line of
-output is one JSON object: ``{"msgs_per_s", "naive_msgs_per_s", "ratio", "message_bytes"}``.
+The compiled way is then timed again with each message DKIM-signed as the transports sign
+it (:class:`newsletter.mail.dkim.DkimSigner`), with an RSA-2048 and an Ed25519 key made by
+``openssl`` in a temporary directory (``--no-dkim`` skips this).
+
+Run: ``.venv/bin/python benchmarks/render.py [--seconds 3] [--session 61] [--no-dkim]``. The
+last line of output is one JSON object: ``{"msgs_per_s", "naive_msgs_per_s", "ratio",
+"message_bytes"}``, plus ``"rsa_msgs_per_s"``, ``"ed25519_msgs_per_s"`` and the signature's
+own cost per message (``"rsa_sign_us"``, ``"ed25519_sign_us"``) with signing, and the load
+average (``"load"``) when the run ended.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +34,7 @@ import yaml
 
 from newsletter.campaigns.compiled import CompiledCampaign, build_message, recipient_for
 from newsletter.config import Settings
+from newsletter.mail.dkim import DkimSigner, load_signer
 from newsletter.mail.message import MessageFactory, OutgoingMessage
 from newsletter.rendering import InvitationTemplate, Recipient
 from newsletter.rendering import render_invitation as full_render
@@ -74,11 +84,28 @@ def rate(make: Callable[[int], OutgoingMessage], seconds: float) -> tuple[float,
     return count / (time.perf_counter() - started), size
 
 
+def signers(domain: str) -> dict[str, DkimSigner]:
+    """An RSA-2048 and an Ed25519 signer, their keys made by openssl in a temporary folder."""
+    made = {}
+    with tempfile.TemporaryDirectory(prefix="bench-dkim-") as folder:
+        for kind, options in (
+            ("rsa", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+            ("ed25519", ["-algorithm", "ed25519"]),
+        ):
+            path = Path(folder) / f"{kind}.pem"
+            subprocess.run(
+                ["openssl", "genpkey", *options, "-out", str(path)], check=True, capture_output=True
+            )
+            made[kind] = load_signer("bench", domain, path)
+    return made
+
+
 def main() -> None:
     """Run both ways on one core and print the figures, the JSON summary last."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time for each way")
     parser.add_argument("--session", type=int, default=61, help="session number to send")
+    parser.add_argument("--no-dkim", action="store_true", help="skip the DKIM-signed runs")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, honestly
@@ -141,6 +168,21 @@ def main() -> None:
     sample = template.personalise(Recipient("张三", *(["https://salon.example.org/x"] * 6)))
     fast, message_bytes = rate(fast_message, args.seconds)
     slow, _ = rate(naive_message, args.seconds)
+    signed: dict[str, float] = {}
+    if not args.no_dkim:
+        for kind, signer in signers(settings.sender_domain).items():
+
+            def signed_message(i: int, signer: DkimSigner = signer) -> OutgoingMessage:
+                message = fast_message(i)
+                return OutgoingMessage(
+                    message.delivery_id,
+                    message.envelope_from,
+                    message.recipient,
+                    message.message_id,
+                    signer.sign(message.data),
+                )
+
+            signed[kind], _ = rate(signed_message, args.seconds)
 
     print(f"session no. {record.number}: {len(archive)} archive rows")
     print(f"compile once (Jinja + premailer):    {build_ms:8.1f} ms")
@@ -150,12 +192,24 @@ def main() -> None:
     print(f"compiled: links + personalise + MIME {fast:8,.0f} msgs/s ({1e6 / fast:.0f} µs each)")
     print(f"naive:    links + full render + MIME {slow:8,.1f} msgs/s ({1e3 / slow:.1f} ms each)")
     print(f"ratio:                               {fast / slow:8,.0f}×")
+    for kind, per_s in signed.items():
+        cost = 1e6 / per_s - 1e6 / fast
+        print(
+            f"compiled + DKIM {kind + ':':<8}            {per_s:8,.0f} msgs/s"
+            f" ({1e6 / per_s:.0f} µs each, the signature {cost:.0f} µs)"
+        )
+    load = os.getloadavg()[0]
+    print(f"load average at end:                 {load:8.2f}")
     summary = {
         "msgs_per_s": round(fast, 1),
         "naive_msgs_per_s": round(slow, 1),
         "ratio": round(fast / slow, 1),
         "message_bytes": message_bytes,
+        "load": round(load, 2),
     }
+    for kind, per_s in signed.items():
+        summary[f"{kind}_msgs_per_s"] = round(per_s, 1)
+        summary[f"{kind}_sign_us"] = round(1e6 / per_s - 1e6 / fast)
     print(json.dumps(summary))
 
 

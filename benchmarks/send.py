@@ -17,7 +17,11 @@ envelopes from its ``-v`` log (each message's VERP sender names its delivery, as
 Message-ID does; each recipient is one subscriber), or with ``--capture dump`` the Message-ID
 of every message the sink wrote to tmpfs (slower: the sink then writes 67 KB per message).
 
-Run: ``.venv/bin/python benchmarks/send.py [--n 10000] [--capture envelope|dump]``; everything
+``--dkim rsa`` or ``--dkim ed25519`` signs every mail (a key made by ``openssl genpkey`` in the
+working directory, ``NEWSLETTER_DKIM_*`` for the workers); the default ``off`` sends unsigned.
+
+Run: ``.venv/bin/python benchmarks/send.py [--n 10000] [--capture envelope|dump] [--dkim off]``;
+everything
 listens on 127.0.0.1 and is stopped at the end. The last line of output is one JSON object:
 ``{"n", "delivered", "duplicates", "msgs_per_s", "ceiling_msgs_per_s", "ratio",
 "worker_peak_rss_mb"}`` plus a few more keys (see benchmarks/README.md).
@@ -231,6 +235,12 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument(
+        "--dkim",
+        choices=("off", "rsa", "ed25519"),
+        default="off",
+        help="sign every mail with a fresh RSA-2048 or Ed25519 key (default: unsigned)",
+    )
+    parser.add_argument(
         "--peer",
         type=int,
         default=0,
@@ -284,6 +294,13 @@ def main() -> None:
             NEWSLETTER_BOUNCE_ADDRESS=BOUNCE_ADDRESS,
             NEWSLETTER_VAR_DIR=str(work / "var"),
         )
+        if args.dkim != "off":
+            key_file = work / f"dkim-{args.dkim}.pem"
+            options = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+            if args.dkim == "ed25519":
+                options = ["-algorithm", "ed25519"]
+            run(["openssl", "genpkey", *options, "-out", str(key_file)], timeout=120)
+            env.update(NEWSLETTER_DKIM_SELECTOR="bench", NEWSLETTER_DKIM_PRIVATE_KEY=str(key_file))
         for item in args.env:
             key, _, value = item.partition("=")
             env[key if key.startswith("NEWSLETTER_") else f"NEWSLETTER_{key}"] = value
@@ -546,6 +563,8 @@ def main() -> None:
             "ceiling_after": round(ceiling_after, 1),
             "message_bytes": message_bytes,
             "capture": args.capture,
+            "dkim": args.dkim,
+            "load_at_end": round(os.getloadavg()[0], 2),
         }
         if peer is not None:
             summary |= {
