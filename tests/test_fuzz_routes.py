@@ -172,3 +172,51 @@ def test_no_admin_route_answers_500(live: Live) -> None:
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (method, path[:80], response.text[:200])
     assert {200, 303, 400, 403, 404} <= set(statuses), statuses
+
+
+def test_no_signup_route_answers_500(live: Live) -> None:
+    """The sign-up form and the confirm page: junk fields, tokens, bodies and methods."""
+    from newsletter.tokens import Purpose, sign
+    from newsletter.web import subscribe
+
+    rng = random.Random(20261202)
+    real_csrf = form_token(live.client.get("/subscribe").text)
+    confirm_token = sign(Purpose.CONFIRM, {"u": live.people[0], "m": 1}, live.settings.secret_keys)
+    statuses: dict[int, int] = {}
+    for _ in range(400):
+        subscribe.throttle.clear()  # the limit's 429 would hide the rest
+        kind = rng.randrange(5)
+        token = quote(mutate(rng, confirm_token), safe="")
+        if kind == 0:
+            data = {
+                "email": rng.choice([*JUNK, "a@example.org", "x@例子.中国"]),
+                "name": rng.choice(JUNK),
+                "topics": rng.choice(JUNK),
+                "csrf": rng.choice([real_csrf, mutate(rng, real_csrf)]),
+            }
+            response = live.client.post("/subscribe", data=data)
+        elif kind == 1:
+            response = live.client.post(
+                "/subscribe",
+                content=rng.choice(JUNK).encode(),
+                headers={
+                    "Content-Type": rng.choice(
+                        ["application/json", "multipart/form-data; boundary=x", "text/plain"]
+                    )
+                },
+            )
+        elif kind == 2:
+            response = live.client.get(f"/subscribe/confirm/{token}")
+        elif kind == 3:
+            response = live.client.post(
+                f"/subscribe/confirm/{token}",
+                data={"csrf": rng.choice([real_csrf, mutate(rng, real_csrf)])},
+            )
+        else:
+            response = live.client.request(
+                rng.choice(["GET", "PUT", "DELETE", "PATCH"]),
+                rng.choice(["/subscribe", "/subscribe/confirm", "/subscribe/confirm/" + token]),
+            )
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (kind, token[:80], response.text[:200])
+    assert {200, 400, 403} <= set(statuses), statuses
