@@ -236,7 +236,7 @@ class Ledger:
             # and gave its rows to another one: the same mails sent twice.
             todo.write(db, worker=self.worker, delays=settings.retry_delays)
             still_held = repo.touch_claims(db, held, worker=self.worker)
-            self.inactive = repo.inactive_subscribers(db, people)
+            self.inactive = repo.inactive_subscribers(db, people, campaign_id=self.campaign_id)
             streak = repo.record_progress(
                 db,
                 self.campaign_id,

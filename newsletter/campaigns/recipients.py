@@ -1,28 +1,54 @@
 """The SQL that decides who a campaign mails: one queued delivery row per recipient.
 
 Part of the campaigns repository (split from ``repo.py`` to keep each module small). Every
-audience is built from the same eligibility rule, :func:`_eligible`, so an invitation and a
-reminder can never disagree about who may be mailed at all.
+audience is built from the same eligibility rule, :func:`mailable`, so an invitation and a
+reminder can never disagree about who may be mailed at all; and the send-time check of queued
+deliveries (``repo.claim_batch``, ``repo.inactive_subscribers``) is that same rule, so a
+person who unsubscribes, pauses or drops a campaign's topic after the campaign was created
+is skipped when the worker claims the row (the preference page: "changes apply to deliveries
+already queued").
 """
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Select, func, insert, literal, select
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns.counts_repo import shift
 from newsletter.campaigns.models import Campaign, Delivery, DeliveryStatus
+from newsletter.db import utcnow
 from newsletter.rsvp.models import Answer, Rsvp
 from subscribers.models import Subscriber, SubscriberStatus, Tag, subscriber_tags
 
 
-def _eligible() -> ColumnElement[bool]:
-    """Who may be mailed at all: active subscribers (not unsubscribed, bounced or suppressed).
+def mailable(now: datetime, tag: str | None = None) -> ColumnElement[bool]:
+    """Who a campaign may mail at ``now``: the one rule, at creation and at send time.
 
-    Checked again at send time (see ``claim_batch``); here it keeps such people out of the
-    snapshot in the first place.
+    * active (not pending, unsubscribed, bounced, suppressed or erased);
+    * not paused: no ``paused_until``, or that moment has come (a pause stops every
+      campaign, whatever its topic, until the date the person chose);
+    * for a campaign sent to a tag: still having that tag. A topic the person removed on the
+      preference page stops the queued deliveries of campaigns for that topic too: they
+      said they no longer want that kind of mail, and the campaign was chosen by it.
     """
-    return Subscriber.status == SubscriberStatus.active
+    rule = and_(
+        Subscriber.status == SubscriberStatus.active,
+        or_(Subscriber.paused_until.is_(None), Subscriber.paused_until <= now),
+    )
+    if tag:
+        rule = and_(rule, Subscriber.id.in_(_tagged(tag)))
+    return rule
+
+
+def _tagged(tag: str) -> Select[tuple[int]]:
+    """The ids of the subscribers holding ``tag`` (a semi-join: once each, whatever the tags)."""
+    return (
+        select(subscriber_tags.c.subscriber_id)
+        .join(Tag, Tag.id == subscriber_tags.c.tag_id)
+        .where(Tag.name == tag)
+    )
 
 
 def _confirmed(session_id: int) -> ColumnElement[bool]:
@@ -40,11 +66,11 @@ def _confirmed(session_id: int) -> ColumnElement[bool]:
     )
 
 
-def _delivery_rows(campaign: Campaign) -> Select[int, int, str, int]:
-    """``(campaign_id, subscriber_id, status, attempts)`` for every eligible subscriber."""
+def _delivery_rows(campaign: Campaign, tag: str | None = None) -> Select[int, int, str, int]:
+    """``(campaign_id, subscriber_id, status, attempts)`` for every mailable subscriber."""
     return select(
         literal(campaign.id), Subscriber.id, literal(DeliveryStatus.queued.value), literal(0)
-    ).where(_eligible())
+    ).where(mailable(utcnow(), tag))
 
 
 def _insert_deliveries(
@@ -73,21 +99,12 @@ def _insert_deliveries(
 
 
 def snapshot_recipients(db: Session, campaign: Campaign) -> int:
-    """Create one queued delivery per active subscriber (optionally with the campaign's tag)."""
-    audience = _delivery_rows(campaign)
-    if campaign.tag:
-        audience = audience.where(
-            Subscriber.id.in_(
-                select(subscriber_tags.c.subscriber_id)
-                .join(Tag, Tag.id == subscriber_tags.c.tag_id)
-                .where(Tag.name == campaign.tag)
-            )
-        )
-    return _insert_deliveries(db, campaign, audience)
+    """Create one queued delivery per mailable subscriber (with the campaign's tag, if any)."""
+    return _insert_deliveries(db, campaign, _delivery_rows(campaign, campaign.tag))
 
 
 def snapshot_confirmed(db: Session, campaign: Campaign) -> int:
-    """Create one queued delivery per active subscriber with a confirmed seat for the
+    """Create one queued delivery per mailable subscriber with a confirmed seat for the
     campaign's session (a reminder's audience): "maybe", "no" and the waitlist are left out."""
     return _insert_deliveries(
         db, campaign, _delivery_rows(campaign).where(_confirmed(campaign.session_id))
@@ -95,10 +112,12 @@ def snapshot_confirmed(db: Session, campaign: Campaign) -> int:
 
 
 def count_confirmed(db: Session, session_id: int) -> int:
-    """How many active subscribers hold a confirmed seat: who a reminder would reach now."""
+    """How many mailable subscribers hold a confirmed seat: who a reminder would reach now."""
     return int(
         db.scalar(
-            select(func.count()).select_from(Subscriber).where(_eligible(), _confirmed(session_id))
+            select(func.count())
+            .select_from(Subscriber)
+            .where(mailable(utcnow()), _confirmed(session_id))
         )
         or 0
     )

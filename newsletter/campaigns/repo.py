@@ -38,10 +38,11 @@ from newsletter.campaigns.models import (
     Delivery,
     DeliveryStatus,
 )
+from newsletter.campaigns.recipients import mailable
 from newsletter.campaigns.sweep_repo import record_heartbeat
 from newsletter.db import is_postgresql, utcnow
 from newsletter.sessions.models import SalonSession
-from subscribers.models import Subscriber, SubscriberStatus
+from subscribers.models import Subscriber
 
 
 def _affected(result: Result[Any]) -> int:
@@ -60,6 +61,9 @@ class ClaimedDelivery:
     subscriber_status: str
     attempts: int  # answered by the relay before this claim
     maybe_sent: bool = False  # an earlier copy may have been accepted
+    # recipients.mailable at claim time: False for a person who left, paused or dropped the
+    # campaign's topic since it was created (skipped, never mailed).
+    mailable: bool = True
 
 
 def claim_batch(db: Session, campaign_id: int, *, worker: str, limit: int) -> list[ClaimedDelivery]:
@@ -79,10 +83,10 @@ def claim_batch(db: Session, campaign_id: int, *, worker: str, limit: int) -> li
     """
     now = utcnow()
     record_heartbeat(db, worker)
+    campaign_row = select(Campaign.tag).where(Campaign.id == campaign_id)
     if is_postgresql(db):
-        db.execute(
-            select(Campaign.id).where(Campaign.id == campaign_id).with_for_update(key_share=True)
-        )
+        campaign_row = campaign_row.with_for_update(key_share=True)
+    tag = db.scalar(campaign_row)
     candidates = (
         select(Delivery.id)
         .where(
@@ -110,12 +114,17 @@ def claim_batch(db: Session, campaign_id: int, *, worker: str, limit: int) -> li
         {DeliveryStatus.queued: -len(claimed), DeliveryStatus.inflight: len(claimed)},
     )
     by_subscriber = {row.subscriber_id: row for row in claimed}
-    # Status is read at claim time (and again at each report, see inactive_subscribers), so
-    # an unsubscribe after the campaign was created counts.
+    # Whether the person may be mailed is read at claim time (and again at each report, see
+    # inactive_subscribers), by the same rule that chose the recipients, so an unsubscribe,
+    # a pause or a dropped topic after the campaign was created counts.
     people = db.execute(
-        select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status).where(
-            Subscriber.id.in_(list(by_subscriber))
-        )
+        select(
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.name,
+            Subscriber.status,
+            mailable(now, tag).label("mailable"),
+        ).where(Subscriber.id.in_(list(by_subscriber)))
     ).all()
     claims = []
     for person in people:
@@ -129,23 +138,28 @@ def claim_batch(db: Session, campaign_id: int, *, worker: str, limit: int) -> li
                 person.status,
                 row.attempts,
                 bool(row.maybe_sent),
+                bool(person.mailable),
             )
         )
     return sorted(claims, key=lambda c: c.delivery_id)
 
 
-def inactive_subscribers(db: Session, subscriber_ids: Sequence[int]) -> set[int]:
-    """Which of ``subscriber_ids`` are no longer active (unsubscribed, bounced, erased)."""
+def inactive_subscribers(
+    db: Session, subscriber_ids: Sequence[int], *, campaign_id: int | None = None
+) -> set[int]:
+    """Which of ``subscriber_ids`` may no longer be mailed (unsubscribed, bounced, erased,
+    paused; with ``campaign_id``, also those who dropped its topic): ``recipients.mailable``."""
     if not subscriber_ids:
         return set()
-    active = set(
+    tag = None
+    if campaign_id is not None:
+        tag = db.scalar(select(Campaign.tag).where(Campaign.id == campaign_id))
+    still = set(
         db.scalars(
-            select(Subscriber.id).where(
-                Subscriber.id.in_(subscriber_ids), Subscriber.status == SubscriberStatus.active
-            )
+            select(Subscriber.id).where(Subscriber.id.in_(subscriber_ids), mailable(utcnow(), tag))
         )
     )
-    return set(subscriber_ids) - active
+    return set(subscriber_ids) - still
 
 
 def _owned(delivery_ids: Sequence[int], worker: str) -> ColumnElement[bool]:

@@ -56,7 +56,6 @@ from newsletter.mail.lanes import Lanes, transports_for
 from newsletter.mail.smtp import HandoverUnconfirmed, RelayUnavailable, SmtpRefused
 from newsletter.mail.transports import Transport
 from newsletter.ratelimit import RateLimiter, RateLimiterUnavailable, limiter_for
-from subscribers.models import SubscriberStatus
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +202,7 @@ def _send_claimed(batch: Ledger, compiled: CompiledCampaign) -> None:
 
         def lane(connection: Transport) -> None:
             while (item := feed.take()) is not None:
-                if (
-                    item.subscriber_status != SubscriberStatus.active
-                    or item.subscriber_id in batch.inactive
-                ):
+                if not item.mailable or item.subscriber_id in batch.inactive:
                     batch.file(_skipped(item))
                     continue
                 batch.file(_send_one(connection, compiled, item, settings, keys))
