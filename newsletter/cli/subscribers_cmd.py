@@ -323,3 +323,50 @@ def list_(
         escape(shown + (f" ({filters})" if filters else "")), soft_wrap=True, highlight=False
     )
     console.print(" · ".join(f"{n:,} {s}" for s, n in counts.items()), soft_wrap=True)
+
+
+@app.command("export")
+@handles_errors
+def export(
+    email: str = typer.Argument(..., help="The person's address.", show_default=False),
+) -> None:
+    """Print as JSON everything held about one person (GDPR access request): profile,
+    topics, deliveries, answers and their history, subscription mails, returned mail."""
+    from newsletter.config import get_settings
+    from subscribers import gdpr
+
+    url = database_for_reading()
+    with session_scope(url) as db:
+        person = gdpr.find_by_email(db, email)
+        text = gdpr.export_json(db, person, settings=get_settings())
+    sys.stdout.write(text)
+
+
+@app.command("erase")
+@handles_errors
+def erase(
+    email: str = typer.Argument(..., help="The person's address.", show_default=False),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Erase one person's personal data everywhere (GDPR); anonymous counts are kept, and a
+    keyed hash keeps a later import from adding the address again (signing up still can)."""
+    from newsletter.config import get_settings
+    from subscribers import gdpr
+
+    url = database_for_writing()
+    with session_scope(url) as db:
+        address = gdpr.find_by_email(db, email).email  # a clean error before the question
+    if not yes and not typer.confirm(
+        f"Erase {address}: address, name, topics, subscription mails and returned mail? "
+        "This cannot be undone.",
+        err=True,
+    ):
+        raise fail("nothing was erased")
+    with session_scope(url) as db:
+        erased = gdpr.erase_subscriber(db, get_settings(), gdpr.find_by_email(db, address))
+    console.print(
+        f"erased subscriber #{erased.subscriber_id}: no personal data is held any more; "
+        f"{_plural(erased.answers_given_up, 'answer')} for sessions ahead given up; "
+        "deliveries, answers and counts are kept anonymously.",
+        soft_wrap=True,
+    )
