@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import Response
@@ -25,6 +25,8 @@ from newsletter.rsvp.export import session_attendees_csv
 from newsletter.sessions import repo as sessions_repo
 from newsletter.web.auth import require_organizer
 from newsletter.web.faults import RETRY_AFTER_S
+from subscribers import gdpr
+from subscribers.validation import SubscriberDataError
 from tasks.campaigns import start_campaign
 from tasks.dispatch import enqueue
 
@@ -218,3 +220,45 @@ def change_campaign(
     if start:
         _start(campaign_id)  # after the commit above
     return _campaign_out(campaign_id)
+
+
+class SubscriberIn(BaseModel):
+    """One person, by address: in the body, never in the URL (URLs end up in logs)."""
+
+    email: str = Field(min_length=1, max_length=320)
+
+
+class ErasedOut(BaseModel):
+    """What an erasure did."""
+
+    subscriber_id: int
+    answers_given_up: int
+
+
+@contextmanager
+def _person_refusals() -> Iterator[None]:
+    """404 for an address not on the list (or erased), 422 for one that is not an address."""
+    try:
+        yield
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except SubscriberDataError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+@router.post("/subscribers/export")
+def export_subscriber(body: SubscriberIn) -> dict[str, Any]:
+    """Everything held about one person (GDPR access), as ``subscribers export`` prints it."""
+    settings = get_settings()
+    with _person_refusals(), session_scope(settings.database_url) as db:
+        return gdpr.export_subscriber(db, gdpr.find_by_email(db, body.email), settings=settings)
+
+
+@router.post("/subscribers/erase")
+def erase_subscriber(body: SubscriberIn) -> ErasedOut:
+    """Erase one person's personal data at once (GDPR; no confirmation: the caller decided).
+    Anonymous counts stay; a later import skips the address."""
+    settings = get_settings()
+    with _person_refusals(), session_scope(settings.database_url) as db:
+        erased = gdpr.erase_subscriber(db, settings, gdpr.find_by_email(db, body.email))
+    return ErasedOut(**asdict(erased))
