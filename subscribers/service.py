@@ -3,9 +3,14 @@
 Rules kept here, whoever calls:
 
 * An address is stored once, normalised (:func:`~subscribers.validation.normalise_email`).
-* Only ``active`` subscribers are mailed. Nothing but an explicit ``resubscribe=True`` from an
-  organizer turns an unsubscribed, bounced or suppressed address back to active: not an import,
-  not a second ``add``, not a web click.
+* Only ``active`` subscribers are mailed (and not while paused: ``campaigns.recipients``).
+  Nothing but an explicit ``resubscribe=True`` from an organizer turns an unsubscribed,
+  bounced or suppressed address back to active: not an import, not a second ``add``, not a
+  web click; the exceptions are the person's own: confirming a new sign-up, and
+  "resubscribe" on their signed preference page, which only an *unsubscribed* person has
+  (:mod:`subscribers.preferences`).
+* Erasure (GDPR) is :mod:`subscribers.gdpr`: it leaves the way everyone leaves (seats given
+  up) and then removes the personal data.
 * "Removing" keeps the row, marked unsubscribed, so past deliveries and RSVPs stay consistent;
   :func:`purge_subscriber` deletes only people without any history.
 * Whoever leaves the list (unsubscribe, removal, bounce, suppression) gives up their seats and
