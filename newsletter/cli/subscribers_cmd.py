@@ -40,7 +40,8 @@ _PHASES = {"reading": "Checking rows", "storing": "Storing"}
 
 
 def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
+    suffix = "es" if word.endswith("s") else "s"  # "addresses", not "addresss"
+    return f"{count:,} {word}{'' if count == 1 else suffix}"
 
 
 @app.command("import")
