@@ -101,9 +101,9 @@ def test_the_answer_is_the_same_for_every_state_of_the_address(live: Live) -> No
         "limit@example.org",
     }
     assert mails(live) == 4 + 3
-    for address, status in (("active@example.org", "active"), ("bounced@example.org", "bounced")):
+    for address, kept in (("active@example.org", "active"), ("bounced@example.org", "bounced")):
         found = person(url, address)
-        assert found is not None and found.status == status
+        assert found is not None and found.status == kept
 
 
 def test_a_post_without_our_form_token_records_nothing_and_offers_the_button(
