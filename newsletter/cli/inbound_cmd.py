@@ -4,6 +4,7 @@ Command lines::
 
     newsletter inbound [FILE...]            raw messages from files, or stdin without one
     newsletter inbound serve --host H --port P [--lmtp]
+    newsletter inbound poll [--every SECONDS]  the IMAP mailbox of NEWSLETTER_INBOUND_IMAP_URL
 
 Layout for the commands of this group: ``app`` is the Typer group; ``read`` (hidden) is the
 files/stdin command that :class:`_FilesOrCommand` runs when the first word is not a
@@ -189,3 +190,41 @@ def serve(
         pass
     finally:
         controller.stop()
+
+
+@app.command("poll")
+@handles_errors
+def poll(
+    every: float = typer.Option(
+        0, "--every", min=0, help="Poll again every SECONDS until stopped (0: once)."
+    ),
+) -> None:
+    """Read the unseen messages of the IMAP mailbox NEWSLETTER_INBOUND_IMAP_URL names.
+
+    Each is applied, then marked seen (never moved or deleted): a message is marked only
+    after its event is stored, so a crash loses none and a second read counts once.
+    """
+    import time
+
+    from newsletter.inbound.imap import poll as poll_mailbox
+
+    settings = get_settings()
+    database_for_writing()
+
+    def show(uid: int, outcome: InboundOutcome) -> None:
+        console.print(describe(f"imap message {uid}", outcome), soft_wrap=True)
+
+    while True:
+        result = poll_mailbox(settings, on_message=show)
+        console.print(
+            f"imap: {result.processed} processed, {result.duplicates} already processed"
+            + (
+                f", {result.left_unseen} left unseen (too large to read, or gone)"
+                if result.left_unseen
+                else ""
+            ),
+            soft_wrap=True,
+        )
+        if not every:
+            return
+        time.sleep(every)
