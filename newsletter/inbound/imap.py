@@ -3,9 +3,9 @@
 For when bounces land in a mailbox rather than at a pipe or at ``newsletter inbound serve``
 (a hosted domain, a provider's feedback-loop address). ``NEWSLETTER_INBOUND_IMAP_URL`` names
 the mailbox: ``imaps://user:pass@host[:port]/INBOX`` (TLS from the start, port 993), or
-``imap://…`` (port 143) which upgrades with STARTTLS when the server offers it and refuses to
-log in without it except on the local host. User and password are percent-encoded in the URL
-(``@`` → ``%40``).
+``imap://…?starttls=true`` (port 143, upgraded with STARTTLS), as the mail URL spells it;
+a plain ``imap://`` (no TLS) logs in only to the local host, never sending the password in
+clear over a network. User and password are percent-encoded in the URL (``@`` → ``%40``).
 
 Protocol, per poll: log in, select the mailbox, ``UID SEARCH UNSEEN``; for each message, in
 UID order: ``UID FETCH … BODY.PEEK[]`` (PEEK: reading does not mark it), then
@@ -33,7 +33,7 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from newsletter.config import Settings
 from newsletter.db import session_scope
@@ -55,7 +55,8 @@ class ImapMailbox:
 
     host: str
     port: int
-    tls: bool  # True: imaps (TLS from the start); False: imap, STARTTLS when offered
+    tls: bool  # True: imaps (TLS from the start)
+    starttls: bool  # imap:// with ?starttls=true
     user: str
     password: str = field(repr=False)
     mailbox: str = "INBOX"
@@ -92,6 +93,21 @@ def parse_imap_url(url: str) -> ImapMailbox:
         raise ConfigurationError(
             f"{name} {shown!r} needs a user and a password: imaps://user:password@host/INBOX"
         )
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    if set(query) - {"starttls"}:
+        raise ConfigurationError(
+            f"{name} {shown!r}: unknown parameter(s) {', '.join(sorted(set(query) - {'starttls'}))}"
+        )
+    starttls = query.get("starttls", "false").lower()
+    if starttls not in ("true", "false"):
+        raise ConfigurationError(f"{name} {shown!r}: starttls must be true or false")
+    if scheme == "imaps" and starttls == "true":
+        raise ConfigurationError(f"{name} {shown!r}: imaps:// is TLS from the start")
+    if scheme == "imap" and starttls == "false" and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"{name} {shown!r}: refusing to send the IMAP password unencrypted to"
+            f" {parts.hostname}: use imaps:// or add ?starttls=true"
+        )
     mailbox = unquote(parts.path.lstrip("/")) or "INBOX"
     if re.search(r'[\x00-\x1f"\\]', mailbox):
         raise ConfigurationError(f"{name} {shown!r}: the mailbox name holds control characters")
@@ -99,6 +115,7 @@ def parse_imap_url(url: str) -> ImapMailbox:
         host=parts.hostname,
         port=port or (993 if scheme == "imaps" else 143),
         tls=scheme == "imaps",
+        starttls=starttls == "true",
         user=unquote(parts.username),
         password=unquote(parts.password),
         mailbox=mailbox,
@@ -140,13 +157,10 @@ def _connect(box: ImapMailbox, ssl_context: ssl.SSLContext | None) -> imaplib.IM
             client = imaplib.IMAP4_SSL(box.host, box.port, ssl_context=context, timeout=box.timeout)
         else:
             client = imaplib.IMAP4(box.host, box.port, timeout=box.timeout)
-            if "STARTTLS" in client.capabilities:
+            if box.starttls:
+                if "STARTTLS" not in client.capabilities:
+                    raise ImapError(f"IMAP server {where} offers no STARTTLS; use imaps://")
                 client.starttls(ssl_context=context)
-            elif not _is_loopback(box.host):
-                raise ImapError(
-                    f"IMAP server {where} offers no STARTTLS: refusing to send the password"
-                    " in clear; use imaps://"
-                )
     except (OSError, imaplib.IMAP4.error) as exc:
         _abandon(client)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
