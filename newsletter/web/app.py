@@ -23,6 +23,7 @@ from newsletter.web import (
     dashboard,
     dashboard_login,
     faults,
+    inbound_webhook,
     ops,
     preferences,
     rsvp,
@@ -94,7 +95,7 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 def _error_response(request: Request, exc: StarletteHTTPException) -> Response:
     """An HTTP error as JSON under /api, else as a page (the dashboard's under /admin)."""
-    if request.url.path.startswith("/api/"):
+    if request.url.path.startswith(("/api/", inbound_webhook.PATH)):
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
@@ -140,6 +141,7 @@ def create_app() -> FastAPI:
     app.include_router(dashboard_login.router)
     app.include_router(dashboard.router)
     app.include_router(ops.router)
+    app.include_router(inbound_webhook.router)
     faults.install(app)
     settings = get_settings()
     # Added innermost first: the body limit is outermost, so nothing reads a body before it.
