@@ -220,3 +220,49 @@ def test_no_signup_route_answers_500(live: Live) -> None:
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (kind, token[:80], response.text[:200])
     assert {200, 400, 403} <= set(statuses), statuses
+
+
+def test_no_preference_route_answers_500(live: Live) -> None:
+    """The preference page and its one form: junk tokens, actions, fields, bodies, methods;
+    the API's export and erase with junk JSON bodies."""
+    from newsletter.links import preferences_link
+
+    rng = random.Random(20261203)
+    link = preferences_link(
+        live.settings.base_url, live.settings.secret_keys, subscriber_id=live.people[0]
+    )
+    token = link.rsplit("/", 1)[1]
+    real_csrf = form_token(live.client.get(f"/preferences/{token}").text)
+    headers = {"Authorization": "Bearer test-admin-token"}
+    statuses: dict[int, int] = {}
+    for _ in range(400):
+        kind = rng.randrange(5)
+        mutated = quote(mutate(rng, token), safe="")
+        if kind == 0:
+            response = live.client.get(f"/preferences/{mutated}")
+        elif kind in (1, 2):
+            data = {
+                "csrf": rng.choice([real_csrf, real_csrf, mutate(rng, real_csrf)]),
+                "action": rng.choice(["save", "unsubscribe", "resubscribe", "export", *JUNK]),
+                "name": rng.choice(JUNK),
+                "topics": rng.choice(JUNK),
+                "paused_until": rng.choice([*JUNK, "2099-01-01", "2027-02-30", "2026-13-01"]),
+            }
+            response = live.client.post(
+                f"/preferences/{token if kind == 1 else mutated}", data=data
+            )
+        elif kind == 3:
+            response = live.client.post(
+                rng.choice(["/api/subscribers/export", "/api/subscribers/erase"]),
+                content=rng.choice([*JUNK, '{"email": 5}', '{"email": "a@b"}']).encode(),
+                headers={**headers, "Content-Type": "application/json"},
+            )
+        else:
+            response = live.client.request(
+                rng.choice(["PUT", "DELETE", "PATCH", "POST"]),
+                rng.choice(["/preferences", "/preferences/", f"/preferences/{mutated}/x"]),
+                content=rng.choice(JUNK).encode(),
+            )
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (kind, mutated[:80], response.text[:200])
+    assert {200, 400, 403} <= set(statuses), statuses
