@@ -14,8 +14,10 @@ The order of the tests is the rule, and it matters:
    from ``MAILER-DAEMON`` or ``postmaster``.
 3. **Mail to the List-Unsubscribe mailto** (subject ``unsubscribe <token>``): the token is
    only carried here; the service verifies it and treats a bad one as unknown.
-4. **Non-standard bounces** through flufl.bounce's detectors (qmail, old Exim, Yahoo, …):
-   permanent or temporary failures.
+4. **Non-standard bounces** through flufl.bounce's detectors (qmail, old Exim, …), then the
+   plain-text notice of a mailer daemon (:mod:`newsletter.inbound.bounces`); Microsoft's
+   JMRP complaints (multipart/mixed, not ARF) are recognised right after the report types
+   (:mod:`newsletter.inbound.feedback`).
 5. Anything else is unknown: stored for an organizer to inspect, changing nothing.
 """
 
@@ -24,32 +26,30 @@ from __future__ import annotations
 import email
 import email.message
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from email.header import decode_header, make_header
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 
-from flufl.bounce import all_failures
-
+from newsletter.inbound.bounces import daemon_text, dsn, flufl
+from newsletter.inbound.feedback import arf, jmrp
+from newsletter.inbound.mime import from_address, from_daemon, original_id, text
 from newsletter.inbound.models import InboundKind
 from newsletter.inbound.report import Report
 from newsletter.inbound.verp import verp_delivery_id
 
-# An enhanced status code (RFC 3463): class.subject.detail.
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _UNSUBSCRIBE_SUBJECT = re.compile(r"^\s*(?:re:\s*)?unsubscribe\s+([A-Za-z0-9_.\-]+)\s*$", re.I)
 # Subjects of out-of-office replies that carry none of the RFC 3834 headers (Exchange without
 # them, web mailers, Chinese providers). Anchored at the start: "Out of Office: <subject>".
 _OUT_OF_OFFICE = re.compile(
-    r"^\s*(?:auto(?:matic)?[ -]?(?:reply|response|antwort)|autoreply|out of (?:the )?office"
+    r"^\s*(?:auto(?:matic)?[ -]?(?:reply|response|antwort)|autoreply|auto:|out of (?:the )?office"
     r"|away from (?:the )?office|on vacation|vacation reply|abwesenheitsnotiz|réponse automatique"
-    r"|自动回复|自動回覆|自动答复|休假|不在办公室|外出)",
+    r"|自动回复|自動回覆|自動回复|自动答复|休假|不在办公室|外出)",
     re.I,
 )
-_ORIGINAL_MESSAGE_ID = re.compile(r"^\s*Message-ID:\s*(<[^<>\s]+>)", re.I | re.M)
-# Senders of bounces, never of a person's out-of-office reply.
-_DAEMONS = ("mailer-daemon", "postmaster", "mail-daemon", "maildaemon", "mail delivery")
-DIAGNOSTIC_CHARS = 500  # the remote server's words, kept for the organizer, shortened
+# The same said later in the subject: "Re: <subject> (Automatic Response)", "… 自动回复".
+_OUT_OF_OFFICE_ANYWHERE = re.compile(
+    r"\((?:automatic|auto) (?:response|reply)\)|\bis out of the office\b|自动回复|自動回覆", re.I
+)
 
 
 def parse(raw: bytes) -> email.message.Message:
@@ -77,17 +77,21 @@ def classify(
     kind_report: Report | None = None
     if content_type == "multipart/report" and isinstance(report_type, str):
         if report_type.lower() == "delivery-status":
-            kind_report = _dsn(msg)
+            kind_report = dsn(msg)
         elif report_type.lower() == "feedback-report":
-            kind_report = _arf(msg)
-    if kind_report is None and _is_auto_reply(msg) and not _from_daemon(msg):
+            kind_report = arf(msg)
+    if kind_report is None:
+        kind_report = jmrp(msg)
+    if kind_report is None and _is_auto_reply(msg) and not from_daemon(msg):
         kind_report = Report(
-            InboundKind.auto_reply, address=_from_address(msg), message_id=_original_id(msg)
+            InboundKind.auto_reply, address=from_address(msg), message_id=original_id(msg)
         )
     if kind_report is None:
-        kind_report = _unsubscribe(msg) or _flufl(msg) or Report(InboundKind.unknown)
+        kind_report = (
+            _unsubscribe(msg) or flufl(msg) or daemon_text(msg) or Report(InboundKind.unknown)
+        )
     if kind_report.message_id is None and kind_report.kind is not InboundKind.unsubscribe:
-        kind_report = _with(kind_report, message_id=_original_id(msg))
+        kind_report = _with(kind_report, message_id=original_id(msg))
     return _with(kind_report, delivery_id=delivery_id)
 
 
@@ -114,24 +118,6 @@ def _headers(msg: email.message.Message, name: str) -> list[str]:
     return [str(value) for value in msg.get_all(name, [])]
 
 
-def _text(value: object) -> str:
-    """A header value decoded from RFC 2047 words, never raising."""
-    try:
-        return str(make_header(decode_header(str(value))))
-    except (UnicodeError, LookupError, ValueError, email.errors.HeaderParseError):
-        return str(value)
-
-
-def _from_address(msg: email.message.Message) -> str | None:
-    address = parseaddr(str(msg.get("From", "")))[1]
-    return address or None
-
-
-def _from_daemon(msg: email.message.Message) -> bool:
-    sender = _text(msg.get("From", "")).lower()
-    return any(daemon in sender for daemon in _DAEMONS)
-
-
 def _is_auto_reply(msg: email.message.Message) -> bool:
     """RFC 3834 and the headers and subjects auto-responders use instead."""
     submitted = str(msg.get("Auto-Submitted", "")).strip().lower()
@@ -147,180 +133,14 @@ def _is_auto_reply(msg: email.message.Message) -> bool:
 
 
 def _ooo_subject(msg: email.message.Message) -> bool:
-    return bool(_OUT_OF_OFFICE.match(_text(msg.get("Subject", ""))))
+    subject = text(msg.get("Subject", ""))
+    return bool(_OUT_OF_OFFICE.match(subject) or _OUT_OF_OFFICE_ANYWHERE.search(subject))
 
 
 def _unsubscribe(msg: email.message.Message) -> Report | None:
-    found = _UNSUBSCRIBE_SUBJECT.match(_text(msg.get("Subject", "")))
+    found = _UNSUBSCRIBE_SUBJECT.match(text(msg.get("Subject", "")))
     if found is None:
         return None
     return Report(
-        InboundKind.unsubscribe, address=_from_address(msg), unsubscribe_token=found.group(1)
+        InboundKind.unsubscribe, address=from_address(msg), unsubscribe_token=found.group(1)
     )
-
-
-def _parts(msg: email.message.Message) -> Iterable[email.message.Message]:
-    return msg.walk()
-
-
-def _dsn(msg: email.message.Message) -> Report:
-    """An RFC 3464 report: the first failed (else delayed) recipient decides."""
-    best: tuple[int, Report] | None = None
-    for part in _parts(msg):
-        if part.get_content_type() != "message/delivery-status":
-            continue
-        for block in _status_blocks(part):
-            report = _recipient_report(block)
-            if report is None:
-                continue
-            rank = 0 if report.kind is InboundKind.hard_bounce else 1
-            if best is None or rank < best[0]:
-                best = (rank, report)
-    if best is None:  # delivered / relayed / expanded: a success notice, nothing to do
-        return Report(InboundKind.unknown, message_id=_original_id(msg))
-    return _with(best[1], message_id=_original_id(msg))
-
-
-def _status_blocks(part: email.message.Message) -> list[email.message.Message]:
-    payload = part.get_payload()
-    if isinstance(payload, list):  # compat32 parses the field groups as messages
-        return [block for block in payload if isinstance(block, email.message.Message)]
-    # Some reporters send it base64-encoded or otherwise unparsed: read the groups ourselves.
-    body = part.get_payload(decode=True)
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(payload)
-    return [email.message_from_string(group) for group in re.split(r"\r?\n\s*\r?\n", text)]
-
-
-def _recipient_report(block: email.message.Message) -> Report | None:
-    action = str(block.get("Action", "")).strip().lower()
-    status = str(block.get("Status", "")).strip()
-    diagnostic = " ".join(str(block.get("Diagnostic-Code", "")).split())
-    if not action and not status:
-        return None  # the per-message group (Reporting-MTA, Arrival-Date)
-    if action not in ("failed", "delayed", ""):
-        return None  # delivered, relayed, expanded
-    code = _STATUS.search(status) or _STATUS.search(diagnostic)
-    status_code = code.group(0) if code else None
-    if action == "delayed" or (code is not None and code.group(1) == "4"):
-        kind = InboundKind.soft_bounce
-    elif code is not None and code.group(1) == "2":
-        return None
-    else:
-        kind = InboundKind.hard_bounce  # failed, 5.x.x or no code at all: the MTA gave up
-    recipient = _typed_address(block.get("Final-Recipient")) or _typed_address(
-        block.get("Original-Recipient")
-    )
-    return Report(
-        kind,
-        address=recipient,
-        status_code=status_code,
-        diagnostic=diagnostic[:DIAGNOSTIC_CHARS] or None,
-    )
-
-
-def _typed_address(value: object) -> str | None:
-    """``rfc822; someone@example.org`` → the address (RFC 3464 2.3.2)."""
-    if value is None:
-        return None
-    text = _text(value)
-    _, _, address = text.rpartition(";")
-    address = address.strip().strip("<>").strip()
-    return address if "@" in address else None
-
-
-def _arf(msg: email.message.Message) -> Report:
-    """An RFC 5965 feedback report: abuse (and the like) → complaint, the rest unknown."""
-    feedback_type: str | None = None
-    rcpt: str | None = None
-    for part in _parts(msg):
-        if part.get_content_type() != "message/feedback-report":
-            continue
-        fields = _feedback_fields(part)
-        feedback_type = fields.get("feedback-type", "").strip().lower()
-        rcpt = _typed_address(fields.get("original-rcpt-to")) or None
-    original = _original(msg)
-    if rcpt is None and original is not None:
-        rcpt = parseaddr(str(original.get("To", "")))[1] or None
-    # "abuse" is what feedback loops send; "fraud" and "virus" are complaints too. "not-spam"
-    # and "auth-failure" reports ask nothing of the list.
-    complaint = feedback_type in (None, "", "abuse", "fraud", "virus", "other")
-    kind = InboundKind.complaint if complaint else InboundKind.unknown
-    return Report(
-        kind,
-        address=rcpt,
-        message_id=_original_id(msg),
-        diagnostic=f"feedback-type: {feedback_type}" if feedback_type else None,
-    )
-
-
-def _feedback_fields(part: email.message.Message) -> dict[str, str]:
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        fields: dict[str, str] = {}
-        for block in payload:
-            if isinstance(block, email.message.Message):
-                fields.update({k.lower(): str(v) for k, v in block.items()})
-        return fields
-    body = part.get_payload(decode=True)
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(payload)
-    return {k.lower(): str(v) for k, v in email.message_from_string(text).items()}
-
-
-def _original(msg: email.message.Message) -> email.message.Message | None:
-    """The returned copy (or headers) of the message we sent, if the report includes it."""
-    for part in _parts(msg):
-        content_type = part.get_content_type()
-        if content_type in ("message/rfc822", "message/global"):
-            payload = part.get_payload()
-            if isinstance(payload, list) and payload:
-                inner = payload[0]
-                if isinstance(inner, email.message.Message):
-                    return inner
-        if content_type in ("text/rfc822-headers", "message/rfc822-headers"):
-            body = part.get_payload(decode=True)
-            if isinstance(body, bytes):
-                return email.message_from_bytes(body.lstrip())
-    return None
-
-
-def _original_id(msg: email.message.Message) -> str | None:
-    """The Message-ID of the message that came back: from the attached original, else the
-    first ``Message-ID:`` line quoted in the body (non-standard bounces quote the headers)."""
-    original = _original(msg)
-    if original is not None and original.get("Message-ID"):
-        return str(original.get("Message-ID")).strip()
-    own = str(msg.get("Message-ID", "")).strip()
-    for part in _parts(msg):
-        if part.is_multipart():
-            continue
-        body = part.get_payload(decode=True)
-        if not isinstance(body, bytes):
-            continue
-        for found in _ORIGINAL_MESSAGE_ID.finditer(body.decode("utf-8", "replace")):
-            if found.group(1) != own:
-                return found.group(1)
-    return None
-
-
-def _flufl(msg: email.message.Message) -> Report | None:
-    """The non-standard bounces flufl.bounce's detectors know (qmail, Yahoo, old Exim, …)."""
-    try:
-        temporary, permanent = all_failures(msg)
-    except Exception:  # a detector tripping over a malformed message: nothing detected
-        return None
-    if permanent:
-        kind, found = InboundKind.hard_bounce, permanent
-    elif temporary:
-        kind, found = InboundKind.soft_bounce, temporary
-    else:
-        return None
-    address = sorted(found)[0].decode("utf-8", "replace")
-    code = None
-    for part in _parts(msg):
-        body = part.get_payload(decode=True) if not part.is_multipart() else None
-        if isinstance(body, bytes):
-            match = _STATUS.search(body.decode("utf-8", "replace"))
-            if match:
-                code = match.group(0)
-                break
-    return Report(kind, address=address, status_code=code)

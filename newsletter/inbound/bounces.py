@@ -1,0 +1,165 @@
+"""Delivery failures: RFC 3464 DSNs, the non-standard bounces flufl.bounce knows, and the
+plain-text notices of mailer daemons neither recognises.
+
+Permanent or temporary is decided by the enhanced status code's class (5 or 4), whatever the
+``Action`` says: Postfix reports a message it gave up on after days of 4.4.1 as "failed",
+and that is still a temporary condition of the recipient's server.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import re
+from dataclasses import replace
+
+from flufl.bounce import all_failures
+
+from newsletter.inbound.mime import STATUS, from_daemon, original_id, parts, typed_address
+from newsletter.inbound.models import InboundKind
+from newsletter.inbound.report import Report
+
+DIAGNOSTIC_CHARS = 500  # the remote server's words, kept for the organizer, shortened
+
+
+def dsn(msg: email.message.Message) -> Report | None:
+    """An RFC 3464 report: the first failed (else delayed) recipient decides."""
+    best: tuple[int, Report] | None = None
+    blocks = [
+        block
+        for part in parts(msg)
+        if part.get_content_type() == "message/delivery-status"
+        for block in _status_blocks(part)
+    ]
+    if not blocks:
+        # Boundaries that do not match the header (seen from real Sendmail): the parser found
+        # no delivery-status part, so read the field groups from the text itself.
+        blocks = _loose_status_blocks(msg)
+    if not blocks:
+        return None  # not readable as a DSN: flufl.bounce's detectors may still know it
+    for block in blocks:
+        report = _recipient_report(block)
+        if report is None:
+            continue
+        rank = 0 if report.kind is InboundKind.hard_bounce else 1
+        if best is None or rank < best[0]:
+            best = (rank, report)
+    if best is None:  # delivered / relayed / expanded: a success notice, nothing to do
+        return Report(InboundKind.unknown, message_id=original_id(msg))
+    return replace(best[1], message_id=original_id(msg))
+
+
+def _loose_status_blocks(msg: email.message.Message) -> list[email.message.Message]:
+    text = "\n".join(
+        body.decode("utf-8", "replace")
+        for part in parts(msg)
+        if not part.is_multipart()
+        for body in [part.get_payload(decode=True)]
+        if isinstance(body, bytes)
+    )
+    groups = re.split(r"\r?\n\s*\r?\n", text)
+    return [
+        email.message_from_string(group.strip())
+        for group in groups
+        if re.search(r"^(?:Final-Recipient|Original-Recipient):", group.strip(), re.I | re.M)
+        and re.search(r"^(?:Action|Status):", group.strip(), re.I | re.M)
+    ]
+
+
+def _status_blocks(part: email.message.Message) -> list[email.message.Message]:
+    payload = part.get_payload()
+    if isinstance(payload, list):  # compat32 parses the field groups as messages
+        return [block for block in payload if isinstance(block, email.message.Message)]
+    # Some reporters send it base64-encoded or otherwise unparsed: read the groups ourselves.
+    body = part.get_payload(decode=True)
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(payload)
+    return [email.message_from_string(group) for group in re.split(r"\r?\n\s*\r?\n", text)]
+
+
+def _recipient_report(block: email.message.Message) -> Report | None:
+    action = str(block.get("Action", "")).strip().lower()
+    status = str(block.get("Status", "")).strip()
+    diagnostic = " ".join(str(block.get("Diagnostic-Code", "")).split())
+    if not action and not status:
+        return None  # the per-message group (Reporting-MTA, Arrival-Date)
+    if action not in ("failed", "delayed", ""):
+        return None  # delivered, relayed, expanded
+    code = STATUS.search(status) or STATUS.search(diagnostic)
+    status_code = code.group(0) if code else None
+    if action == "delayed" or (code is not None and code.group(1) == "4"):
+        kind = InboundKind.soft_bounce
+    elif code is not None and code.group(1) == "2":
+        return None
+    else:
+        kind = InboundKind.hard_bounce  # failed, 5.x.x or no code at all: the MTA gave up
+    recipient = typed_address(block.get("Final-Recipient")) or typed_address(
+        block.get("Original-Recipient")
+    )
+    return Report(
+        kind,
+        address=recipient,
+        status_code=status_code,
+        diagnostic=diagnostic[:DIAGNOSTIC_CHARS] or None,
+    )
+
+
+def flufl(msg: email.message.Message) -> Report | None:
+    """The non-standard bounces flufl.bounce's detectors know (qmail, Yahoo, old Exim, …)."""
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # a detector tripping over a malformed message: nothing detected
+        return None
+    if permanent:
+        kind, found = InboundKind.hard_bounce, permanent
+    elif temporary:
+        kind, found = InboundKind.soft_bounce, temporary
+    else:
+        return None
+    address = sorted(found)[0].decode("utf-8", "replace")
+    code = None
+    for part in parts(msg):
+        body = part.get_payload(decode=True) if not part.is_multipart() else None
+        if isinstance(body, bytes):
+            match = STATUS.search(body.decode("utf-8", "replace"))
+            if match:
+                code = match.group(0)
+                break
+    return Report(kind, address=address, status_code=code)
+
+
+# Where a plain-text bounce stops describing the failure and quotes the original.
+_QUOTE_START = re.compile(
+    r"^\s*-{2,}.*(?:original message|copy of the message|below this line|returned message)",
+    re.I | re.M,
+)
+_ANGLE_ADDRESS = re.compile(r"<([^<>@\s]+@[^<>@\s]+\.[^<>@\s]+)>")
+
+
+def daemon_text(msg: email.message.Message) -> Report | None:
+    """A plain-text bounce no detector knew (Yahoo's "Failure Notice", …): from a mailer
+    daemon, its notice (before the quoted original) names an address in angle brackets and
+    an enhanced status code; the code's class decides permanent or temporary."""
+    if not from_daemon(msg):
+        return None
+    body = next(
+        (
+            payload
+            for part in parts(msg)
+            if not part.is_multipart() and part.get_content_maintype() == "text"
+            for payload in [part.get_payload(decode=True)]
+            if isinstance(payload, bytes)
+        ),
+        None,
+    )
+    if body is None:
+        return None
+    text = body.decode("utf-8", "replace")
+    quote = _QUOTE_START.search(text)
+    notice = text[: quote.start()] if quote else text
+    address, code = _ANGLE_ADDRESS.search(notice), STATUS.search(notice)
+    if address is None or code is None:
+        return None
+    kind = InboundKind.hard_bounce if code.group(1) == "5" else InboundKind.soft_bounce
+    if code.group(1) == "2":
+        return None
+    return Report(kind, address=address.group(1), status_code=code.group(0))
