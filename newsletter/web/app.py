@@ -94,7 +94,8 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
 
 
 def _error_response(request: Request, exc: StarletteHTTPException) -> Response:
-    """An HTTP error as JSON under /api, else as a page (the dashboard's under /admin)."""
+    """An HTTP error as JSON under /api and for the webhook, else as a page (the
+    dashboard's under /admin)."""
     if request.url.path.startswith(("/api/", inbound_webhook.PATH)):
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
@@ -114,7 +115,7 @@ def _error_response(request: Request, exc: StarletteHTTPException) -> Response:
 def _refusal(scope: Scope, exc: StarletteHTTPException) -> Response:
     """The response of a request the limits refused before the app saw it."""
     request = Request(scope)
-    if request.url.path.startswith("/api/"):
+    if request.url.path.startswith(("/api/", inbound_webhook.PATH)):
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
