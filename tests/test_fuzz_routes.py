@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import random
 import string
+import time
+from pathlib import Path
 from urllib.parse import quote
 
-from tests.webapp import Live, form_token, live
+from tests.conftest import Configure
+from tests.servers import free_port
+from tests.webapp import Live, form_token, live, serve_live
 
 __all__ = ["live"]  # the fixture
 
@@ -266,3 +271,48 @@ def test_no_preference_route_answers_500(live: Live) -> None:
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (kind, mutated[:80], response.text[:200])
     assert {200, 400, 403} <= set(statuses), statuses
+
+
+def test_no_webhook_request_answers_500(configure: Configure, tmp_path: Path) -> None:
+    """The providers' webhook: junk bodies signed and unsigned, junk headers and methods."""
+    from newsletter.web import inbound_webhook
+    from newsletter.web.inbound_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+
+    settings = configure(base_url=f"http://127.0.0.1:{free_port()}", inbound_webhook_secret="s")
+    rng = random.Random(20261204)
+    events = [
+        {"id": "e", "type": "bounce", "bounce_type": "permanent", "email": "w0@example.org"},
+        {"id": "e", "type": "complaint", "message_id": "<d1.0123456789abcdef@example.org>"},
+        {"id": "u", "type": "unsubscribe", "token": "x.y.z"},
+    ]
+    statuses: dict[int, int] = {}
+    with serve_live(settings, tmp_path) as live:
+        for _ in range(300):
+            inbound_webhook.requests.clear()  # the limits' 429 would hide the rest
+            inbound_webhook.bad_signatures.clear()
+            event: dict[str, object] = dict(rng.choice(events))
+            for _ in range(rng.randrange(3)):
+                event[rng.choice(["id", "type", "email", "status", "bounce_type", "token"])] = (
+                    rng.choice([*JUNK, 5, None, [], {}, True, -1.5])
+                )
+            body = rng.choice(
+                [
+                    json.dumps({"events": [event] * rng.randrange(1, 4)}),
+                    json.dumps(event),
+                    rng.choice(JUNK),
+                    json.dumps({"events": rng.choice(JUNK)}),
+                ]
+            ).encode()
+            timestamp = rng.choice([str(int(time.time())), *JUNK])
+            signed = signature("s", timestamp, body) if timestamp.isascii() else "x"
+            headers = {
+                TIMESTAMP_HEADER: quote(timestamp, safe=""),
+                SIGNATURE_HEADER: rng.choice([signed, signed, quote(mutate(rng, signed))]),
+            }
+            method = rng.choices(["POST", "GET", "PUT"], weights=[18, 1, 1])[0]
+            response = live.client.request(
+                method, "/inbound/webhook", content=body, headers=headers
+            )
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            assert response.status_code < 500, (body[:200], response.text[:200])
+    assert {200, 403, 405, 422} <= set(statuses), statuses

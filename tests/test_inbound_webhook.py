@@ -131,7 +131,7 @@ def test_forged_stale_or_unsigned_requests_are_refused(hooked: Live) -> None:
         headers={TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(SECRET, timestamp, data)},
     )
     assert forged.status_code == 403
-    junk = {TIMESTAMP_HEADER: "yesterday", SIGNATURE_HEADER: "sha256=\xc3\xa9".encode("latin-1")}
+    junk = {TIMESTAMP_HEADER.encode(): b"yesterday", SIGNATURE_HEADER.encode(): "sha256=é".encode()}
     assert hooked.client.post(PATH, content=data, headers=junk).status_code == 403
     assert status(hooked, "w0@example.org") == "active"
     assert events(hooked) == 0
