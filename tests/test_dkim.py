@@ -233,3 +233,19 @@ def test_bad_key_configurations_are_one_line_errors(
     assert result.exit_code == 1
     assert expected in result.stderr.replace("\n", " ")
     assert "Traceback" not in result.output
+
+
+def test_every_sender_opens_its_transport_with_the_signer() -> None:
+    """Production code opens transports only through transport_for(settings) or
+    transports_for(..., signer=signer_for(settings)): no sender can forget to sign."""
+    root = Path(__file__).resolve().parent.parent
+    own = {root / "newsletter/mail/transports.py", root / "newsletter/mail/lanes.py"}
+    offenders = []
+    for folder in ("newsletter", "tasks", "subscribers"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            if path not in own and "transport_from_url(" in text:
+                offenders.append(str(path.relative_to(root)))
+            if "transports_for(" in text and path not in own and "signer=" not in text:
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == []

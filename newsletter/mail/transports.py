@@ -2,7 +2,7 @@
 
 Every transport is used the same way, one ``with`` block per batch::
 
-    with transport_from_url(settings.mail_url) as transport:
+    with transport_for(settings) as transport:   # DKIM-signing when configured
         for message in batch:
             transport.send(message)      # raises DeliveryError when not accepted
 
