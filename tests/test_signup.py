@@ -359,3 +359,34 @@ def test_temporary_refusal_waits_for_a_retry_and_a_permanent_one_is_given_up(
         row = db.scalars(select(SubscriberMail).where(SubscriberMail.subscriber_id == busy)).one()
         assert row.sent_at is not None and row.due_at is None and row.error is None
     assert kinds_of(settings.database_url, busy) == [SubscriberMailKind.confirm]
+
+
+def test_sign_ups_of_one_address_at_once_send_at_most_three_confirmations(
+    db_url: str, configure: Configure
+) -> None:
+    """Eight sign-ups of one new address in eight transactions at once: one person, three
+    confirmation mails (the row lock makes them count one after the other)."""
+    import threading
+
+    settings = configure(database_url=db_url)
+    barrier = threading.Barrier(8)
+    outcomes: list[bool] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            barrier.wait()
+            outcomes.append(do_sign_up(settings, "rush@example.org").queued)
+        except BaseException as exc:  # reported below, with the test's own assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(outcomes) == [False] * 5 + [True] * 3
+    found = person(db_url, "rush@example.org")
+    assert found is not None
+    assert kinds_of(db_url, found.id) == ["confirm"] * MAX_CONFIRMS_PER_DAY
