@@ -320,7 +320,7 @@ def test_personalised_equals_full_render_for_random_names_and_odd_links() -> Non
             rsvp_no_url="https://salon.example.org/rsvp/no#frag`^{}|\\",
             calendar_url="https://salon.example.org/c/%E5%90%8D%zz.ics",
             unsubscribe_url="mailto:unsubscribe@example.org?subject=u&body=x",
-            preferences_url="https://salon.example.org/preferences/偏好 x?y=\"1\"",
+            preferences_url='https://salon.example.org/preferences/偏好 x?y="1"',
         )
     )
     for full, compiled in full_and_compiled(record(61), archive_before(61)[-3:], people):
