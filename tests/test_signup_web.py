@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +15,15 @@ from sqlalchemy import func, select
 from newsletter.db import session_scope, utcnow
 from newsletter.tokens import Purpose, sign
 from newsletter.web import subscribe
+from subscribers import mail_outbox
 from subscribers.erased import record_erasure
 from subscribers.models import Subscriber, SubscriberMail, SubscriberMailKind, SubscriberStatus
 from subscribers.subscription_mails import confirm_payload
-from tests.test_signup import add_person, person
-from tests.webapp import Live, form_token, live
+from tests.conftest import Configure
+from tests.servers import free_port
+from tests.smtp import SmtpServer
+from tests.test_signup import add_person, messages, person
+from tests.webapp import Live, form_token, live, serve_live
 
 __all__ = ["live"]  # the fixture
 
@@ -232,3 +236,25 @@ def test_the_form_offers_the_configured_topics(live: Live, tmp_path: Path) -> No
     post_form(live, "topical@example.org", topics="nlp")
     found = person(live.settings.database_url, "topical@example.org")
     assert found is not None and [t.name for t in found.tags] == ["nlp"]
+
+
+def test_without_a_broker_the_web_process_sends_mails_nobody_asked_a_sender_for(
+    configure: Configure, tmp_path: Path, start_smtp: Callable[..., SmtpServer]
+) -> None:
+    """A confirmation committed while the hand-over failed (a broker down, a crash) is sent by
+    the web process's own beat (every 0.2 s here)."""
+    relay = start_smtp()
+    settings = configure(
+        base_url=f"http://127.0.0.1:{free_port()}",
+        mail_url=f"smtp://127.0.0.1:{relay.port}",
+        sweep_interval="0.2",
+    )
+    with serve_live(settings, tmp_path, people=0):
+        sid = add_person(settings.database_url, "left@example.org", SubscriberStatus.pending)
+        with session_scope(settings.database_url) as db:
+            mail_outbox.queue(db, sid, SubscriberMailKind.confirm)  # and no send_soon()
+        deadline = time.monotonic() + 60
+        while not messages(relay, "left@example.org"):
+            assert time.monotonic() < deadline, "beat never sent the confirmation"
+            time.sleep(0.05)
+    assert len(messages(relay, "left@example.org")) == 1
