@@ -316,6 +316,10 @@ def suppress(
         address, existing = "", repo.get_by_id(db, subscriber_id)
         if existing is None:
             raise NotFoundError(f"subscriber #{subscriber_id} does not exist")
+    if existing is not None and existing.status == SubscriberStatus.erased:
+        # A late bounce of an old delivery: the row holds no one any more, and "erased"
+        # must stay what it says (subscribers.gdpr).
+        return False
     if existing is not None:
         changed = repo.set_status(db, existing.id, status, reason, now)
         _give_up_answers(db, existing.id)
