@@ -7,12 +7,13 @@ answer each.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.errors
 import email.message
 import re
 from collections.abc import Iterable
-from email.header import decode_header, make_header
+from email.header import Header, decode_header, make_header
 from email.utils import parseaddr
 
 # An enhanced status code (RFC 3463): class.subject.detail.
@@ -23,11 +24,23 @@ DAEMONS = ("mailer-daemon", "postmaster", "mail-daemon", "maildaemon", "mail del
 
 
 def text(value: object) -> str:
-    """A header value decoded from RFC 2047 words, never raising."""
+    """A header value decoded from RFC 2047 words (or raw UTF-8, RFC 6532), never raising."""
+    if isinstance(value, Header):  # compat32's wrapper for 8-bit header bytes
+        value = "".join(
+            part.decode(charset if charset not in (None, "unknown-8bit") else "utf-8", "replace")
+            if isinstance(part, bytes)
+            else part
+            for part, charset in decode_header(value)
+        )
+    raw = str(value)
+    if not raw.isascii():
+        # compat32 may keep 8-bit header bytes as surrogates: read them as the UTF-8 they are.
+        with contextlib.suppress(UnicodeEncodeError):  # else real characters already
+            raw = raw.encode("ascii", "surrogateescape").decode("utf-8", "replace")
     try:
-        return str(make_header(decode_header(str(value))))
+        return str(make_header(decode_header(raw)))
     except (UnicodeError, LookupError, ValueError, email.errors.HeaderParseError):
-        return str(value)
+        return raw
 
 
 def from_address(msg: email.message.Message) -> str | None:

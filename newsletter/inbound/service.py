@@ -86,24 +86,45 @@ class InboundOutcome:
     changes: tuple[str, ...] = ()
 
 
-def fingerprint_of(raw: bytes) -> str:
-    """The idempotence key of a raw message: SHA-256 of its Message-ID and its body.
+# Header fields a relay, a pipe or a mailbox adds on the way in: two copies of one message
+# differ in these and nothing else (the one a pipe got and the one IMAP shows).
+_TRACE_FIELDS = frozenset(
+    (
+        b"received",
+        b"return-path",
+        b"delivered-to",
+        b"x-original-to",
+        b"envelope-to",
+        b"x-envelope-to",
+        b"delivery-date",
+        b"x-delivered-to",
+        b"status",
+        b"x-status",
+        b"x-uid",
+        b"x-keywords",
+    )
+)
 
-    Trace headers (Received, Delivered-To, Return-Path) differ between the copy a pipe got
-    and the one IMAP shows, the body and the Message-ID do not; a message without a header
-    block is hashed whole.
+
+def fingerprint_of(raw: bytes) -> str:
+    """The idempotence key of a raw message: SHA-256 of it without its trace header fields.
+
+    Trace fields (Received, Delivered-To, Return-Path, …) differ between two copies of one
+    message; every other header (Message-ID, Subject, From) and the body are the message.
     """
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep:
         head, sep, body = raw.partition(b"\n\n")
     if not sep:
         return hashlib.sha256(raw).hexdigest()
-    message_id = b""
+    digest = hashlib.sha256(b"inbound\0")
+    keep = True
     for line in head.splitlines():
-        if line[:11].lower() == b"message-id:":
-            message_id = line[11:].strip()
-            break
-    digest = hashlib.sha256(b"inbound\0" + message_id + b"\0" + body)
+        if line[:1] not in (b" ", b"\t"):  # a field's first line; else a continuation
+            keep = line.partition(b":")[0].strip().lower() not in _TRACE_FIELDS
+        if keep:
+            digest.update(line.rstrip() + b"\n")
+    digest.update(b"\0" + body.replace(b"\r\n", b"\n"))
     return digest.hexdigest()
 
 
