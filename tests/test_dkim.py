@@ -249,3 +249,29 @@ def test_every_sender_opens_its_transport_with_the_signer() -> None:
             if "transports_for(" in text and path not in own and "signer=" not in text:
                 offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"line one\r\nline two\r\n",  # already relaxed: hashed as it is
+        b"trailing space \r\nx\r\n",
+        b"tab\there\r\n",
+        b"double  space\r\n",
+        b"ends without a line end",
+        b"empty lines at the end\r\n\r\n\r\n",
+        b"\r\n",
+        b"",
+    ],
+)
+def test_relaxed_body_is_dkimpys(body: bytes, keys: dict[str, Path]) -> None:
+    from dkim.canonicalization import Relaxed  # type: ignore[import-untyped]
+
+    from newsletter.mail.dkim import load_signer, relaxed_body
+
+    assert relaxed_body(body) == Relaxed.canonicalize_body(body)
+    # And a message with such a body verifies (the slow path where the fast one cannot go).
+    signer = load_signer("s1", "example.org", keys["ed25519"])
+    message = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\n\r\n" + body
+    record = signer.dns_record().encode()
+    assert verifies(signer.sign(message), lambda name, timeout=5: record)

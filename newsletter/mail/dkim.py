@@ -93,6 +93,7 @@ def relaxed_body(body: bytes) -> bytes:
     dkimpy's canonicalization of it."""
     if (
         body.endswith(b"\r\n")
+        and body != b"\r\n"  # an empty body's relaxed form is empty
         and not body.endswith(b"\r\n\r\n")
         and b"\t" not in body
         and b"  " not in body
