@@ -80,6 +80,11 @@ def test_a_pause_skips_queued_deliveries_and_new_campaigns_until_lifted(
     }
     assert set(_statuses(live_settings, while_paused)) == {p0, p2}  # not even queued
     with session_scope(live_settings.database_url) as db:
+        skipped = db.scalars(
+            select(Delivery).where(Delivery.campaign_id == queued, Delivery.subscriber_id == p1)
+        ).one()
+        assert skipped.last_error and "paused" in skipped.last_error
+    with session_scope(live_settings.database_url) as db:
         progress = campaigns.progress(db, queued)
         assert (progress.sent, progress.skipped) == (2, 1)
     _save(live_settings, p1, paused_until=None)  # lifted: the next campaign reaches them

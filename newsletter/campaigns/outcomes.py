@@ -38,6 +38,8 @@ from subscribers.models import SubscriberStatus
 from subscribers.service import suppress
 
 log = logging.getLogger(__name__)
+#: Why a claimed delivery was not sent (campaigns.recipients.mailable said no).
+SKIPPED_REASON = "not to be mailed any more (left the list, paused, or dropped the topic)"
 
 # Lanes wait for a report when this many outcomes are unwritten (see Ledger.file). At the
 # default batch size (500) no batch reaches it, so reports go by time alone.
@@ -109,7 +111,7 @@ class Outcomes:
     def write(self, db: Session, *, worker: str, delays: list[float]) -> None:
         """Write every outcome as this worker's (rows it no longer owns are left alone)."""
         repo.mark_sent(db, self.sent, worker=worker)
-        repo.mark_skipped(db, self.skipped, "not subscribed any more", worker=worker)
+        repo.mark_skipped(db, self.skipped, SKIPPED_REASON, worker=worker)
         for failed in self.failed:
             reason = failed.reason
             if failed.item.maybe_sent:
