@@ -192,6 +192,14 @@ def test_erase_leaves_nothing_personal_and_keeps_the_figures(
         process_message(db, live_settings, delay_notice("p0@example.org"), source="file")
     with session_scope(live_settings.database_url) as db:
         assert db.scalar(select(func.count()).select_from(InboundEvent)) == 1
+    # A late hard bounce of an old delivery does not turn the row back into someone.
+    with session_scope(live_settings.database_url) as db:
+        late = service.suppress(
+            db, subscriber_id=people[0], status=SubscriberStatus.bounced, reason="550 5.1.1"
+        )
+        assert late is False
+    with session_scope(live_settings.database_url) as db:
+        assert db.get(Subscriber, people[0]).status == SubscriberStatus.erased  # type: ignore[union-attr]
     # An organizer's old spreadsheet does not bring the person back.
     sheet = tmp_path / "old.csv"
     sheet.write_text("email,name\nP0@example.org,张三\np9@example.org,新人\n", encoding="utf-8")
