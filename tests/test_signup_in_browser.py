@@ -160,3 +160,33 @@ def test_the_readme_snippet_on_another_page_signs_up_after_one_more_press(
         page.close()
     wait_for_worker()
     assert len(messages(relay, address)) == 1
+
+
+@pytest.mark.parametrize("width", ["phone", "desktop"])
+def test_a_bad_or_expired_confirm_link_shows_a_clear_page(
+    relayed: tuple[Live, SmtpServer], browser: Any, width: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from itsdangerous.timed import TimestampSigner
+
+    from newsletter.tokens import Purpose, sign
+
+    live, _ = relayed
+    signed_at = int(time.time()) - (live.settings.pending_days + 1) * 24 * 3600
+    with monkeypatch.context() as patched:
+        patched.setattr(TimestampSigner, "get_timestamp", lambda self: signed_at)
+        old = sign(Purpose.CONFIRM, {"u": live.people[0], "m": 1}, live.settings.secret_keys)
+    page = browser.new_page(viewport=WIDTHS[width])
+    try:
+        response = page.goto(f"{live.settings.base_url}/subscribe/confirm/{old}")
+        assert response is not None and response.status == 410
+        assert page.get_by_text("这个确认链接已过期").is_visible()
+        assert page.get_by_role("button").count() == 0
+        page.screenshot(path=str(screenshot_path(f"subscribe-expired-{width}")), full_page=True)
+        response = page.goto(f"{live.settings.base_url}/subscribe/confirm/{old[:-3]}")
+        assert response is not None and response.status == 400
+        assert page.get_by_text("这个确认链接无效").is_visible()
+        fits(page, width)
+    finally:
+        page.close()
