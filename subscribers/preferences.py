@@ -11,7 +11,9 @@ the person themselves may decide:
 * **pause until a date**: no campaign mail until the start of that day in the club's time
   zone (``NEWSLETTER_TIMEZONE``); at most :data:`MAX_PAUSE_DAYS` ahead (longer than that is
   what unsubscribing is for). Stored as ``paused_until`` and read by
-  ``campaigns.recipients.mailable``, at creation and when a queued delivery is claimed;
+  ``campaigns.recipients.mailable``, at creation and when a queued delivery is claimed.
+  Mails that answer the person's own action still go (an RSVP confirmation, a seat from the
+  waitlist they joined, the data export they asked for): a pause is about campaigns;
 * **unsubscribe**: :func:`subscribers.service.unsubscribe`, as the unsubscribe link does;
 * **resubscribe**: an *unsubscribed* person may come back from here (the link is proof
   enough: it was mailed to them). A bounced address may not (mail to it failed for good:

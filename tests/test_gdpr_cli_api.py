@@ -13,6 +13,7 @@ from typer.testing import CliRunner, Result
 
 from newsletter.cli import subscribers_cmd
 from newsletter.db import session_scope
+from newsletter.links import preferences_link
 from newsletter.migrate import upgrade
 from subscribers import service
 from subscribers.models import Subscriber, SubscriberStatus
@@ -114,6 +115,12 @@ def test_api_export_and_erase_need_the_token(live: Live) -> None:
     with session_scope(live.settings.database_url) as db:
         person = db.get(Subscriber, live.people[0])
         assert person is not None and person.status == SubscriberStatus.erased
+    # The preference link in their old mails now opens a clear "no longer exists" page.
+    link = preferences_link(
+        live.settings.base_url, live.settings.secret_keys, subscriber_id=person.id
+    )
+    page = live.client.get(link.removeprefix(live.settings.base_url))
+    assert page.status_code == 404 and "已不存在" in page.text
 
 
 def test_the_routes_are_in_the_openapi_document(live: Live) -> None:
