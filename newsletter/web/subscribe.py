@@ -120,20 +120,24 @@ async def submit(request: Request) -> HTMLResponse:
     form = await request.form()
     email, name = _text(form, "email"), _text(form, "name")
     topics = [t for t in form.getlist("topics") if isinstance(t, str)][:MAX_TOPICS]
-    offered = await run_in_threadpool(_offered)
-    shown: dict[str, Any] = {"topics": offered, "name": name, "email": email, "chosen": topics}
+
+    async def again(status_code: int = 200, **how: Any) -> HTMLResponse:
+        """The form once more, filled in with what was sent."""
+        offered = await run_in_threadpool(_offered)
+        return _form_page(status_code, topics=offered, name=name, email=email, chosen=topics, **how)
+
     try:
         check_form_token(_text(form, "csrf"), FORM_PAYLOAD, max_age_seconds=FORM_MAX_AGE_S)
     except HTTPException:  # the snippet on another site, or a stale page: one more press here
-        return _form_page(check=True, **shown)
+        return await again(check=True)
     try:
         normalise_email(email)
     except SubscriberDataError:
-        return _form_page(400, problem="请填写有效的邮箱地址。", **shown)
+        return await again(400, problem="请填写有效的邮箱地址。")
     try:
         normalise_name(name)
     except SubscriberDataError:
-        return _form_page(400, problem="姓名不能超过 200 个字符，也不能包含控制字符。", **shown)
+        return await again(400, problem="姓名不能超过 200 个字符，也不能包含控制字符。")
     client = request.client.host if request.client else "unknown"
     wait = throttle.retry_after(client)
     if wait:
