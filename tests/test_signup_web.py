@@ -137,6 +137,8 @@ def test_an_unusable_address_gets_the_form_again(live: Live) -> None:
     assert status == 400 and "请填写有效的邮箱地址" in body
     status, body = post_form(live, "ok@example.org", name="x" * 300)
     assert status == 400 and "姓名" in body
+    status, body = post_form(live, "ok@example.org", name="x" * 5000)
+    assert status == 400 and "姓名" in body
     assert mails(live) == 0
 
 
