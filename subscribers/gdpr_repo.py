@@ -1,9 +1,9 @@
 """The SQL of the GDPR export and erasure (:mod:`subscribers.gdpr`), each query's why beside it.
 
-Every read is of one person's rows through an index on ``subscriber_id`` (deliveries,
-rsvps, subscriber_mails, inbound_events by their foreign keys; rsvp_events has none of its
-own, and a person's history is a handful of rows per session, so the scan it needs is of the
-sessions' answers, bounded by the list's size: acceptable for a request made by hand).
+Reads and writes of one person's rows: deliveries, rsvps and subscriber_mails through their
+``subscriber_id`` indexes; rsvp_events and inbound_events (by id *or* address) are scanned,
+as neither has an index that serves "one person": a request made by hand now and then does
+not justify an index that every answer and every bounce would have to maintain.
 Nothing here commits.
 """
 
