@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from sqlalchemy.exc import OperationalError
 from typer.core import TyperGroup
 
@@ -87,6 +88,11 @@ def describe(name: str, outcome: InboundOutcome) -> str:
     return f"{name}: {outcome.kind}, {matched}: {changed} (event {outcome.event_id})"
 
 
+def _error(message: str) -> None:
+    # One line per file (no wrapping, no markup: a file name may hold brackets).
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
 def _read_stdin(limit: int) -> bytes:
     data = sys.stdin.buffer.read(limit + 1)
     if len(data) > limit:
@@ -128,11 +134,11 @@ def read(
                 else _read_file(Path(name), MAX_MESSAGE_BYTES)
             )
         except OSError as exc:
-            err_console.print(f"error: {name}: cannot read it: {exc.strerror or exc}")
+            _error(f"{name}: cannot read it: {exc.strerror or exc}")
             failures += 1
             continue
         except MessageTooLarge as exc:
-            err_console.print(f"error: {name}: {exc}; not processed")
+            _error(f"{name}: {exc}; not processed")
             failures += 1
             continue
         try:
@@ -143,7 +149,7 @@ def read(
         except OperationalError as exc:
             # The database is away: say so and ask the pipe to try later (nothing is lost).
             raise fail(describe_database_error(exc), EX_TEMPFAIL) from None
-        console.print(describe("stdin" if name == "-" else name, outcome), soft_wrap=True)
+        console.print(escape(describe("stdin" if name == "-" else name, outcome)), soft_wrap=True)
     if failures:
         raise typer.Exit(1)
 
