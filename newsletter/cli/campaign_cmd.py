@@ -30,6 +30,7 @@ from newsletter.cli.common import (
 )
 from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope
+from newsletter.inbound.rates import ReturnedRates, percent, rates_of
 from newsletter.mail.transports import transport_for
 from tasks import embedded
 from tasks.campaigns import start_campaign
@@ -275,9 +276,35 @@ def remind(
 @app.command()
 @handles_errors
 def status(campaign_id: int = typer.Argument(..., help="The campaign id.")) -> None:
-    """The campaign's state and counts (reads only: never migrates the database)."""
+    """The campaign's state and counts, and its bounce and complaint rates (per sent mail,
+    with a warning above 2 % or 0.1 %); reads only: never migrates the database."""
     database_for_reading()
     console.print(progress_line(_read_progress(campaign_id)))
+    with session_scope(get_settings().database_url) as db:
+        rates = rates_of(service.require_campaign(db, campaign_id))
+    console.print(returned_line(rates), soft_wrap=True)
+    high = [
+        what
+        for what, above in (
+            ("more than 2 % of the mail sent bounced", rates.bounce_warning),
+            ("more than 0.1 % was reported as spam", rates.complaint_warning),
+        )
+        if above
+    ]
+    if high:
+        err_console.print(
+            f"[bold yellow]warning:[/] {' and '.join(high)}: clean the list before the next"
+            " campaign (mailbox providers throttle or block senders above these rates)",
+            soft_wrap=True,
+        )
+
+
+def returned_line(rates: ReturnedRates) -> str:
+    """One line of returned mail: bounces and complaints, each as a share of sent mail."""
+    return (
+        f"returned: {rates.bounces} bounced ({percent(rates.bounce_rate)} of"
+        f" {rates.sent} sent), {rates.complaints} complaints ({percent(rates.complaint_rate)})"
+    )
 
 
 def _change(campaign_id: int, action: str) -> None:
