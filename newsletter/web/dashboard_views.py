@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from newsletter.campaigns.models import Campaign, CampaignKind, CampaignStatus
 from newsletter.campaigns.service import CampaignProgress
+from newsletter.inbound.rates import percent, rates_of
 from newsletter.rsvp.history import Point
 from newsletter.rsvp.models import Answer
 from newsletter.rsvp.repo import AttendeeRow
@@ -97,11 +98,19 @@ class CampaignView:
     created_at: str
     finished_at: str
     actions: list[tuple[str, str]]
+    # Returned mail (newsletter.inbound.rates): counts, rates of sent mail, warnings.
+    bounces: int = 0
+    complaints: int = 0
+    bounce_rate: str = "-"
+    complaint_rate: str = "-"
+    bounce_warning: bool = False
+    complaint_warning: bool = False
 
 
 def campaign_view(campaign: Campaign, progress: CampaignProgress, zone: ZoneInfo) -> CampaignView:
     """What the dashboard shows of one campaign."""
     status = CampaignStatus(progress.status)
+    returned = rates_of(campaign)
     return CampaignView(
         id=progress.id,
         session_number=progress.session_number,
@@ -121,6 +130,12 @@ def campaign_view(campaign: Campaign, progress: CampaignProgress, zone: ZoneInfo
         created_at=local_time(progress.created_at, zone),
         finished_at=local_time(progress.finished_at, zone),
         actions=[(a, ACTION_LABELS[a]) for a in ACTIONS.get(status, ())],
+        bounces=returned.bounces,
+        complaints=returned.complaints,
+        bounce_rate=percent(returned.bounce_rate),
+        complaint_rate=percent(returned.complaint_rate),
+        bounce_warning=returned.bounce_warning,
+        complaint_warning=returned.complaint_warning,
     )
 
 
