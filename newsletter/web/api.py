@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -19,6 +19,7 @@ from newsletter.campaigns.service import CampaignProgress
 from newsletter.config import get_settings
 from newsletter.db import session_scope
 from newsletter.errors import InvalidStateError, NotFoundError
+from newsletter.inbound.rates import rates_of
 from newsletter.outages import is_unavailable
 from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.export import session_attendees_csv
@@ -203,11 +204,35 @@ def create_campaign(body: CampaignIn) -> CampaignProgress:
     return _campaign_out(campaign_id)
 
 
+@dataclass(frozen=True, slots=True)
+class CampaignStatusOut(CampaignProgress):
+    """A campaign's state and counts with its returned mail: hard bounces and complaints,
+    their rates per sent delivery and whether they are above 2 % / 0.1 % (one rule:
+    newsletter.inbound.rates)."""
+
+    bounces: int = 0
+    complaints: int = 0
+    bounce_rate: float | None = None
+    complaint_rate: float | None = None
+    bounce_warning: bool = False
+    complaint_warning: bool = False
+
+
 @router.get("/campaigns/{campaign_id}")
-def campaign_status(campaign_id: CampaignId) -> CampaignProgress:
-    """State and counts, as kept on the campaign row."""
-    with _refusals_as_http():
-        return _campaign_out(campaign_id)
+def campaign_status(campaign_id: CampaignId) -> CampaignStatusOut:
+    """State and counts, as kept on the campaign row, and the returned-mail rates."""
+    with _refusals_as_http(), session_scope(get_settings().database_url) as db:
+        returned = rates_of(campaigns.require_campaign(db, campaign_id))
+        progress = campaigns.progress(db, campaign_id)
+    return CampaignStatusOut(
+        **{f.name: getattr(progress, f.name) for f in fields(progress)},
+        bounces=returned.bounces,
+        complaints=returned.complaints,
+        bounce_rate=returned.bounce_rate,
+        complaint_rate=returned.complaint_rate,
+        bounce_warning=returned.bounce_warning,
+        complaint_warning=returned.complaint_warning,
+    )
 
 
 @router.post("/campaigns/{campaign_id}/{action}")
