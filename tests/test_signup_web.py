@@ -1,5 +1,6 @@
-"""The sign-up pages over HTTP: one answer for every address, the snippet's POST, the confirm
-link's GET changing nothing, bad and expired links, the per-client limit."""
+"""The sign-up pages over HTTP, on SQLite and PostgreSQL: one answer for every address, the
+snippet's POST, the confirm link's GET changing nothing, bad and expired links, the per-client
+limit, beat sending what nobody asked a sender for."""
 
 from __future__ import annotations
 
@@ -19,13 +20,27 @@ from subscribers import mail_outbox
 from subscribers.erased import record_erasure
 from subscribers.models import Subscriber, SubscriberMail, SubscriberMailKind, SubscriberStatus
 from subscribers.subscription_mails import confirm_payload
-from tests.conftest import Configure
+from tests.conftest import Configure, _empty_tables
 from tests.servers import free_port
 from tests.smtp import SmtpServer
 from tests.test_signup import add_person, messages, person
-from tests.webapp import Live, form_token, live, serve_live
+from tests.webapp import Live, form_token, serve_live
 
-__all__ = ["live"]  # the fixture
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def live(request: pytest.FixtureRequest, configure: Configure, tmp_path: Path) -> Iterator[Live]:
+    """The live app (three subscribers, session no. 95) on SQLite and on PostgreSQL."""
+    base_url = f"http://127.0.0.1:{free_port()}"
+    if request.param == "sqlite":
+        settings = configure(base_url=base_url)
+    else:
+        url = str(request.getfixturevalue("postgres_url"))
+        _empty_tables(url)
+        settings = configure(
+            base_url=base_url, database_url=url, mail_url=f"file://{tmp_path / 'outbox'}"
+        )
+    with serve_live(settings, tmp_path) as built:
+        yield built
 
 
 @pytest.fixture(autouse=True)
