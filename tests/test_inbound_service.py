@@ -67,11 +67,17 @@ def inbound_settings(configure: Configure, db_url: str, **more: str) -> Settings
 def sent_campaign(settings: Settings, tmp_path: Path, addresses: list[str]) -> Sent:
     """Session 95, one subscriber per address, a campaign to them all, sent for real."""
     seed(settings, tmp_path, people=0, capacity=None)
+    return send_to(settings, addresses)
+
+
+def send_to(settings: Settings, addresses: list[str]) -> Sent:
+    """Add these subscribers to a database with session 95 and send it to everyone."""
     normal = sorted({normalise_email(a) for a in addresses})
     with session_scope(settings.database_url) as db:
         db.add_all([Subscriber(email=a, name="", created_at=utcnow()) for a in normal])
         db.flush()
         campaign_id = campaigns.create_campaign(db, 95).id
+        normal = list(db.scalars(select(Subscriber.email)))
     enqueue(start_campaign, campaign_id)
     wait_for_worker()
     with session_scope(settings.database_url) as db:
