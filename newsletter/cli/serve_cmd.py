@@ -10,6 +10,7 @@ import typer
 
 from newsletter.cli.common import handles_errors
 from newsletter.config import get_settings
+from newsletter.mail.dkim import signer_for
 from newsletter.migrate import upgrade
 
 log = logging.getLogger("newsletter.serve")
@@ -35,6 +36,7 @@ def serve(
     from newsletter.web.server import server_options
 
     settings = get_settings()
+    signer_for(settings)  # a bad DKIM key: one line now, not a campaign paused later
     upgrade(settings.database_url)
     # Exists before anyone opens /admin: the organizer needs it for the first login.
     settings.admin_bearer_token  # noqa: B018 - creates var/admin.token when not configured

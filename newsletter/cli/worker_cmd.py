@@ -6,7 +6,9 @@ import typer
 
 from newsletter.cli.common import fail
 from newsletter.config import get_settings
+from newsletter.errors import ConfigurationError
 from newsletter.logs import setup_logging
+from newsletter.mail.dkim import signer_for
 
 
 def worker(
@@ -22,6 +24,10 @@ def worker(
             "NEWSLETTER_BROKER_URL is not set: without a broker, `newsletter serve` and the "
             "commands that send run their tasks on an embedded worker; no worker is needed"
         )
+    try:
+        signer_for(get_settings())  # a bad DKIM key: one line now, not at the first mail
+    except ConfigurationError as exc:
+        raise fail(str(exc)) from None
     from tasks.celery_app import app
 
     # The same handler and redaction as every command, at the worker's level: one line per
