@@ -275,3 +275,23 @@ def test_relaxed_body_is_dkimpys(body: bytes, keys: dict[str, Path]) -> None:
     message = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\n\r\n" + body
     record = signer.dns_record().encode()
     assert verifies(signer.sign(message), lambda name, timeout=5: record)
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["worker"]])
+def test_commands_that_send_check_the_key_at_start(tmp_path: Path, command: list[str]) -> None:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {
+        "NEWSLETTER_BROKER_URL": "redis://127.0.0.1:1/0",
+        "NEWSLETTER_DKIM_SELECTOR": "s1",
+        "NEWSLETTER_DKIM_PRIVATE_KEY": str(tmp_path / "missing.pem"),
+    }
+    newsletter = str(Path(sys.executable).parent / "newsletter")
+    done = subprocess.run(
+        [newsletter, *command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert "missing.pem" in done.stderr and "cannot read the DKIM key" in done.stderr
+    assert "Traceback" not in done.stderr
