@@ -197,6 +197,7 @@ def test_nothing_is_signed_without_configuration(configure: Configure, smtp: Smt
     assert 'example.org. TXT "v=spf1' in stdout
     assert '_dmarc.example.org. TXT "v=DMARC1;' in stdout
     assert "DKIM is not configured" in stderr
+    assert "Usage" in CliRunner().invoke(cli, ["dns", "--help"]).output
 
 
 @pytest.mark.parametrize(
