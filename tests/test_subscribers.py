@@ -346,10 +346,12 @@ def test_list_filters_pages_and_counts(db: Session) -> None:
     assert service.count_active(db, tag="zju") == 3
     assert service.count_active(db, tag="nobody-has-this") == 0
     assert service.status_counts(db) == {
+        "pending": 0,
         "active": 6,
         "unsubscribed": 1,
         "bounced": 0,
         "suppressed": 0,
+        "erased": 0,
     }
     with pytest.raises(NewsletterError, match="unknown status"):
         service.list_subscribers(db, status="gone")
