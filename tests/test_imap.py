@@ -204,3 +204,46 @@ def test_refused_login_and_unreachable_server(
     configure(inbound_imap_url=url_for(dovecot, "NoSuchBox"))
     result = invoke("poll")
     assert result.exit_code == 1 and "no mailbox 'NoSuchBox'" in result.stderr
+
+
+def test_polling_for_ever_waits_out_a_server_problem(
+    dovecot: Dovecot, configure: Configure, tmp_path: Path
+) -> None:
+    """With --every, an error is one line on stderr and the next poll goes on."""
+    import os
+    import subprocess
+    import sys
+
+    url = database(configure, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env |= {
+        "NEWSLETTER_DATABASE_URL": url,
+        "NEWSLETTER_SECRET_KEY": "test-secret-key",
+        "NEWSLETTER_FROM_ADDRESS": "salon@example.org",
+        "NEWSLETTER_INBOUND_IMAP_URL": url_for(dovecot, "Later"),  # no such mailbox yet
+    }
+    newsletter = str(Path(sys.executable).parent / "newsletter")
+    process = subprocess.Popen(
+        [newsletter, "inbound", "poll", "--every", "0.2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None and process.stdout is not None
+        first_error = process.stderr.readline()
+        assert "no mailbox 'Later'" in first_error and "trying again" in first_error
+        dovecot.append(dsn("ada@example.org", 5), "Later")
+        for line in process.stdout:  # ends if the process dies: the assertion below says so
+            if "imap message 1:" in line:
+                assert "hard_bounce" in line
+                break
+        else:
+            raise AssertionError("the poll never read the message")
+        assert process.poll() is None  # still polling
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert status_of(url, "ada@example.org") == "bounced"

@@ -208,10 +208,12 @@ def poll(
     """Read the unseen messages of the IMAP mailbox NEWSLETTER_INBOUND_IMAP_URL names.
 
     Each is applied, then marked seen (never moved or deleted): a message is marked only
-    after its event is stored, so a crash loses none and a second read counts once.
+    after its event is stored, so a crash loses none and a second read counts once. With
+    --every, a server or database that is away is reported and tried again.
     """
     import time
 
+    from newsletter.inbound.imap import ImapError
     from newsletter.inbound.imap import poll as poll_mailbox
 
     settings = get_settings()
@@ -221,7 +223,19 @@ def poll(
         console.print(describe(f"imap message {uid}", outcome), soft_wrap=True)
 
     while True:
-        result = poll_mailbox(settings, on_message=show)
+        try:
+            result = poll_mailbox(settings, on_message=show)
+        except (ImapError, OperationalError) as exc:
+            if not every:
+                raise
+            # Polling for ever: a server or database away for a while is waited out; what
+            # was not stored stays unseen and is read at the next poll.
+            reason = describe_database_error(exc) if isinstance(exc, OperationalError) else exc
+            err_console.print(
+                f"error: {reason}; trying again in {every:g} s", markup=False, soft_wrap=True
+            )
+            time.sleep(every)
+            continue
         console.print(
             f"imap: {result.processed} processed, {result.duplicates} already processed"
             + (
