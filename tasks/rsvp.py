@@ -6,14 +6,13 @@ import logging
 import math
 import time
 
-from newsletter.config import Settings, get_settings
+from newsletter.config import get_settings
 from newsletter.db import session_scope
-from newsletter.errors import DeliveryError
-from newsletter.mail.transports import Transport, transport_for
 from newsletter.rsvp import outbox
 from tasks.celery_app import app
 from tasks.dispatch import enqueue
 from tasks.faults import survives_database_outages
+from tasks.outbox_delivery import deliver
 
 log = logging.getLogger(__name__)
 
@@ -56,31 +55,6 @@ def send_rsvp_notices(session_id: int | None = None) -> None:
             batch = outbox.claim(db, settings, session_id=session_id)
         if not batch:
             return
-        outcomes = _deliver(batch, settings)
+        outcomes = deliver(batch, settings, what="rsvp notice")
         with session_scope(settings.database_url) as db:
             outbox.record(db, outcomes)
-
-
-def _deliver(batch: list[outbox.PreparedNotice], settings: Settings) -> list[outbox.Outcome]:
-    outcomes = [outbox.Outcome(p.ids, error=p.reason) for p in batch if p.message is None]
-    mails = [p for p in batch if p.message is not None]
-    handed_over = 0
-    try:
-        with transport_for(settings) as transport:
-            for notice in mails:
-                outcomes.append(_send(transport, notice))
-                handed_over += 1
-    except DeliveryError as exc:  # no connection at all: every mail not yet sent waits
-        log.warning("rsvp notices: the mail relay is unavailable: %s", exc)
-        outcomes += [outbox.after_failure(notice, exc) for notice in mails[handed_over:]]
-    return outcomes
-
-
-def _send(transport: Transport, notice: outbox.PreparedNotice) -> outbox.Outcome:
-    assert notice.message is not None, "only built mails are sent"
-    try:
-        transport.send(notice.message)
-    except DeliveryError as exc:
-        log.warning("rsvp notice for subscriber %s: %s", notice.subscriber_id, exc)
-        return outbox.after_failure(notice, exc)
-    return outbox.Outcome(notice.ids)

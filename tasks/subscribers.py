@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from newsletter.config import Settings, get_settings
+from newsletter.config import get_settings
 from newsletter.db import session_scope
-from newsletter.errors import DeliveryError
-from newsletter.mail.transports import Transport, transport_for
 from newsletter.outages import is_unavailable
 from subscribers import mail_outbox
 from subscribers.signup import expire_pending
 from tasks.celery_app import app
 from tasks.dispatch import enqueue
 from tasks.faults import survives_database_outages
+from tasks.outbox_delivery import deliver
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def send_subscriber_mails() -> None:
             batch = mail_outbox.claim(db, settings)
         if not batch:
             return
-        outcomes = _deliver(batch, settings)
+        outcomes = deliver(batch, settings, what="subscription mail")
         with session_scope(settings.database_url) as db:
             mail_outbox.record(db, outcomes)
 
@@ -62,31 +61,3 @@ def expire_pending_signups() -> None:
         deleted = expire_pending(db, settings)
     if deleted:
         log.info("deleted %s sign-ups that were not confirmed in time", deleted)
-
-
-def _deliver(
-    batch: list[mail_outbox.PreparedNotice], settings: Settings
-) -> list[mail_outbox.Outcome]:
-    # The RSVP notices' loop (tasks.rsvp) with this outbox's words in the log.
-    outcomes = [mail_outbox.Outcome(p.ids, error=p.reason) for p in batch if p.message is None]
-    mails = [p for p in batch if p.message is not None]
-    handed_over = 0
-    try:
-        with transport_for(settings) as transport:
-            for mail in mails:
-                outcomes.append(_send(transport, mail))
-                handed_over += 1
-    except DeliveryError as exc:  # no connection at all: every mail not yet sent waits
-        log.warning("subscription mails: the mail relay is unavailable: %s", exc)
-        outcomes += [mail_outbox.after_failure(mail, exc) for mail in mails[handed_over:]]
-    return outcomes
-
-
-def _send(transport: Transport, mail: mail_outbox.PreparedNotice) -> mail_outbox.Outcome:
-    assert mail.message is not None, "only built mails are sent"
-    try:
-        transport.send(mail.message)
-    except DeliveryError as exc:
-        log.warning("subscription mail to subscriber %s: %s", mail.subscriber_id, exc)
-        return mail_outbox.after_failure(mail, exc)
-    return mail_outbox.Outcome(mail.ids)
