@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings
 from newsletter.db import utcnow
 from newsletter.installation import installation_token
-from newsletter.links import recipient_links
+from newsletter.links import preferences_link, recipient_links
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.notice import build_notice
 from newsletter.rendering import render_email_template
@@ -91,8 +91,9 @@ def build_welcome_mail(db: Session, settings: Settings, person: Subscriber) -> O
 
     Template variables: ``subject``, ``greeting``, ``organizer``, ``session`` (the next
     session still ahead, as pages show it: ``heading``, ``title``, ``when``, ``where``,
-    ``calendar_url``; None when none is scheduled) and ``rsvp_url`` (this person's answer page
-    for it; None with no session).
+    ``calendar_url``; None when none is scheduled), ``rsvp_url`` (this person's answer page
+    for it; None with no session) and ``preferences_url`` (their preference page: from now on
+    they are on the list, and every mail to someone on it says how to change or leave it).
     """
     subject = WELCOME_SUBJECT.format(organizer=settings.organizer)
     salon = mail_outbox_repo.next_session(db, utcnow())
@@ -115,5 +116,8 @@ def build_welcome_mail(db: Session, settings: Settings, person: Subscriber) -> O
         organizer=settings.organizer,
         session=session,
         rsvp_url=rsvp_url,
+        preferences_url=preferences_link(
+            settings.base_url, settings.secret_keys, subscriber_id=person.id
+        ),
     )
     return _mail(db, settings, person, subject, html, text)

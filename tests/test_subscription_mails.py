@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
+from newsletter.links import preferences_link
 from newsletter.mail.message import OutgoingMessage
 from subscribers.models import Subscriber, SubscriberStatus
 from subscribers.subscription_mails import build_confirm_mail, build_welcome_mail
@@ -73,6 +75,11 @@ def test_headers_link_and_escaping(
         assert f"{settings.pending_days} 天内有效" in text
     else:
         assert "第 95 期" in text and "测试专题 &lt;script&gt;x" in html  # the theme, escaped
+        # From now on the person is on the list: the welcome says how to change or leave it.
+        with session_scope(settings.database_url) as db:
+            person_id = db.scalars(select(Subscriber.id)).one()
+        own = preferences_link(settings.base_url, settings.secret_keys, subscriber_id=person_id)
+        assert own in text and f'href="{own}"' in html and "reader" not in own
 
 
 @pytest.mark.parametrize("width", ["phone", "desktop"])
