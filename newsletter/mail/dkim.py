@@ -89,19 +89,30 @@ _RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 
 def relaxed_body(body: bytes) -> bytes:
     """``body`` in relaxed canonical form (RFC 6376 3.4.4): itself when nothing would change
-    (no tab, no double space, no space before a line end, one CRLF at the end), else
-    dkimpy's canonicalization of it."""
-    if (
-        body.endswith(b"\r\n")
-        and body != b"\r\n"  # an empty body's relaxed form is empty
-        and not body.endswith(b"\r\n\r\n")
-        and b"\t" not in body
-        and b"  " not in body
-        and b" \r\n" not in body
-    ):
+    (no tab, no space followed by a space or a line end, one CRLF at the end), else dkimpy's
+    canonicalization of it."""
+    if _is_relaxed(body):
         return body
     canonical: bytes = Relaxed.canonicalize_body(body)
     return canonical
+
+
+def _is_relaxed(body: bytes) -> bool:
+    if not body.endswith(b"\r\n") or body == b"\r\n" or body.endswith(b"\r\n\r\n"):
+        return False  # an empty body's relaxed form is empty; trailing empty lines go
+    if b"\t" in body:
+        return False
+    # Spaces are rare in our bodies (base64 has none; a few in the MIME part headers): going
+    # from one to the next with find (memchr) is ~5 µs for 90 KB, where searching for the
+    # two-byte patterns "  " and " \r" costs ~375 µs.
+    find = body.find
+    at = find(b" ")
+    while at >= 0:
+        after = body[at + 1 : at + 2]
+        if after == b" " or after == b"\r":
+            return False
+        at = find(b" ", at + 1)
+    return True
 
 
 def _der(tag: int, content: bytes) -> bytes:
