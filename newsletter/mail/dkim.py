@@ -24,7 +24,7 @@ canonicalization, the hash of the signed fields, the signature and its folding: 
   into lines and joins them again);
 * the body hash: relaxed body canonicalization (RFC 6376 3.4.4) changes only runs of spaces
   and tabs and trailing empty lines. Our bodies are base64 lines and MIME headers with single
-  spaces, so when the body holds no tab, no double space, no space before a line end and ends
+  spaces, so when the body holds no tab, no space followed by a space or a line end, and ends
   in exactly one CRLF, it *is* its relaxed form and is hashed as it is; any other body goes
   through dkimpy's canonicalization (two regular expressions over the whole body, ~2 ms).
 """
@@ -56,10 +56,11 @@ from dkim.crypto import (  # type: ignore[import-untyped]
 from newsletter.config import Settings
 from newsletter.errors import ConfigurationError
 
-__all__ = ["SIGNED_HEADERS", "DkimSigner", "load_signer", "signer_for"]
+__all__ = ["SIGNED_HEADERS", "DkimSigner", "load_signer", "relaxed_body", "signer_for"]
 
-#: The header fields signed when present, in this order; each is signed once more than it
-#: occurs ("oversigned"), so that nobody can add a second From or Subject after signing.
+#: The header fields signed when present, in this order. Each is listed twice in ``h=``: its
+#: one occurrence (our builders write each once) and once more ("oversigned", RFC 6376
+#: 8.15), so that nobody can add a second From or Subject after signing.
 SIGNED_HEADERS: tuple[bytes, ...] = (
     b"from",
     b"to",
