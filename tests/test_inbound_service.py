@@ -342,3 +342,14 @@ def test_a_complaint_unsubscribes_and_counts(sent: Sent) -> None:
     assert status_of(sent.settings, bo) == "unsubscribed"
     assert not feed(sent.settings, raw).new
     assert campaign_counts(sent.settings, sent.campaign_id) == (0, 1)
+
+
+@pytest.mark.parametrize("status", ["5.7.26", "5.7.1", "5.2.2", "5.2.3"])
+def test_a_refusal_about_the_sender_or_the_mailbox_state_is_soft(sent: Sent, status: str) -> None:
+    # DMARC, spam filters and blocklists (5.7.x), a full mailbox, a message too big: the
+    # address is fine, so one such report must not suppress it.
+    ann = PEOPLE[0]
+    outcome = feed(sent.settings, dsn(to=sent.verp(ann), recipient=ann, status=status))
+    assert outcome.kind is InboundKind.soft_bounce
+    assert status_of(sent.settings, ann) == "active"
+    assert campaign_counts(sent.settings, sent.campaign_id) == (0, 0)

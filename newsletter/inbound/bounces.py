@@ -1,9 +1,10 @@
 """Delivery failures: RFC 3464 DSNs, the non-standard bounces flufl.bounce knows, and the
 plain-text notices of mailer daemons neither recognises.
 
-Permanent or temporary is decided by the enhanced status code's class (5 or 4), whatever the
+Hard or soft is decided by the enhanced status code (:func:`kind_of`), whatever the
 ``Action`` says: Postfix reports a message it gave up on after days of 4.4.1 as "failed",
-and that is still a temporary condition of the recipient's server.
+and that is still a temporary condition of the recipient's server; a 5.7.x policy refusal
+(DMARC, spam filter) is about the sender, not the address.
 """
 
 from __future__ import annotations
@@ -20,6 +21,23 @@ from newsletter.inbound.models import InboundKind
 from newsletter.inbound.report import Report
 
 DIAGNOSTIC_CHARS = 500  # the remote server's words, kept for the organizer, shortened
+
+
+def kind_of(code: re.Match[str] | None, *, permanent: bool) -> InboundKind:
+    """Hard or soft, from an enhanced status code (RFC 3463) and whether the MTA gave up.
+
+    A failure is hard only when it says the *address* is bad. Permanent refusals that say
+    nothing about the address count as soft, towards the soft-bounce limit: a full mailbox
+    (X.2.2), a message too big for it (X.2.3), and every security or policy status (X.7.x:
+    spam filters, DMARC, a blocklisted sending IP), which are about the sender and would,
+    counted as hard, suppress a whole domain's good addresses after one misconfiguration.
+    """
+    if code is None:
+        return InboundKind.hard_bounce if permanent else InboundKind.soft_bounce
+    klass, subject, detail = code.group(1), code.group(2), code.group(3)
+    if klass != "5" or subject == "7" or (subject, detail) in (("2", "2"), ("2", "3")):
+        return InboundKind.soft_bounce
+    return InboundKind.hard_bounce
 
 
 def dsn(msg: email.message.Message) -> Report | None:
@@ -86,12 +104,12 @@ def _recipient_report(block: email.message.Message) -> Report | None:
         return None  # delivered, relayed, expanded
     code = STATUS.search(status) or STATUS.search(diagnostic)
     status_code = code.group(0) if code else None
-    if action == "delayed" or (code is not None and code.group(1) == "4"):
-        kind = InboundKind.soft_bounce
-    elif code is not None and code.group(1) == "2":
+    if code is not None and code.group(1) == "2":
         return None
-    else:
-        kind = InboundKind.hard_bounce  # failed, 5.x.x or no code at all: the MTA gave up
+    # "delayed" is never permanent; "failed" (or no Action) with no code: the MTA gave up.
+    kind = kind_of(code, permanent=action != "delayed")
+    if action == "delayed":
+        kind = InboundKind.soft_bounce
     recipient = typed_address(block.get("Final-Recipient")) or typed_address(
         block.get("Original-Recipient")
     )
@@ -109,22 +127,19 @@ def flufl(msg: email.message.Message) -> Report | None:
         temporary, permanent = all_failures(msg)
     except Exception:  # a detector tripping over a malformed message: nothing detected
         return None
-    if permanent:
-        kind, found = InboundKind.hard_bounce, permanent
-    elif temporary:
-        kind, found = InboundKind.soft_bounce, temporary
-    else:
+    if not permanent and not temporary:
         return None
+    found = permanent or temporary
     address = sorted(found)[0].decode("utf-8", "replace")
     code = None
     for part in parts(msg):
         body = part.get_payload(decode=True) if not part.is_multipart() else None
         if isinstance(body, bytes):
-            match = STATUS.search(body.decode("utf-8", "replace"))
-            if match:
-                code = match.group(0)
+            code = STATUS.search(body.decode("utf-8", "replace"))
+            if code:
                 break
-    return Report(kind, address=address, status_code=code)
+    kind = kind_of(code, permanent=bool(permanent))
+    return Report(kind, address=address, status_code=code.group(0) if code else None)
 
 
 # Where a plain-text bounce stops describing the failure and quotes the original.
@@ -159,7 +174,7 @@ def daemon_text(msg: email.message.Message) -> Report | None:
     address, code = _ANGLE_ADDRESS.search(notice), STATUS.search(notice)
     if address is None or code is None:
         return None
-    kind = InboundKind.hard_bounce if code.group(1) == "5" else InboundKind.soft_bounce
     if code.group(1) == "2":
         return None
+    kind = kind_of(code, permanent=code.group(1) == "5")
     return Report(kind, address=address.group(1), status_code=code.group(0))
