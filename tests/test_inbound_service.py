@@ -353,3 +353,17 @@ def test_a_refusal_about_the_sender_or_the_mailbox_state_is_soft(sent: Sent, sta
     assert outcome.kind is InboundKind.soft_bounce
     assert status_of(sent.settings, ann) == "active"
     assert campaign_counts(sent.settings, sent.campaign_id) == (0, 0)
+
+
+def test_an_auto_reply_is_matched_by_the_message_it_replies_to(sent: Sent) -> None:
+    bo = PEOPLE[1]
+    raw = (
+        f"From: Bo <bo.private@example.net>\r\nTo: {BOUNCES}\r\n"
+        "Subject: Automatic reply: invitation\r\n"
+        f"In-Reply-To: {sent.message_id(bo)}\r\nReferences: {sent.message_id(bo)}\r\n\r\n"
+        "Away until Monday.\r\n"
+    ).encode()
+    outcome = feed(sent.settings, raw)
+    assert (outcome.kind, outcome.matched_by) == (InboundKind.auto_reply, "message_id")
+    assert outcome.delivery_id == sent.deliveries[bo] and outcome.changes == ()
+    assert status_of(sent.settings, bo) == "active"

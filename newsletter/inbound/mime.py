@@ -90,7 +90,9 @@ def original(msg: email.message.Message) -> email.message.Message | None:
 
 def original_id(msg: email.message.Message) -> str | None:
     """The Message-ID of the message that came back: from the attached original, else the
-    first ``Message-ID:`` line quoted in the body (non-standard bounces quote the headers)."""
+    first ``Message-ID:`` line quoted in the body (non-standard bounces quote the headers),
+    else what the message replies to (``In-Reply-To``, then the last ``References``: an
+    auto-reply or an Exchange NDR names our message there)."""
     attached = original(msg)
     if attached is not None and attached.get("Message-ID"):
         return str(attached.get("Message-ID")).strip()
@@ -104,4 +106,8 @@ def original_id(msg: email.message.Message) -> str | None:
         for found in ORIGINAL_MESSAGE_ID.finditer(body.decode("utf-8", "replace")):
             if found.group(1) != own:
                 return found.group(1)
+    for header in ("In-Reply-To", "References"):
+        ids: list[str] = re.findall(r"<[^<>\s]+>", str(msg.get(header, "")))
+        if ids:
+            return ids[-1]
     return None
