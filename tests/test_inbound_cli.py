@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from newsletter.cli import app as cli
@@ -169,3 +169,24 @@ def test_the_lmtp_receiver_stores_the_message(sent: Sent, tmp_path: Path) -> Non
         assert client.sendmail("", [sent.verp(bo)], raw) == {}
     assert _stored(sent.settings) == [("lmtp", "soft_bounce", sent.deliveries[bo])]
     assert status_of(sent.settings, bo) == "active"
+
+
+def test_a_message_that_cannot_be_stored_is_not_accepted(sent: Sent, tmp_path: Path) -> None:
+    # The table is away (as if the database failed): the receiver answers 451, so the
+    # sending MTA keeps the message and tries again; the retry is stored and counted once.
+    ann = PEOPLE[0]
+    raw = dsn(to=sent.verp(ann), recipient=ann)
+    with receiver(sent.settings, tmp_path) as port:
+        with session_scope(sent.settings.database_url) as db:
+            db.execute(text("ALTER TABLE inbound_events RENAME TO inbound_events_away"))
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("", [sent.verp(ann)], raw)
+            assert refused.value.smtp_code == 451
+        with session_scope(sent.settings.database_url) as db:
+            db.execute(text("ALTER TABLE inbound_events_away RENAME TO inbound_events"))
+        assert status_of(sent.settings, ann) == "active"
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            assert client.sendmail("", [sent.verp(ann)], raw) == {}
+    assert _stored(sent.settings) == [("smtp", "hard_bounce", sent.deliveries[ann])]
+    assert status_of(sent.settings, ann) == "bounced"
