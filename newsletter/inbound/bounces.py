@@ -129,15 +129,18 @@ def flufl(msg: email.message.Message) -> Report | None:
         return None
     if not permanent and not temporary:
         return None
-    found = permanent or temporary
-    address = sorted(found)[0].decode("utf-8", "replace")
-    code = None
-    for part in parts(msg):
-        body = part.get_payload(decode=True) if not part.is_multipart() else None
-        if isinstance(body, bytes):
-            code = STATUS.search(body.decode("utf-8", "replace"))
-            if code:
-                break
+    found = sorted(a.decode("utf-8", "replace") for a in permanent or temporary)
+    texts = [
+        body.decode("utf-8", "replace")
+        for part in parts(msg)
+        if not part.is_multipart()
+        for body in [part.get_payload(decode=True)]
+        if isinstance(body, bytes)
+    ]
+    whole = "\n".join(texts).lower()
+    # flufl.bounce gives a set: the report names the one the notice mentions first.
+    address = min(found, key=lambda a: (whole.find(a.lower()) % (len(whole) + 1), a))
+    code = next((match for match in map(STATUS.search, texts) if match), None)
     kind = kind_of(code, permanent=bool(permanent))
     return Report(kind, address=address, status_code=code.group(0) if code else None)
 
