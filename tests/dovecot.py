@@ -26,6 +26,7 @@ from tests.servers import _wait_for_port, free_port
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 USER = "bounces@example.org"
 PASSWORD = "s3cret p@ss/word"  # characters that must be percent-encoded in a URL
+UTF8_USER, UTF8_PASSWORD = "fbl@example.org", "密码 pässword"  # a second user, not ASCII
 
 
 @dataclass
@@ -156,7 +157,9 @@ def dovecot_server() -> Iterator[Dovecot | None]:
          "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(certificate)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
-    (directory / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n", encoding="utf-8")
+    (directory / "passwd").write_text(
+        f"{USER}:{{PLAIN}}{PASSWORD}\n{UTF8_USER}:{{PLAIN}}{UTF8_PASSWORD}\n", encoding="utf-8"
+    )
     owner = _mail_owner()
     for name in ("mail", "home"):
         (directory / name).mkdir()

@@ -22,7 +22,7 @@ from newsletter.inbound.models import InboundEvent
 from newsletter.migrate import upgrade
 from subscribers import repo, service
 from tests.conftest import IN_CI, Configure
-from tests.dovecot import PASSWORD, USER, Dovecot, dovecot_server
+from tests.dovecot import PASSWORD, USER, UTF8_PASSWORD, UTF8_USER, Dovecot, dovecot_server
 from tests.servers import free_port
 
 cli = typer.Typer()
@@ -174,6 +174,7 @@ def test_imaps_and_starttls(dovecot: Dovecot, configure: Configure, tmp_path: Pa
         ("", "NEWSLETTER_INBOUND_IMAP_URL is not set"),
         ("imap://u:pw@imap.example.org/INBOX", "refusing to send the IMAP password unencrypted"),
         ("imap://u:pw@127.0.0.1/INBOX?startls=true", "unknown parameter(s) startls"),
+        ("imap://u:pw@127.0.0.1/%E6%94%B6%E4%BB%B6%E7%AE%B1", "mailbox name in ASCII"),
     ],
 )
 def test_bad_urls_are_one_line_errors(
@@ -247,3 +248,28 @@ def test_polling_for_ever_waits_out_a_server_problem(
         process.terminate()
         process.wait(30)
     assert status_of(url, "ada@example.org") == "bounced"
+
+
+def test_a_password_that_is_not_ascii(
+    dovecot: Dovecot, configure: Configure, tmp_path: Path
+) -> None:
+    """AUTHENTICATE PLAIN carries UTF-8 credentials (IMAP LOGIN takes ASCII only)."""
+    import imaplib
+
+    # Each user has a mailbox of their own: deliver into the second user's.
+
+    other = imaplib.IMAP4("127.0.0.1", dovecot.port, timeout=10)
+    other.authenticate("PLAIN", lambda _: f"\0{UTF8_USER}\0{UTF8_PASSWORD}".encode())
+    other.append("INBOX", "", None, dsn("ada@example.org", 6))
+    other.logout()
+    user, password = quote(UTF8_USER, safe=""), quote(UTF8_PASSWORD, safe="")
+    url = database(
+        configure,
+        tmp_path,
+        inbound_imap_url=f"imap://{user}:{password}@127.0.0.1:{dovecot.port}/INBOX",
+    )
+    result = invoke("poll")
+    assert result.exit_code == 0, result.output
+    assert "imap: 1 processed" in result.stdout
+    assert status_of(url, "ada@example.org") == "bounced"
+    assert UTF8_PASSWORD not in result.output and password not in result.output

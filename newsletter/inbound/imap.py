@@ -109,8 +109,11 @@ def parse_imap_url(url: str) -> ImapMailbox:
             f" {parts.hostname}: use imaps:// or add ?starttls=true"
         )
     mailbox = unquote(parts.path.lstrip("/")) or "INBOX"
-    if re.search(r'[\x00-\x1f"\\]', mailbox):
-        raise ConfigurationError(f"{name} {shown!r}: the mailbox name holds control characters")
+    if re.search(r'[\x00-\x1f"\\]', mailbox) or not mailbox.isascii():
+        raise ConfigurationError(
+            f"{name} {shown!r}: give the mailbox name in ASCII, without quotes, backslashes or"
+            " control characters (IMAP's modified UTF-7 for other names)"
+        )
     return ImapMailbox(
         host=parts.hostname,
         port=port or (993 if scheme == "imaps" else 143),
@@ -169,7 +172,20 @@ def _connect(box: ImapMailbox, ssl_context: ssl.SSLContext | None) -> imaplib.IM
         _abandon(client)
         raise
     try:
-        client.login(box.user, box.password)
+        if "AUTH=PLAIN" in client.capabilities:
+            # One attempt, and UTF-8 credentials work (LOGIN takes ASCII only).
+            secret = f"\0{box.user}\0{box.password}".encode()
+            client.authenticate("PLAIN", lambda _challenge: secret)
+        elif not (box.user + box.password).isascii():
+            raise ImapError(
+                f"IMAP server {where} offers no AUTH=PLAIN, and LOGIN cannot send a user name"
+                " or password that is not ASCII"
+            )
+        else:
+            client.login(box.user, box.password)
+    except ImapError:
+        _abandon(client)
+        raise
     except imaplib.IMAP4.error as exc:
         _abandon(client)
         raise ImapError(
