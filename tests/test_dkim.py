@@ -299,3 +299,23 @@ def test_commands_that_send_check_the_key_at_start(tmp_path: Path, command: list
     assert done.returncode == 1
     assert "missing.pem" in done.stderr and "cannot read the DKIM key" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_key_others_can_read_is_warned_about(
+    keys: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import shutil
+
+    from newsletter.mail.dkim import load_signer
+
+    key = tmp_path / "key.pem"
+    shutil.copy(keys["ed25519"], key)
+    key.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="newsletter.mail.dkim"):
+        load_signer("s1", "example.org", key)
+    assert "chmod 600" not in caplog.text
+    key.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="newsletter.mail.dkim"):
+        load_signer("s1", "example.org", key)
+    assert "can be read by other users" in caplog.text

@@ -82,6 +82,7 @@ _ED25519_PKCS8 = bytes.fromhex("302e020100300506032b657004220420")
 _RSA_OID = bytes.fromhex("2a864886f70d010101")  # 1.2.840.113549.1.1.1, rsaEncryption
 _PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)\r?\n-----END \1-----", re.DOTALL)
 _SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*")
+log = logging.getLogger(__name__)
 _quiet = logging.getLogger("newsletter.mail.dkim.dkimpy")  # dkimpy logs per call at debug
 
 
@@ -261,6 +262,13 @@ def load_signer(selector: str, domain: str, path: Path) -> DkimSigner:
             selector, domain, "rsa", bits, key, base64.b64encode(spki).decode("ascii")
         )
     _self_test(signer, where)
+    try:
+        if path.stat().st_mode & 0o077:
+            log.warning(
+                "the DKIM key %s can be read by other users of this machine: chmod 600 it", path
+            )
+    except OSError:
+        pass  # it was read a moment ago; a stat that fails now changes nothing
     return signer
 
 
