@@ -45,6 +45,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "rsa-1024": folder / "short.pem",
         "ec": folder / "ec.pem",
         "encrypted": folder / "encrypted.pem",
+        "encrypted-pkcs1": folder / "encrypted1.pem",  # Proc-Type: 4,ENCRYPTED
+        "public": folder / "public.pem",
     }
     openssl(
         "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(made["rsa"])
@@ -79,6 +81,18 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "-out",
         str(made["encrypted"]),
     )
+    openssl(
+        "pkey",
+        "-in",
+        str(made["rsa"]),
+        "-traditional",
+        "-aes256",
+        "-passout",
+        "pass:secret",
+        "-out",
+        str(made["encrypted-pkcs1"]),
+    )
+    openssl("pkey", "-in", str(made["rsa"]), "-pubout", "-out", str(made["public"]))
     return made
 
 
@@ -210,7 +224,16 @@ def test_nothing_is_signed_without_configuration(configure: Configure, smtp: Smt
         ({"dkim_selector": "s1", "dkim_private_key": "rsa-1024"}, "1024 bits"),
         ({"dkim_selector": "s1", "dkim_private_key": "ec"}, "EC keys cannot sign DKIM"),
         ({"dkim_selector": "s1", "dkim_private_key": "encrypted"}, "the key is encrypted"),
+        ({"dkim_selector": "s1", "dkim_private_key": "encrypted-pkcs1"}, "the key is encrypted"),
+        (
+            {"dkim_selector": "s1", "dkim_private_key": "public"},
+            "a PUBLIC KEY block, not an RSA or Ed25519 private key",
+        ),
         ({"dkim_selector": "s1", "dkim_private_key": "garbage"}, "not a PEM file"),
+        (
+            {"dkim_selector": "s1", "dkim_private_key": "corrupt"},
+            "not a readable private key (PRIVATE KEY)",
+        ),
         ({"dkim_selector": "bad selector", "dkim_private_key": "rsa"}, "not a DNS label"),
     ],
 )
@@ -224,6 +247,9 @@ def test_bad_key_configurations_are_one_line_errors(
     (tmp_path / "garbage").write_text("not a key\n")
     files = {**{k: str(v) for k, v in keys.items()}, "missing": str(tmp_path / "missing.pem")}
     files["garbage"] = str(tmp_path / "garbage")
+    corrupt = "-----BEGIN PRIVATE KEY-----\nMIIBVQ==\n-----END PRIVATE KEY-----\n"
+    (tmp_path / "corrupt").write_text(corrupt)  # a PEM block whose DER is cut short
+    files["corrupt"] = str(tmp_path / "corrupt")
     if "dkim_private_key" in values:
         values = {**values, "dkim_private_key": files[values["dkim_private_key"]]}
     settings = configure(**values)
