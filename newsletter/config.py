@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     dkim_selector: str | None = None
     dkim_private_key: Path | None = None
 
+    # --- A session's life and public pages (SPEC "A session's life", "Public pages") ---
+    # Reminder offsets before a session when its record gives none (ISO 8601 durations,
+    # comma-separated, e.g. "P1D,PT2H").
+    reminders: str = "P1D"
+    # How many earlier sessions an invitation's archive table shows before linking to
+    # /archive for the rest; unset: all of them (as the seeds do).
+    archive_rows: int | None = Field(default=None, ge=0)
+
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
