@@ -4,6 +4,7 @@ does not; nothing is signed without configuration; bad key settings are clean er
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 from collections.abc import Callable
@@ -44,6 +45,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "rsa-1024": folder / "short.pem",
         "ec": folder / "ec.pem",
         "encrypted": folder / "encrypted.pem",
+        "encrypted-pkcs1": folder / "encrypted1.pem",  # Proc-Type: 4,ENCRYPTED
+        "public": folder / "public.pem",
     }
     openssl(
         "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(made["rsa"])
@@ -78,6 +81,18 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "-out",
         str(made["encrypted"]),
     )
+    openssl(
+        "pkey",
+        "-in",
+        str(made["rsa"]),
+        "-traditional",
+        "-aes256",
+        "-passout",
+        "pass:secret",
+        "-out",
+        str(made["encrypted-pkcs1"]),
+    )
+    openssl("pkey", "-in", str(made["rsa"]), "-pubout", "-out", str(made["public"]))
     return made
 
 
@@ -209,7 +224,16 @@ def test_nothing_is_signed_without_configuration(configure: Configure, smtp: Smt
         ({"dkim_selector": "s1", "dkim_private_key": "rsa-1024"}, "1024 bits"),
         ({"dkim_selector": "s1", "dkim_private_key": "ec"}, "EC keys cannot sign DKIM"),
         ({"dkim_selector": "s1", "dkim_private_key": "encrypted"}, "the key is encrypted"),
+        ({"dkim_selector": "s1", "dkim_private_key": "encrypted-pkcs1"}, "the key is encrypted"),
+        (
+            {"dkim_selector": "s1", "dkim_private_key": "public"},
+            "a PUBLIC KEY block, not an RSA or Ed25519 private key",
+        ),
         ({"dkim_selector": "s1", "dkim_private_key": "garbage"}, "not a PEM file"),
+        (
+            {"dkim_selector": "s1", "dkim_private_key": "corrupt"},
+            "not a readable private key (PRIVATE KEY)",
+        ),
         ({"dkim_selector": "bad selector", "dkim_private_key": "rsa"}, "not a DNS label"),
     ],
 )
@@ -223,6 +247,9 @@ def test_bad_key_configurations_are_one_line_errors(
     (tmp_path / "garbage").write_text("not a key\n")
     files = {**{k: str(v) for k, v in keys.items()}, "missing": str(tmp_path / "missing.pem")}
     files["garbage"] = str(tmp_path / "garbage")
+    corrupt = "-----BEGIN PRIVATE KEY-----\nMIIBVQ==\n-----END PRIVATE KEY-----\n"
+    (tmp_path / "corrupt").write_text(corrupt)  # a PEM block whose DER is cut short
+    files["corrupt"] = str(tmp_path / "corrupt")
     if "dkim_private_key" in values:
         values = {**values, "dkim_private_key": files[values["dkim_private_key"]]}
     settings = configure(**values)
@@ -319,3 +346,93 @@ def test_a_key_others_can_read_is_warned_about(
     with caplog.at_level(logging.WARNING, logger="newsletter.mail.dkim"):
         load_signer("s1", "example.org", key)
     assert "can be read by other users" in caplog.text
+
+
+# A message with what header canonicalization must get right: upper and mixed case names, a
+# folded Subject whose continuation starts with a tab, runs of spaces and trailing spaces in
+# values, a second To (h= lists "to" twice: the last one is hashed first, then the other),
+# and a body that is not in relaxed form (double spaces, trailing empty lines).
+AWKWARD = (
+    b"FROM: Ann  O'Neil <ann@example.org>\r\n"
+    b"to: first@example.com\r\n"
+    b"Subject: a  long subject \r\n\tfolded   onto a second line  \r\n"
+    b"X-Not-Signed: anything\r\n"
+    b"DATE:   Wed, 02 Dec 2026 07:00:00 +0000\r\n"
+    b"Message-ID: <awkward.1@example.org>\r\n"
+    b"TO: second@example.com\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain;\r\n charset=utf-8\r\n"
+    b"\r\n"
+    b"two  spaces and a trailing one \r\n\twith a tab\r\n\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "rsa-pkcs1", "ed25519"])
+@pytest.mark.parametrize("shape", ["campaign", "awkward"])
+def test_signature_is_byte_for_byte_dkimpys(
+    configure: Configure,
+    keys: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    shape: str,
+) -> None:
+    """Our field (signature by OpenSSL, the rest by dkimpy's pieces) is exactly what
+    ``dkim.sign`` writes for the same message, key, clock and h=: a difference in
+    canonicalization, tag order, folding or the signature itself cannot slip in."""
+    import time
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives import serialization
+
+    from newsletter.mail.dkim import SIGNED_HEADERS, load_signer
+    from newsletter.mail.message import MessageFactory
+
+    if shape == "campaign":
+        settings = configure()
+        factory = MessageFactory.for_settings(
+            settings, subject="第61期：大模型的推理", installation="0" * 16, list_name="Mo 沙龙"
+        )
+        message = factory.build(
+            delivery_id=4711,
+            recipient_name="韩梅梅",
+            recipient_address="han.meimei@example.com",
+            html="<p>您好，韩梅梅</p>" * 400,  # base64 lines: the body hashed as it is
+            text="您好，韩梅梅\n" * 400,
+            unsubscribe_url="https://salon.example.org/u/tok",
+            unsubscribe_mailto="mailto:unsubscribe+tok@example.org",
+            date=datetime(2026, 12, 2, 7, 0, tzinfo=UTC),
+        ).data
+    else:
+        message = AWKWARD
+    monkeypatch.setattr(time, "time", lambda: 1_796_194_800.75)  # one clock for both
+    signer = load_signer("s2026", "example.org", keys[kind])
+    pem = keys[kind].read_bytes()
+    if kind == "ed25519":  # dkim.sign takes the 32-byte seed in base64
+        key = serialization.load_pem_private_key(pem, password=None)
+        seed = key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        pem, algorithm = base64.b64encode(seed), b"ed25519-sha256"
+    else:
+        algorithm = b"rsa-sha256"
+    head = message.split(b"\r\n\r\n", 1)[0].lower()
+    include = [name for name in SIGNED_HEADERS if re.search(rb"(?m)^" + name + rb":", head)]
+    assert {b"from", b"to", b"subject", b"date", b"message-id"} <= set(include)
+    if shape == "campaign":
+        assert {b"list-id", b"list-unsubscribe", b"list-unsubscribe-post"} <= set(include)
+    expected = dkim.sign(
+        message,
+        b"s2026",
+        b"example.org",
+        pem,
+        canonicalize=(b"relaxed", b"relaxed"),
+        signature_algorithm=algorithm,
+        include_headers=include + include,
+        linesep=b"\r\n",
+    )
+    assert b"t=1796194800;" in expected
+    assert signer.signature(message) == expected
+    record = signer.dns_record().encode()
+    assert verifies(expected + message, lambda name, timeout=5: record)
