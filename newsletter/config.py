@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from datetime import timedelta
 from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from newsletter.errors import ConfigurationError
+from newsletter.sessions.offsets import parse_offsets
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,14 @@ class Settings(BaseSettings):
     dkim_selector: str | None = None
     dkim_private_key: Path | None = None
 
+    # --- A session's life and public pages (SPEC "A session's life", "Public pages") ---
+    # Reminder offsets before a session when its record gives none (ISO 8601 durations,
+    # comma-separated, e.g. "P1D,PT2H").
+    reminders: str = "P1D"
+    # How many earlier sessions an invitation's archive table shows before linking to
+    # /archive for the rest; unset: all of them (as the seeds do).
+    archive_rows: int | None = Field(default=None, ge=0)
+
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
@@ -144,6 +154,17 @@ class Settings(BaseSettings):
         if not steps or any(step < 0 for step in steps):
             raise ValueError(f"{value!r}: give at least one non-negative number of seconds")
         return value
+
+    @field_validator("reminders")
+    @classmethod
+    def _reminder_offsets(cls, value: str) -> str:
+        parse_offsets(value)  # a bad one is a ValueError naming it
+        return value
+
+    @property
+    def reminder_offsets(self) -> list[timedelta]:
+        """The default reminder offsets before a session, in the order given."""
+        return parse_offsets(self.reminders)
 
     @property
     def retry_delays(self) -> list[float]:

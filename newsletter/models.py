@@ -4,7 +4,7 @@ from newsletter.campaigns.models import Campaign, Delivery, WorkerHeartbeat
 from newsletter.db import Base
 from newsletter.inbound.models import InboundEvent
 from newsletter.installation import Installation
-from newsletter.rsvp.models import Rsvp, RsvpEvent
+from newsletter.rsvp.models import Feedback, Rsvp, RsvpEvent, WalkIn
 from newsletter.sessions.models import SalonSession, SessionLink
 from subscribers.models import (
     ErasedAddress,
@@ -19,6 +19,7 @@ __all__ = [
     "Campaign",
     "Delivery",
     "ErasedAddress",
+    "Feedback",
     "InboundEvent",
     "Installation",
     "Rsvp",
@@ -28,6 +29,7 @@ __all__ = [
     "Subscriber",
     "SubscriberMail",
     "Tag",
+    "WalkIn",
     "WorkerHeartbeat",
     "subscriber_tags",
 ]

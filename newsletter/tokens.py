@@ -51,6 +51,8 @@ class Purpose(StrEnum):
     ADMIN_SESSION = "admin-session"  # the organizer dashboard's login cookie
     CONFIRM = "confirm"  # a sign-up's double opt-in link
     PREFERENCES = "preferences"  # the preference page every mail links to
+    CHECKIN = "checkin"  # an attendee's check-in code (QR) at the door
+    FEEDBACK = "feedback"  # the follow-up's one-question feedback form
 
     @property
     def salt(self) -> str:

@@ -20,29 +20,26 @@ Rules kept here, whoever calls:
   passes through here, and a second copy of the seat rules would drift.
 
 Functions take a Session and never commit; the caller's ``session_scope`` does. The CSV import
-lives in :mod:`subscribers.csv_import` and is re-exported here.
+lives in :mod:`subscribers.csv_import` and is re-exported here; suppression lists and the CSV
+export of the list are :mod:`subscribers.lists`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter.db import utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
-from newsletter.rsvp.export import spreadsheet_safe
 from newsletter.rsvp.service import withdraw_answers
 from subscribers import repo
 from subscribers.csv_import import ImportReport, RowError, import_csv
 from subscribers.models import Subscriber, SubscriberStatus
 from subscribers.validation import (
     DEFAULT_LOCALE,
-    SubscriberDataError,
     normalise_email,
     normalise_locale,
     normalise_name,
@@ -59,7 +56,6 @@ __all__ = [
     "SubscriberHasHistory",
     "SubscriberInactive",
     "SubscriberPage",
-    "SuppressReport",
     "add_subscriber",
     "count_active",
     "import_csv",
@@ -67,9 +63,7 @@ __all__ = [
     "purge_subscriber",
     "remove_subscriber",
     "status_counts",
-    "subscribers_csv",
     "suppress",
-    "suppress_list",
     "unsubscribe",
 ]
 
@@ -119,7 +113,9 @@ class SubscriberPage:
     total: int
 
 
-def _status(value: SubscriberStatus | str | None) -> SubscriberStatus | None:
+def parse_status(value: SubscriberStatus | str | None) -> SubscriberStatus | None:
+    """A status filter as typed (any case), None for no filter; an unknown one is an error
+    naming the choices."""
     if value is None or isinstance(value, SubscriberStatus):
         return value
     try:
@@ -338,90 +334,6 @@ def suppress(
     return True
 
 
-@dataclass
-class SuppressReport:
-    """The outcome of :func:`suppress_list`: counts and the refused lines (number, reason)."""
-
-    added: int = 0  # not on the list before: stored as suppressed
-    suppressed: int = 0  # on the list (active, pending, unsubscribed): now suppressed
-    already: int = 0  # suppressed or bounced already (or twice in the list)
-    errors: list[tuple[int, str]] = field(default_factory=list)
-
-
-#: Statuses that already keep an address from being mailed for good: left as they are.
-_NEVER_MAILED = (SubscriberStatus.suppressed.value, SubscriberStatus.bounced.value)
-
-
-def suppress_list(db: Session, lines: Iterable[str], *, reason: str) -> SuppressReport:
-    """Suppress every address of a suppression list, one address a line.
-
-    Blank lines and ``#`` comments are skipped; a line that is no address is reported by its
-    number and the rest are applied. An address not on the list is stored as suppressed
-    (:func:`suppress`), so that no later import or sign-up mails it; a bounced address keeps
-    its status (it is never mailed either, and the bounce says more).
-    """
-    report = SuppressReport()
-    for number, raw in enumerate(lines, 1):
-        text = raw.strip()
-        if not text or text.startswith("#"):
-            continue
-        try:
-            address = normalise_email(text)
-        except SubscriberDataError as exc:
-            report.errors.append((number, str(exc)))
-            continue
-        existing = repo.get_by_email(db, address)
-        if existing is not None and existing.status in _NEVER_MAILED:
-            report.already += 1
-            continue
-        suppress(db, email=address, reason=reason)
-        if existing is None:
-            report.added += 1
-        else:
-            report.suppressed += 1
-    return report
-
-
-#: The columns of :func:`subscribers_csv`.
-CSV_COLUMNS = ("email", "name", "locale", "status", "status_reason", "status_changed_at", "tags")
-
-
-def subscribers_csv(
-    db: Session, *, status: SubscriberStatus | str | None = None, tag: str | None = None
-) -> Iterator[str]:
-    """Every subscriber matching the filters as UTF-8 CSV text, a header row first, in
-    pieces of up to 1,000 rows; every cell spreadsheet-safe (no formula can run)."""
-    wanted = _status(status)
-    tag_name = normalise_tag(tag) if tag is not None else None
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    after = 0
-    while True:
-        page = repo.list_subscribers(
-            db, status=wanted, tag=tag_name, limit=1000, offset=0, after_id=after
-        )
-        for person in page:
-            changed = person.status_changed_at.isoformat() if person.status_changed_at else ""
-            tags = ";".join(sorted(t.name for t in person.tags))
-            cells = (
-                person.email,
-                person.name,
-                person.locale,
-                person.status,
-                person.status_reason or "",
-                changed,
-                tags,
-            )
-            writer.writerow([spreadsheet_safe(cell) for cell in cells])
-        yield out.getvalue()
-        out.seek(0)
-        out.truncate()
-        if len(page) < 1000:
-            return
-        after = page[-1].id
-
-
 def list_subscribers(
     db: Session,
     *,
@@ -433,7 +345,7 @@ def list_subscribers(
     """Subscribers in the order they were added, filtered by status and/or tag, paged."""
     if limit < 1 or offset < 0:
         raise ValueError("limit must be positive and offset not negative")
-    wanted = _status(status)
+    wanted = parse_status(status)
     tag_name = normalise_tag(tag) if tag is not None else None
     items = repo.list_subscribers(db, status=wanted, tag=tag_name, limit=limit, offset=offset)
     total = repo.count_subscribers(db, status=wanted, tag=tag_name)

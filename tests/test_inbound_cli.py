@@ -190,3 +190,16 @@ def test_a_message_that_cannot_be_stored_is_not_accepted(sent: Sent, tmp_path: P
             assert client.sendmail("", [sent.verp(ann)], raw) == {}
     assert _stored(sent.settings) == [("smtp", "hard_bounce", sent.deliveries[ann])]
     assert status_of(sent.settings, ann) == "bounced"
+
+
+def test_a_database_away_from_the_start_asks_the_pipe_to_try_again(
+    configure: Configure, tmp_path: Path
+) -> None:
+    # Postfix's pipe transport defers the message on EX_TEMPFAIL (75) and bounces it on any
+    # other failure, and a bounce of a bounce goes nowhere: the returned mail would be lost.
+    configure(database_url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing")
+    message = tmp_path / "bounce.eml"
+    message.write_bytes(dsn(to="bounces+1@mail.example.org", recipient=PEOPLE[0]))
+    code, out, err = inbound(str(message))
+    assert code == 75
+    assert out == "" and "cannot use the database" in err

@@ -499,7 +499,7 @@ def test_every_csv_cell_a_person_typed_is_neutralised(
 
 
 def test_the_csv_neutraliser_covers_every_formula_start() -> None:
-    from newsletter.rsvp.export import spreadsheet_safe
+    from newsletter.spreadsheet import spreadsheet_safe
 
     for risky in ["=1", "+1", "-1", "@x", "\tx", "\rx", " =1", "\u3000＝1", "＋1", "－1", "＠x"]:
         assert spreadsheet_safe(risky) == "'" + risky

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 from newsletter.cli import subscribers_cmd
 from newsletter.db import session_scope
 from newsletter.migrate import upgrade
-from subscribers import repo, service
+from subscribers import lists, repo, service
 from subscribers.models import SubscriberStatus
 from subscribers.signup import sign_up
 from tests.conftest import Configure
@@ -129,7 +129,7 @@ def test_list_suppressed_as_csv_is_spreadsheet_safe(url: str, tmp_path: Path) ->
     result = run("list", "--status", "suppressed", "--csv")
     assert result.exit_code == 0, result.output
     rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert rows[0] == list(service.CSV_COLUMNS)
+    assert rows[0] == list(lists.CSV_COLUMNS)
     by_email = {row[0]: row for row in rows[1:]}
     assert set(by_email) == {"formula@example.org", "'+plus@example.org"}
     assert by_email["formula@example.org"][1] == '\'=HYPERLINK("x")'
@@ -141,13 +141,13 @@ def test_list_suppressed_as_csv_is_spreadsheet_safe(url: str, tmp_path: Path) ->
 
 def test_suppress_list_on_both_databases(db_url: str) -> None:
     with session_scope(db_url) as db:
-        report = service.suppress_list(
+        report = lists.suppress_list(
             db, ["a@example.org", "# x", "", "bad", "a@example.org"], reason="list"
         )
     assert (report.added, report.suppressed, report.already) == (1, 0, 1)
     assert [number for number, _ in report.errors] == [4]
     with session_scope(db_url) as db:
-        rows = "".join(service.subscribers_csv(db, status="suppressed"))
+        rows = "".join(lists.subscribers_csv(db, status="suppressed"))
     assert "a@example.org" in rows
 
 

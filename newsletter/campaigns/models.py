@@ -30,6 +30,8 @@ class CampaignKind(StrEnum):
 
     invitation = "invitation"
     reminder = "reminder"
+    change = "change"  # a re-imported record changed (or was cancelled) after mail went out
+    followup = "followup"  # after the session: recordings, slides and a feedback form
 
 
 class DeliveryStatus(StrEnum):
@@ -49,11 +51,19 @@ class Campaign(Base):
     """One mailing of one session to a snapshot of recipients."""
 
     __tablename__ = "campaigns"
+    __table_args__ = (
+        # What a campaign is *for*, once: the change notice of record revision 3 is
+        # occasion "revision-3", the automatic reminder at one day before is "P1D", the
+        # follow-up is "followup"; None for campaigns an organizer may send any number of.
+        # NULLs are distinct in a unique constraint (SQLite and PostgreSQL alike).
+        UniqueConstraint("session_id", "kind", "occasion"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16), default=CampaignKind.invitation)
     subject: Mapped[str] = mapped_column(Text)
+    occasion: Mapped[str | None] = mapped_column(String(64))
     tag: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.draft, index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)

@@ -123,7 +123,12 @@ def read(
 ) -> None:
     """Read raw returned messages and apply each (stdin when no FILE is given)."""
     settings = get_settings()
-    url = database_for_writing()
+    try:
+        url = database_for_writing()
+    except OperationalError as exc:
+        # Unreachable from the start: the same temporary failure, the pipe keeps the message
+        # (any other non-zero status makes Postfix bounce the bounce, and it is lost).
+        raise fail(describe_database_error(exc), EX_TEMPFAIL) from None
     names = [str(f) for f in files] if files else ["-"]
     failures = 0
     for name in names:

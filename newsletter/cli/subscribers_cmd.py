@@ -26,7 +26,7 @@ from newsletter.cli.common import (
     handles_errors,
 )
 from newsletter.db import session_scope
-from subscribers import service
+from subscribers import lists, service
 from subscribers.csv_import import ImportReport
 from subscribers.csv_import import Progress as ImportProgress
 from subscribers.models import SubscriberStatus
@@ -249,7 +249,7 @@ def suppress(
         raise fail(f"{file}: not UTF-8 text (byte {exc.start})") from None
     url = database_for_writing()
     with session_scope(url) as db:
-        report = service.suppress_list(db, lines, reason=f"suppression list {file.name}")
+        report = lists.suppress_list(db, lines, reason=f"suppression list {file.name}")
     for number, reason in report.errors:
         err_console.print(f"line {number}: {reason}", markup=False, soft_wrap=True)
     console.print(
@@ -282,7 +282,7 @@ def list_(
     url = database_for_reading()
     if as_csv:
         with session_scope(url) as db:
-            for piece in service.subscribers_csv(db, status=status, tag=tag):
+            for piece in lists.subscribers_csv(db, status=status, tag=tag):
                 sys.stdout.write(piece)
         return
     with session_scope(url) as db:

@@ -35,7 +35,7 @@ from newsletter.inbound.feedback import arf, jmrp
 from newsletter.inbound.mime import from_address, from_daemon, original_id, text
 from newsletter.inbound.models import InboundKind
 from newsletter.inbound.report import Report
-from newsletter.inbound.verp import verp_delivery_id
+from newsletter.mail.verp import verp_delivery_id
 
 _UNSUBSCRIBE_SUBJECT = re.compile(r"^\s*(?:re:\s*)?unsubscribe\s+([A-Za-z0-9_.\-]+)\s*$", re.I)
 # Subjects of out-of-office replies that carry none of the RFC 3834 headers (Exchange without

@@ -24,7 +24,7 @@ from aiosmtpd.smtp import Session as SMTPSession
 from newsletter.config import Settings
 from newsletter.db import session_scope
 from newsletter.inbound.service import InboundOutcome, process_message
-from newsletter.inbound.verp import is_bounce_mailbox
+from newsletter.mail.verp import is_bounce_mailbox
 
 log = logging.getLogger(__name__)
 

@@ -46,6 +46,7 @@ from newsletter.mail.headers import (
     phrase,
     unstructured,
 )
+from newsletter.mail.verp import verp_address
 
 CRLF = b"\r\n"
 BASE64_LINE = 76  # RFC 2045 6.8: encoded lines are at most 76 characters
@@ -242,8 +243,6 @@ class MessageFactory:
         if not _LIST_ID.fullmatch(list_id):
             raise ConfigurationError(f"List-Id {list_id!r} is not of the form label.domain")
         self.subject = subject
-        verp = self.bounce_address.rpartition("@") if self.bounce_address else None
-        self._verp = (verp[0], verp[2]) if verp else None
         self._message_id_suffix = f".{self.installation}@{self.mail_domain}>"
         list_tokens = phrase(from_name if list_name is None else list_name, MAX_LINE - 9)
         self._from_header = address_header("From", from_name, self.from_address)
@@ -369,7 +368,9 @@ class MessageFactory:
         pieces.append(f"--{boundary}--".encode("ascii"))
         pieces.append(b"")
         envelope_from = (
-            f"{self._verp[0]}+{delivery_id}@{self._verp[1]}" if self._verp else self.from_address
+            verp_address(self.bounce_address, delivery_id)
+            if self.bounce_address
+            else self.from_address
         )
         return OutgoingMessage(
             delivery_id=delivery_id,

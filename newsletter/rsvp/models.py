@@ -50,6 +50,11 @@ class Rsvp(Base):
     # processes' clocks cannot disagree about. 0 for answers that never were a "yes".
     queue_no: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Promoted from the waitlist at this time; with the session's confirm_within, the seat
+    # is held for them until confirm_by and then passes on.
+    promoted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    confirm_by: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    checked_in_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # at the door
 
 
 class RsvpEvent(Base):
@@ -78,3 +83,31 @@ class RsvpEvent(Base):
     # why the answer changed without the person giving it ("withdrawn: subscriber
     # unsubscribed (…)" when they left the list).
     notice_error: Mapped[str | None] = mapped_column(Text)
+
+
+class WalkIn(Base):
+    """Someone who came without an answer, added at the door (counted as present)."""
+
+    __tablename__ = "walk_ins"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Feedback(Base):
+    """One person's answer to a follow-up's one question (1-5 and a comment); answering
+    again replaces it."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("session_id", "subscriber_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -43,6 +43,14 @@ class SalonSession(Base):
     seats_taken: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     waiting: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     queue_next: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The waitlist's timing rules (the record's registration.promotion_cutoff and
+    # confirm_within, in seconds; None: no cutoff, no confirmation asked), columns because
+    # the promotion statement checks them (newsletter/rsvp/waitlist_repo.py).
+    promotion_cutoff_s: Mapped[int | None] = mapped_column(Integer)
+    confirm_within_s: Mapped[int | None] = mapped_column(Integer)
+    # The record's reminder offsets (ISO 8601 durations, comma-separated, e.g. "P1D,PT2H");
+    # None: NEWSLETTER_REMINDERS.
+    reminder_offsets: Mapped[str | None] = mapped_column(String(200))
     # Bumped on every import that changes the record: the calendar SEQUENCE.
     revision: Mapped[int] = mapped_column(Integer, default=0)
     record: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import cast
@@ -19,6 +19,7 @@ from newsletter.db import AloneStatement, fetch_row_alone, utcnow
 from newsletter.rsvp.models import Answer, Rsvp
 from newsletter.sessions.archive import ArchiveLink, ArchiveRow, ArchiveTalkGroup
 from newsletter.sessions.models import SalonSession, SessionLink, Talk
+from newsletter.sessions.offsets import stored_offsets
 from newsletter.sessions.schema import SessionRecord, TalkKind
 
 
@@ -28,6 +29,10 @@ class UpsertOutcome(StrEnum):
     created = "created"
     updated = "updated"
     unchanged = "unchanged"
+
+
+def _seconds(duration: timedelta | None) -> int | None:
+    return int(duration.total_seconds()) if duration is not None else None
 
 
 def get_by_number(db: Session, number: int) -> SalonSession | None:
@@ -81,6 +86,10 @@ def upsert(
     row.capacity = capacity
     row.plus_ones = record.registration.plus_ones if record.registration else 0
     row.deadline = record.registration.deadline if record.registration else None
+    registration = record.registration
+    row.promotion_cutoff_s = _seconds(registration.promotion_cutoff if registration else None)
+    row.confirm_within_s = _seconds(registration.confirm_within if registration else None)
+    row.reminder_offsets = stored_offsets(record.reminders)
     row.cancelled = record.cancelled
     row.record = data
     row.source_path = source

@@ -6,7 +6,7 @@ typo (``startz_at``) is reported instead of silently ignored.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -84,12 +84,24 @@ class Registration(_Strict):
     deadline: datetime | None = None
     plus_ones: Annotated[int, Field(ge=0, le=10)] = 0
     url: AnyHttpUrl | None = None  # an outside form, kept for old records; RSVP links replace it
+    # ISO 8601 durations. Within promotion_cutoff of the start nobody is promoted from the
+    # waitlist automatically (the organizer is told instead); a promoted person confirms
+    # within confirm_within or the seat passes on.
+    promotion_cutoff: timedelta | None = None
+    confirm_within: timedelta | None = None
 
     @field_validator("deadline")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.utcoffset() is None:
             raise ValueError("needs a UTC offset, e.g. 2019-12-05T10:00:00+08:00")
+        return value
+
+    @field_validator("promotion_cutoff", "confirm_within")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("give a positive ISO 8601 duration, e.g. PT24H or P1D")
         return value
 
 
@@ -161,12 +173,22 @@ class SessionRecord(_Strict):
     about: Text | None = None  # the club profile (Markdown); the configured default when absent
     links: list[Link] = Field(default_factory=list)
     cancelled: bool = False
+    # When reminders go out before the start (ISO 8601 durations, e.g. [P1D, PT2H]);
+    # absent: NEWSLETTER_REMINDERS; an empty list: none.
+    reminders: Annotated[list[timedelta], Field(max_length=10)] | None = None
 
     @field_validator("starts_at", "ends_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         if value.utcoffset() is None:
             raise ValueError("needs a UTC offset, e.g. 2019-12-05T12:30:00+08:00")
+        return value
+
+    @field_validator("reminders")
+    @classmethod
+    def _offsets(cls, value: list[timedelta] | None) -> list[timedelta] | None:
+        if value is not None and any(offset <= timedelta(0) for offset in value):
+            raise ValueError("give positive ISO 8601 durations before the start, e.g. [P1D, PT2H]")
         return value
 
     @field_validator("timezone")

@@ -1,7 +1,10 @@
-"""The VERP return path read back: ``bounces+<delivery id>@domain`` → the delivery id.
+"""VERP return paths: each delivery's envelope sender is the bounce address with
+``+<delivery id>`` after its local part (``bounces+1234@example.org``), so a bounce that
+reaches the bounce domain names the delivery it is about, whatever the bounce's own format.
 
-:class:`newsletter.mail.message.MessageFactory` writes the envelope sender of each delivery
-as the bounce address with ``+<delivery id>`` after its local part; this is the inverse.
+Both directions live here: :class:`newsletter.mail.message.MessageFactory` writes the
+address with :func:`verp_address`, ``newsletter inbound`` reads it back with
+:func:`verp_delivery_id`.
 """
 
 from __future__ import annotations
@@ -9,6 +12,12 @@ from __future__ import annotations
 import re
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def verp_address(bounce_address: str, delivery_id: int) -> str:
+    """The envelope sender of one delivery: ``local+<delivery id>@domain``."""
+    local, _, domain = bounce_address.rpartition("@")
+    return f"{local}+{delivery_id}@{domain}"
 
 
 def verp_delivery_id(address: str, bounce_address: str) -> int | None:
