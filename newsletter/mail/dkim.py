@@ -19,11 +19,16 @@ does (tests/test_dkim.py compares our field with ``dkim.sign``'s byte for byte).
 the signature are the ``cryptography`` package's (OpenSSL): the PEM is loaded once with
 ``load_pem_private_key`` and the SHA-256 of the signed fields is signed with RSA PKCS#1 v1.5
 (``Prehashed``) or Ed25519 (RFC 8463 signs that same hash). dkimpy's own RSA is Python's
-``pow`` without CRT, ~7.5 ms a signature for 2048 bits; OpenSSL's is well under a
-millisecond, and uses blinding. One loader and one signing path for both algorithms, so no
-hand-written key parsing; PyNaCl stays only as dkimpy's Ed25519 verifier.
+``pow`` (two 1024-bit exponentiations, CRT), ~8 ms a signature for 2048 bits and not
+constant-time, with no blinding; OpenSSL's takes ~0.3 ms and is blinded. One loader and
+one signing path for both algorithms, so no hand-written key parsing; PyNaCl stays only as
+dkimpy's Ed25519 verifier.
 
-Cost (benchmarks/README.md, "Signing"): COST_PARAGRAPH
+Cost (benchmarks/README.md, "Signing"), on the 2-core development VM: RSA-2048 ~0.5 ms a
+message (OpenSSL's signature ~0.3 ms of it; dkimpy's own RSA took ~8 ms), Ed25519 ~0.2 -
+0.3 ms (the signature 35 µs). The rest, ~175 µs for either, is the body's SHA-256 (~55 µs
+for 87 KB) and dkimpy's Python: the header parse, the relaxed canonicalization of the signed
+fields and two folds. A million RSA-signed mails cost ~9 core-minutes of signing.
 
 The body hash: relaxed body canonicalization (RFC 6376 3.4.4) changes only runs of spaces and
 tabs and trailing empty lines. Our bodies are base64 lines and MIME headers with single
