@@ -20,6 +20,7 @@ from newsletter.metrics.http import RequestTimer
 from newsletter.web import (
     api,
     calendar_routes,
+    checkin,
     dashboard,
     dashboard_login,
     faults,
@@ -141,6 +142,7 @@ def create_app() -> FastAPI:
     app.include_router(api.router)
     app.include_router(dashboard_login.router)
     app.include_router(dashboard.router)
+    app.include_router(checkin.router)
     app.include_router(ops.router)
     app.include_router(inbound_webhook.router)
     faults.install(app)
