@@ -27,6 +27,8 @@ from newsletter.web import (
     inbound_webhook,
     ops,
     preferences,
+    public,
+    public_feeds,
     rsvp,
     subscribe,
     unsubscribe,
@@ -139,6 +141,9 @@ def create_app() -> FastAPI:
     app.include_router(subscribe.router)
     app.include_router(preferences.router)
     app.include_router(calendar_routes.router)
+    # After calendar_routes: /sessions/{number} would otherwise take /sessions/61.ics.
+    app.include_router(public.router)
+    app.include_router(public_feeds.router)
     app.include_router(api.router)
     app.include_router(dashboard_login.router)
     app.include_router(dashboard.router)
