@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, or_, select
 from sqlalchemy.orm import Session
@@ -90,7 +91,7 @@ def _matches(query: str) -> ColumnElement[bool]:
     """
     needle = query.lower()
 
-    def has(column: ColumnElement[str | None]) -> ColumnElement[bool]:
+    def has(column: Any) -> ColumnElement[bool]:  # a text column, nullable or not
         return func.lower(column).contains(needle, autoescape=True)
 
     talks = select(Talk.session_id).where(or_(has(Talk.title), has(Talk.speaker)))
