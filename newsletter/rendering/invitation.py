@@ -239,8 +239,14 @@ def invitation_context(
     organizer: str,
     timezone: str,
     rsvp: bool = True,
+    archive_rows: int | None = None,
+    archive_url: str = "",
 ) -> dict[str, Any]:
     """Everything the invitation templates print except the recipient's values (``r``).
+
+    ``archive_rows`` (``NEWSLETTER_ARCHIVE_ROWS``) keeps only the latest rows of the archive
+    table, and a line links to ``archive_url`` (the public /archive) for the earlier ones;
+    None keeps every row, as the seeds do, and prints nothing of the line.
 
     ``rsvp=False`` is the mail about a session that has already ended (``campaign create
     --past``): no RSVP buttons or links, no calendar link and no seats or deadline line,
@@ -248,11 +254,15 @@ def invitation_context(
     """
     tz = session_zone(record, timezone)
     when = cn_datetime_range(record.starts_at, record.ends_at, tz)
+    rows = tuple(archive)
+    shown = rows if archive_rows is None else rows[len(rows) - min(archive_rows, len(rows)) :]
     shown_organizer = record.organizer or organizer
     place = record.venue.name if record.venue and record.venue.name else _mode_text(record)
     return {
         "record": record,
-        "archive": tuple(archive),
+        "archive": shown,
+        "archive_more": len(archive) - len(shown),
+        "archive_url": archive_url,
         "subject": subject,
         "organizer": shown_organizer,
         "tz": tz,
@@ -287,6 +297,8 @@ def render_invitation(
     template: str = INVITATION,
     rsvp: bool = True,
     extra: Mapping[str, Any] | None = None,
+    archive_rows: int | None = None,
+    archive_url: str = "",
 ) -> RenderedInvitation:
     """Render one invitation (or another mail of :data:`MAIL_TEMPLATES`) in full: Jinja with
     the recipient's values, then premailer.
@@ -299,7 +311,14 @@ def render_invitation(
     """
     final_subject = subject or subject_for(template, record, timezone)
     context = invitation_context(
-        record, archive, subject=final_subject, organizer=organizer, timezone=timezone, rsvp=rsvp
+        record,
+        archive,
+        subject=final_subject,
+        organizer=organizer,
+        timezone=timezone,
+        rsvp=rsvp,
+        archive_rows=archive_rows,
+        archive_url=archive_url,
     )
     context.update(extra or {})
     context["r"] = Slots.of(slot_values(recipient))
