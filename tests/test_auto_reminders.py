@@ -19,9 +19,11 @@ from newsletter.campaigns import reminders
 from newsletter.campaigns.models import Campaign, CampaignKind, CampaignStatus, Delivery
 from newsletter.config import Settings, get_settings
 from newsletter.db import session_scope, utcnow
+from newsletter.errors import NotFoundError
 from newsletter.migrate import upgrade
 from newsletter.rsvp.models import Answer
 from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.models import SalonSession
 from newsletter.sessions.service import import_records
 from tasks import embedded
 from tests.conftest import Configure
@@ -40,8 +42,8 @@ def reminder_rows(url: str) -> list[tuple[int, str | None, str, int]]:
     """(session number, occasion, status, recipients) of every reminder campaign."""
     with session_scope(url) as db:
         rows = db.execute(
-            select(Campaign, sessions_repo.SalonSession.number)
-            .join(sessions_repo.SalonSession, sessions_repo.SalonSession.id == Campaign.session_id)
+            select(Campaign, SalonSession.number)
+            .join(SalonSession, SalonSession.id == Campaign.session_id)
             .where(Campaign.kind == CampaignKind.reminder)
             .order_by(Campaign.id)
         )
@@ -211,7 +213,7 @@ def test_cancelled_before_its_moment_is_never_made(
         (96, "PT2H", CampaignStatus.cancelled, 0),
         (96, "P1D", CampaignStatus.draft, 1),
     ]
-    with pytest.raises(reminders.NotFoundError, match="no reminder PT3H"):
+    with pytest.raises(NotFoundError, match="no reminder PT3H"):
         reminders.cancel(db_url, conf, 96, "PT3H")
 
 
@@ -266,7 +268,7 @@ def test_beat_sends_each_reminder_once(
         r.rcpt_tos[0] for r in smtp.handler.received if _subject(r.data).startswith("提醒：")
     )
     assert got == sorted(["p0@example.org", "p1@example.org"] * 2), got
-    assert sorted(o for _, o, _, _ in reminder_rows(url)) == ["PT1H", "PT2S"]
+    assert sorted(str(o) for _, o, _, _ in reminder_rows(url)) == ["PT1H", "PT2S"]
     assert {status for _, _, status, _ in reminder_rows(url)} == {CampaignStatus.finished}
     assert get_settings().sweep_interval == 0.2
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from newsletter.campaigns.models import CampaignStatus
 from newsletter.campaigns.reminders import PlannedReminder
 from newsletter.web.dashboard_views import STATUS_LABELS, local_time
 
@@ -47,7 +48,8 @@ def reminder_view(planned: PlannedReminder, zone: ZoneInfo) -> ReminderView:
     reason = planned.reason
     if planned.state == "sent" and reason is not None:
         # A campaign made for it: its own status (发送中, 已完成 …) says more than "sent".
-        label = STATUS_LABELS.get(reason, label) if reason != "finished" else label
+        if reason != CampaignStatus.finished:
+            label = STATUS_LABELS.get(CampaignStatus(reason), label)
         reason = None
     return ReminderView(
         occasion=planned.occasion,
