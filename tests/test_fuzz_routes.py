@@ -147,6 +147,8 @@ def test_no_admin_route_answers_500(live: Live) -> None:
         "/admin/sessions/{}",
         "/admin/sessions/{}/rsvps.csv",
         "/admin/sessions/{}/remind",
+        "/admin/sessions/{}/reminders/{}/cancel",
+        "/admin/sessions/95/reminders/P1D/cancel",
         "/admin/campaigns/{}",
         "/admin/campaigns/{}/pause",
         "/admin/campaigns/{}/resume",
