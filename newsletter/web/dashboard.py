@@ -23,7 +23,7 @@ from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.rendering.session_view import session_view
-from newsletter.rsvp import history
+from newsletter.rsvp import checkin, history
 from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.export import session_attendees_csv
 from newsletter.sessions import repo as sessions_repo
@@ -96,6 +96,7 @@ def _session_page(
         zone = ZoneInfo(salon.timezone)
         view = session_view(salon, sessions_repo.record_of(salon), settings.base_url)
         counts = rsvp_repo.counts(db, salon.id)
+        door = checkin.attendance(db, salon.id)
         rows = rsvp_repo.attendees(db, salon.id, limit=ATTENDEES_SHOWN)
         attendees = [attendee_view(r, zone) for r in rows]
         points = history.history(db, salon.id)
@@ -119,6 +120,7 @@ def _session_page(
         session=view,
         full_title=salon.title,
         counts=counts,
+        door=door,
         attendees=attendees,
         attendees_total=counts.answers,
         charts=[c for c in charts if c is not None],
