@@ -56,7 +56,7 @@ class Campaign(Base):
         # occasion "revision-3", the automatic reminder at one day before is "P1D", the
         # follow-up is "followup"; None for campaigns an organizer may send any number of.
         # NULLs are distinct in a unique constraint (SQLite and PostgreSQL alike).
-        UniqueConstraint("session_id", "kind", "occasion"),
+        Index("uq_campaigns_session_kind_occasion", "session_id", "kind", "occasion", unique=True),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -27,9 +27,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("reminder_offsets", sa.String(200), nullable=True))
     with op.batch_alter_table("campaigns") as batch_op:
         batch_op.add_column(sa.Column("occasion", sa.String(64), nullable=True))
-        batch_op.create_unique_constraint(
-            "uq_campaigns_session_id", ["session_id", "kind", "occasion"]
-        )
+    # A unique index, not a constraint: on SQLite a new constraint means rebuilding the
+    # table, and dropping the old campaigns table would cascade to every delivery row.
+    op.create_index(
+        "uq_campaigns_session_kind_occasion",
+        "campaigns",
+        ["session_id", "kind", "occasion"],
+        unique=True,
+    )
     with op.batch_alter_table("rsvps") as batch_op:
         for column in ("promoted_at", "confirm_by", "checked_in_at"):
             batch_op.add_column(sa.Column(column, _WHEN, nullable=True))
@@ -70,8 +75,8 @@ def downgrade() -> None:
     with op.batch_alter_table("rsvps") as batch_op:
         for column in ("promoted_at", "confirm_by", "checked_in_at"):
             batch_op.drop_column(column)
+    op.drop_index("uq_campaigns_session_kind_occasion", table_name="campaigns")
     with op.batch_alter_table("campaigns") as batch_op:
-        batch_op.drop_constraint("uq_campaigns_session_id", type_="unique")
         batch_op.drop_column("occasion")
     with op.batch_alter_table("sessions") as batch_op:
         for column in ("promotion_cutoff_s", "confirm_within_s", "reminder_offsets"):
