@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import qrcode
-import qrcode.image.pure
+import qrcode  # type: ignore[import-untyped]
+import qrcode.image.pure  # type: ignore[import-untyped]
 from sqlalchemy.orm import Session
 
 from newsletter.db import utcnow

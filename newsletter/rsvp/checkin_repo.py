@@ -100,7 +100,7 @@ class DoorRow:
     checked_in_at: datetime | None
 
 
-def _door_select() -> Select[tuple[int, str, int, datetime | None]]:
+def _door_select() -> Select[int, str, int, datetime | None]:
     return (
         select(Rsvp.subscriber_id, Subscriber.name, Rsvp.guests, Rsvp.checked_in_at)
         .join(Subscriber, Subscriber.id == Rsvp.subscriber_id)
@@ -125,7 +125,7 @@ def door_list(
     statement = statement.order_by(
         Rsvp.checked_in_at.is_not(None), Subscriber.name, Rsvp.subscriber_id
     ).limit(limit)
-    return [DoorRow(*row) for row in db.execute(statement).all()]
+    return [DoorRow(row[0], row[1], row[2], row[3]) for row in db.execute(statement).all()]
 
 
 def door_row(db: Session, session_id: int, subscriber_id: int) -> DoorRow | None:
@@ -133,7 +133,7 @@ def door_row(db: Session, session_id: int, subscriber_id: int) -> DoorRow | None
     row = db.execute(
         _door_select().where(Rsvp.session_id == session_id, Rsvp.subscriber_id == subscriber_id)
     ).first()
-    return DoorRow(*row) if row else None
+    return DoorRow(row[0], row[1], row[2], row[3]) if row else None
 
 
 def present_ids(db: Session, session_id: int) -> dict[int, datetime]:
@@ -143,4 +143,4 @@ def present_ids(db: Session, session_id: int) -> dict[int, datetime]:
             Rsvp.session_id == session_id, _CONFIRMED, Rsvp.checked_in_at.is_not(None)
         )
     )
-    return {int(row[0]): row[1] for row in rows}
+    return {int(row[0]): row[1] for row in rows if row[1] is not None}
