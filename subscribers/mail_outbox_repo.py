@@ -20,6 +20,7 @@ from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from newsletter.db import is_postgresql
 from newsletter.sessions.models import SalonSession
 from subscribers.models import Subscriber, SubscriberMail, SubscriberMailKind, SubscriberStatus
 
@@ -66,15 +67,21 @@ def add_many(
 
 
 def lock_subscriber(db: Session, subscriber_id: int) -> Subscriber | None:
-    """The subscriber row, locked for this transaction on PostgreSQL (``FOR UPDATE``): two
-    sign-ups of one address at once then count and queue one after the other, so the daily
-    limit holds. SQLite has one writer at a time anyway."""
-    return db.scalars(
-        select(Subscriber)
-        .where(Subscriber.id == subscriber_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    """The subscriber row, locked until the transaction ends: two sign-ups of one address at
+    once then count and queue one after the other, so the daily limit holds. PostgreSQL:
+    ``FOR UPDATE``. SQLite ignores ``FOR UPDATE`` and lets two transactions read before
+    either writes, so a no-op UPDATE of the row takes the database's write lock first."""
+    query = select(Subscriber).where(Subscriber.id == subscriber_id)
+    if is_postgresql(db):
+        query = query.with_for_update()
+    else:
+        db.execute(
+            update(Subscriber)
+            .where(Subscriber.id == subscriber_id)
+            .values(status=Subscriber.status)
+            .execution_options(synchronize_session=False)
+        )
+    return db.scalars(query.execution_options(populate_existing=True)).one_or_none()
 
 
 def confirms_since(db: Session, subscriber_id: int, since: datetime) -> int:
