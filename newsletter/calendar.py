@@ -8,7 +8,8 @@ would invite iMIP replies.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from icalendar import Calendar, Event
 
@@ -37,6 +38,31 @@ def session_calendar(
     calendar.add("prodid", "-//salon-newsletter//invitations//ZH")
     calendar.add("version", "2.0")
     calendar.add("method", method)
+    calendar.add_component(
+        session_event(
+            salon,
+            record,
+            mail_domain=mail_domain,
+            organizer_name=organizer_name,
+            organizer_address=organizer_address,
+            page_url=page_url,
+            stamp=stamp,
+        )
+    )
+    return bytes(calendar.to_ical())
+
+
+def session_event(
+    salon: SalonSession,
+    record: SessionRecord,
+    *,
+    mail_domain: str,
+    organizer_name: str,
+    organizer_address: str,
+    page_url: str,
+    stamp: datetime,
+) -> Event:
+    """The VEVENT of ``salon``, the one home of an event: the single .ics and the feed."""
     event = Event()
     event.add("uid", event_uid(salon.number, mail_domain))
     event.add("sequence", salon.revision)
@@ -59,8 +85,7 @@ def session_calendar(
         for t in record.talks
     ]
     event.add("description", "\n".join([*talks, *lines, page_url]))
-    calendar.add_component(event)
-    return bytes(calendar.to_ical())
+    return event
 
 
 def _where(record: SessionRecord) -> tuple[str | None, list[str]]:
@@ -73,3 +98,44 @@ def _where(record: SessionRecord) -> tuple[str | None, list[str]]:
         return str(venue.streams[0].url), streams
     room = ", ".join(part for part in (venue.name, venue.address) if part)
     return room, streams
+
+
+def feed_calendar(
+    sessions: Sequence[tuple[SalonSession, SessionRecord]],
+    *,
+    name: str,
+    mail_domain: str,
+    organizer_name: str,
+    organizer_address: str,
+    base_url: str,
+) -> bytes:
+    """``/calendar.ics``: every given session as one subscribable calendar.
+
+    Each event is :func:`session_event`'s (same UID as the single .ics and the mails, SEQUENCE
+    the revision, a cancelled one STATUS:CANCELLED), so a calendar that imported one session
+    from a mail and subscribes to the feed sees one event, updated in place. DTSTAMP is the
+    time the session was last imported, not the time of the request: the bytes stay the same
+    until something changes, and calendars do not re-alert on every refresh.
+    """
+    calendar = Calendar()
+    calendar.add("prodid", "-//salon-newsletter//invitations//ZH")
+    calendar.add("version", "2.0")
+    # A published feed: a cancelled event stays in it with its status (a CANCEL method would
+    # apply to every event of the feed).
+    calendar.add("method", "PUBLISH")
+    calendar.add("x-wr-calname", name)
+    calendar.add("refresh-interval", timedelta(hours=6), parameters={"VALUE": "DURATION"})
+    calendar.add("x-published-ttl", "PT6H")
+    for salon, record in sessions:
+        calendar.add_component(
+            session_event(
+                salon,
+                record,
+                mail_domain=mail_domain,
+                organizer_name=organizer_name,
+                organizer_address=organizer_address,
+                page_url=f"{base_url}/sessions/{salon.number}",
+                stamp=salon.updated_at,
+            )
+        )
+    return bytes(calendar.to_ical())

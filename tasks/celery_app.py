@@ -30,6 +30,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "subscriber-mails": {"task": "subscribers.mails", "schedule": settings.sweep_interval},
         # Sign-ups not confirmed within NEWSLETTER_PENDING_DAYS: hourly is precise enough.
         "expire-pending": {"task": "subscribers.expire_pending", "schedule": 3600.0},
+        # Automatic reminders whose moment has come: at the sweep's pace, so one is at most
+        # an interval late; the database makes each one once, however many beats run.
+        "reminders": {"task": "reminders.due", "schedule": settings.sweep_interval},
     }
 
 
@@ -38,7 +41,10 @@ def make_celery(settings: Settings) -> Celery:
 
     ``conf.newsletter_embedded`` says whether tasks run on the embedded worker (no broker).
     """
-    celery = Celery("newsletter", include=["tasks.campaigns", "tasks.rsvp", "tasks.subscribers"])
+    celery = Celery(
+        "newsletter",
+        include=["tasks.campaigns", "tasks.rsvp", "tasks.subscribers", "tasks.reminders"],
+    )
     celery.conf.update(
         # Never used without a broker: tasks then go to the embedded worker, not to Celery.
         broker_url=settings.broker_url or "memory://",

@@ -106,6 +106,17 @@ def test_no_route_answers_500(live: Live) -> None:
                 path + quote(mutate(rng, "95.ics"), safe=""),
                 headers=headers if rng.random() < 0.5 else {},
             )
+            # The public pages: a number or .ics, any search text, any cache validator.
+            public = rng.choice(["/sessions/", "/archive?q=", "/calendar.ics?", "/feed.xml?", "/?"])
+            response = live.client.get(
+                public + quote(mutate(rng, rng.choice(["95", "叶寅", "61.ics"])), safe=""),
+                headers={
+                    rng.choice(["If-None-Match", "If-Modified-Since"]): quote(
+                        rng.choice(JUNK), safe=' ,:"/'
+                    )
+                },
+            )
+            assert response.status_code < 500, (public, response.text[:200])
         else:
             response = live.client.post(
                 "/api/campaigns",
@@ -136,6 +147,8 @@ def test_no_admin_route_answers_500(live: Live) -> None:
         "/admin/sessions/{}",
         "/admin/sessions/{}/rsvps.csv",
         "/admin/sessions/{}/remind",
+        "/admin/sessions/{}/reminders/{}/cancel",
+        "/admin/sessions/95/reminders/P1D/cancel",
         "/admin/campaigns/{}",
         "/admin/campaigns/{}/pause",
         "/admin/campaigns/{}/resume",

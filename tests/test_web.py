@@ -211,7 +211,7 @@ def test_rsvp_list_shows_what_the_pages_recorded(live: Live) -> None:
         [*command, "--csv"], capture_output=True, text=True, env=env, check=True
     )
     lines = exported.stdout.splitlines()
-    assert lines[0] == "name,email,answer,guests,waitlisted,answered_at,updated_at"
+    assert lines[0] == "name,email,answer,guests,waitlisted,answered_at,updated_at,checked_in_at"
     assert lines[1].startswith("访客0,w0@example.org,yes,0,no,")
     assert lines[2].startswith("访客1,w1@example.org,yes,0,yes,")
 

@@ -64,6 +64,9 @@ class Campaign(Base):
     kind: Mapped[str] = mapped_column(String(16), default=CampaignKind.invitation)
     subject: Mapped[str] = mapped_column(Text)
     occasion: Mapped[str | None] = mapped_column(String(64))
+    # A change notice's "what changed" lines (JSON, sessions.changes): the record before the
+    # re-import is overwritten, so the notice keeps what it announces.
+    details: Mapped[str | None] = mapped_column(Text)
     tag: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.draft, index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)

@@ -72,7 +72,9 @@ def create_campaign(
     return campaign
 
 
-def create_reminder(db: Session, number: int, *, subject: str | None = None) -> Campaign:
+def create_reminder(
+    db: Session, number: int, *, subject: str | None = None, occasion: str | None = None
+) -> Campaign:
     """Create a draft reminder for session ``number``: one queued delivery per active
     subscriber with a confirmed seat ("yes", not waitlisted).
 
@@ -80,6 +82,11 @@ def create_reminder(db: Session, number: int, *, subject: str | None = None) -> 
     nobody has confirmed; :class:`NotFoundError` for an unknown number. Creating another
     reminder later is allowed (a second reminder); each campaign mails each person once.
     The subject defaults to ``提醒：第 N 期… · <local start time>``.
+
+    ``occasion`` (an automatic reminder's offset, ``P1D``; see ``campaigns.reminders``) makes
+    it the one reminder for that offset: a second one raises IntegrityError from the unique
+    constraint on (session, kind, occasion). Such a reminder is made even when nobody has
+    confirmed, so that the row records that its moment came and went.
     """
     salon = require_session(db, number)
     if salon.cancelled:
@@ -88,7 +95,7 @@ def create_reminder(db: Session, number: int, *, subject: str | None = None) -> 
         held = cn_datetime_range(salon.starts_at, salon.ends_at, ZoneInfo(salon.timezone))
         raise InvalidStateError(f"session {number} is over (it was held {held}); no reminder")
     # Checked before anything is written, so a refusal leaves no empty campaign behind.
-    if recipients.count_confirmed(db, salon.id) == 0:
+    if occasion is None and recipients.count_confirmed(db, salon.id) == 0:
         raise InvalidStateError(
             f"nobody has a confirmed seat for session {number} yet; a reminder goes only to "
             "those who answered yes (see `newsletter rsvp list`)"
@@ -100,20 +107,29 @@ def create_reminder(db: Session, number: int, *, subject: str | None = None) -> 
         CampaignKind.reminder,
         subject=(subject or "").strip() or reminder_subject(record, salon.timezone),
         tag=None,
+        occasion=occasion,
     )
     campaign.recipient_count = recipients.snapshot_confirmed(db, campaign)
     return campaign
 
 
 def _draft(
-    db: Session, session_id: int, kind: CampaignKind, *, subject: str, tag: str | None
+    db: Session,
+    session_id: int,
+    kind: CampaignKind,
+    *,
+    subject: str,
+    tag: str | None,
+    occasion: str | None = None,
 ) -> Campaign:
-    """A new draft campaign row, flushed so its id exists for the recipient snapshot."""
+    """A new draft campaign row, flushed so its id exists for the recipient snapshot (and so
+    that a second campaign for the same ``occasion`` fails here, before any delivery)."""
     campaign = Campaign(
         session_id=session_id,
         kind=kind,
         subject=subject,
         tag=tag,
+        occasion=occasion,
         status=CampaignStatus.draft,
         created_at=utcnow(),
     )

@@ -8,7 +8,8 @@ Public API::
     reminder_subject(record, timezone)  "提醒：第 61 期机器学习学术沙龙 · 10月25日（周日）19:30"
     InvitationTemplate.build(...)       once per campaign; .personalise(recipient) per message
                                         (.personalise_utf8: the same, parts as UTF-8 bytes);
-                                        template=REMINDER for the reminder campaign mail
+                                        template=REMINDER for the reminder campaign mail,
+                                        template=CHANGE (+ extra={"changes": ...}) a change notice
     render_invitation(...)              the full render of one message (preview, tests)
     render_email_template(name, **ctx)  other mails (waitlist, confirmation)
 """
@@ -16,10 +17,12 @@ Public API::
 from newsletter.rendering.environment import TEMPLATES_DIR, get_environment
 from newsletter.rendering.inline import inline_css
 from newsletter.rendering.invitation import (
+    CHANGE,
     INVITATION,
     REMINDER,
     Recipient,
     RenderedInvitation,
+    change_subject,
     default_subject,
     reminder_subject,
     render_email_template,
@@ -32,6 +35,7 @@ from newsletter.rendering.personalise import (
 )
 
 __all__ = [
+    "CHANGE",
     "INVITATION",
     "REMINDER",
     "TEMPLATES_DIR",
@@ -40,6 +44,7 @@ __all__ = [
     "Recipient",
     "RenderedInvitation",
     "RenderingError",
+    "change_subject",
     "default_subject",
     "get_environment",
     "inline_css",

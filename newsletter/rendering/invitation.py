@@ -33,7 +33,9 @@ INVITATION = "email/invitation"
 #: The reminder to those who confirmed a seat: no RSVP buttons, no archive table.
 REMINDER = "email/reminder"
 #: Every template a campaign can mail, each compiled and personalised the same way.
-MAIL_TEMPLATES = (INVITATION, REMINDER)
+#: A change notice (the record changed after mail went out): what changed, then the facts.
+CHANGE = "email/change"
+MAIL_TEMPLATES = (INVITATION, REMINDER, CHANGE)
 CLUB_PROFILE = "email/_club.md"
 
 
@@ -165,8 +167,19 @@ def reminder_subject(record: SessionRecord, timezone: str) -> str:
     return f"提醒：第 {record.number} 期{record.series} · {when}"
 
 
+def change_subject(record: SessionRecord) -> str:
+    """``【变更】第 61 期机器学习学术沙龙：联邦学习的鲁棒性 · 活动信息有更新``, or for a
+    cancellation ``【取消】第 61 期…：… · 本期活动已取消``."""
+    head = f"第 {record.number} 期{record.series}：{record.theme or record.title}"
+    if record.cancelled:
+        return f"【取消】{head} · 本期活动已取消"
+    return f"【变更】{head} · 活动信息有更新"
+
+
 def subject_for(template: str, record: SessionRecord, timezone: str) -> str:
     """The default subject of a mail made from ``template`` (one of :data:`MAIL_TEMPLATES`)."""
+    if template == CHANGE:
+        return change_subject(record)
     if template == REMINDER:
         return reminder_subject(record, timezone)
     if template == INVITATION:
@@ -226,8 +239,14 @@ def invitation_context(
     organizer: str,
     timezone: str,
     rsvp: bool = True,
+    archive_rows: int | None = None,
+    archive_url: str = "",
 ) -> dict[str, Any]:
     """Everything the invitation templates print except the recipient's values (``r``).
+
+    ``archive_rows`` (``NEWSLETTER_ARCHIVE_ROWS``) keeps only the latest rows of the archive
+    table, and a line links to ``archive_url`` (the public /archive) for the earlier ones;
+    None keeps every row, as the seeds do, and prints nothing of the line.
 
     ``rsvp=False`` is the mail about a session that has already ended (``campaign create
     --past``): no RSVP buttons or links, no calendar link and no seats or deadline line,
@@ -235,11 +254,15 @@ def invitation_context(
     """
     tz = session_zone(record, timezone)
     when = cn_datetime_range(record.starts_at, record.ends_at, tz)
+    rows = tuple(archive)
+    shown = rows if archive_rows is None else rows[len(rows) - min(archive_rows, len(rows)) :]
     shown_organizer = record.organizer or organizer
     place = record.venue.name if record.venue and record.venue.name else _mode_text(record)
     return {
         "record": record,
-        "archive": tuple(archive),
+        "archive": shown,
+        "archive_more": len(archive) - len(shown),
+        "archive_url": archive_url,
         "subject": subject,
         "organizer": shown_organizer,
         "tz": tz,
@@ -273,6 +296,9 @@ def render_invitation(
     timezone: str,
     template: str = INVITATION,
     rsvp: bool = True,
+    extra: Mapping[str, Any] | None = None,
+    archive_rows: int | None = None,
+    archive_url: str = "",
 ) -> RenderedInvitation:
     """Render one invitation (or another mail of :data:`MAIL_TEMPLATES`) in full: Jinja with
     the recipient's values, then premailer.
@@ -280,12 +306,21 @@ def render_invitation(
     Milliseconds per call; campaigns use :class:`InvitationTemplate` instead, which gives the
     same bytes in microseconds. ``organizer`` and ``timezone`` are the configured defaults for a
     record that names neither; ``rsvp=False`` leaves out answering (see
-    :func:`invitation_context`).
+    :func:`invitation_context`); ``extra``: more context for the template (a change
+    notice's ``changes``).
     """
     final_subject = subject or subject_for(template, record, timezone)
     context = invitation_context(
-        record, archive, subject=final_subject, organizer=organizer, timezone=timezone, rsvp=rsvp
+        record,
+        archive,
+        subject=final_subject,
+        organizer=organizer,
+        timezone=timezone,
+        rsvp=rsvp,
+        archive_rows=archive_rows,
+        archive_url=archive_url,
     )
+    context.update(extra or {})
     context["r"] = Slots.of(slot_values(recipient))
     html, text = render_parts(template, context)
     return RenderedInvitation(subject=final_subject, html=html, text=text)

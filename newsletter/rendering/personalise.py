@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from markupsafe import escape
 
@@ -123,11 +124,13 @@ class InvitationTemplate:
         timezone: str,
         template: str = INVITATION,
         rsvp: bool = True,
+        extra: Mapping[str, Any] | None = None,
     ) -> InvitationTemplate:
         """Render the invitation (or ``template``, one of ``MAIL_TEMPLATES``) once with
         sentinels, inline its CSS once, and cut it into chunks and slots. ``organizer`` and
         ``timezone`` are the configured defaults for a record that names neither; ``rsvp=False``
-        leaves out answering, for a session already over. Raises
+        leaves out answering, for a session already over; ``extra`` is more context for the
+        template (a change notice's ``changes``). Raises
         :class:`RenderingError` if a sentinel did not survive rendering intact."""
         final_subject = subject or subject_for(template, record, timezone)
         context = invitation_context(
@@ -138,6 +141,7 @@ class InvitationTemplate:
             timezone=timezone,
             rsvp=rsvp,
         )
+        context.update(extra or {})
         # A fresh random word per build: record text cannot contain it by accident.
         nonce = secrets.token_hex(8)
         sentinels = tuple(f"SLOT{nonce}X{index}Z" for index in range(len(SLOT_FIELDS)))

@@ -14,7 +14,16 @@ from newsletter.rsvp import repo
 from newsletter.rsvp.repo import AttendeeRow
 from newsletter.spreadsheet import csv_writer, safe_row
 
-COLUMNS = ["name", "email", "answer", "guests", "waitlisted", "answered_at", "updated_at"]
+COLUMNS = [
+    "name",
+    "email",
+    "answer",
+    "guests",
+    "waitlisted",
+    "answered_at",
+    "updated_at",
+    "checked_in_at",  # empty unless marked present at the door
+]
 
 
 def attendees_csv(rows: Sequence[AttendeeRow]) -> str:
@@ -31,6 +40,7 @@ def attendees_csv(rows: Sequence[AttendeeRow]) -> str:
             "yes" if row.waitlisted else "no",
             row.answered_at.isoformat(),
             row.updated_at.isoformat(),
+            row.checked_in_at.isoformat() if row.checked_in_at else "",
         ]
         writer.writerow(safe_row(cells))
     return out.getvalue()

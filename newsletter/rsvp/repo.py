@@ -136,6 +136,7 @@ class AttendeeRow:
     waitlisted: bool
     answered_at: datetime
     updated_at: datetime
+    checked_in_at: datetime | None = None  # marked present at the door
 
 
 # A column or an expression of columns, in the SQL built below.
@@ -167,6 +168,7 @@ def attendees(db: Session, session_id: int, *, limit: int | None = None) -> list
             Rsvp.waitlisted,
             Rsvp.answered_at,
             Rsvp.updated_at,
+            Rsvp.checked_in_at,
         )
         .join(Subscriber, Subscriber.id == Rsvp.subscriber_id)
         .where(Rsvp.session_id == session_id)

@@ -48,6 +48,8 @@ class SalonSession(Base):
     # the promotion statement checks them (newsletter/rsvp/waitlist_repo.py).
     promotion_cutoff_s: Mapped[int | None] = mapped_column(Integer)
     confirm_within_s: Mapped[int | None] = mapped_column(Integer)
+    # When the organizer was last told that a seat came free inside the promotion cutoff.
+    promotion_held_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # The record's reminder offsets (ISO 8601 durations, comma-separated, e.g. "P1D,PT2H");
     # None: NEWSLETTER_REMINDERS.
     reminder_offsets: Mapped[str | None] = mapped_column(String(200))

@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.cache import BoundedCache
@@ -218,9 +218,15 @@ def archive_before(db: Session, number: int) -> list[ArchiveRow]:
     Three queries whatever the number of sessions (sessions, their talks, their links),
     grouped in Python; this runs once per campaign, not per message.
     """
+    return archive_rows(db, SalonSession.number < number, SalonSession.cancelled.is_(False))
+
+
+def archive_rows(db: Session, *where: ColumnElement[bool]) -> list[ArchiveRow]:
+    """The archive rows (期数, 时间, 内容 by kind, 链接) of the sessions matching ``where``,
+    by number: the one home of a row, for the invitation's table and the public /archive."""
     sessions = db.execute(
         select(SalonSession.id, SalonSession.number, SalonSession.starts_at, SalonSession.timezone)
-        .where(SalonSession.number < number, SalonSession.cancelled.is_(False))
+        .where(*where)
         .order_by(SalonSession.number)
     ).all()
     ids = [s.id for s in sessions]

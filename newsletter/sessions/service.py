@@ -23,6 +23,8 @@ class ImportReport:
     updated: list[int] = field(default_factory=list)
     unchanged: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # The record each updated session had before this import (what changed is read from it).
+    previous: dict[int, SessionRecord] = field(default_factory=dict)
 
     @property
     def stored(self) -> int:
@@ -58,7 +60,11 @@ def import_records(db: Session, paths: Iterable[Path], *, timezone: str) -> Impo
     for path, record in records:
         # A savepoint per file: a database refusal of one file leaves the others intact.
         with db.begin_nested():
+            existing = repo.get_by_number(db, record.number)
+            before = repo.record_of(existing) if existing is not None else None
             _, outcome = repo.upsert(db, record, timezone=timezone, source=str(path))
+        if before is not None and outcome is repo.UpsertOutcome.updated:
+            report.previous[record.number] = before
         getattr(report, outcome.value).append(record.number)
     return report
 

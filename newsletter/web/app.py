@@ -20,12 +20,15 @@ from newsletter.metrics.http import RequestTimer
 from newsletter.web import (
     api,
     calendar_routes,
+    checkin,
     dashboard,
     dashboard_login,
     faults,
     inbound_webhook,
     ops,
     preferences,
+    public,
+    public_feeds,
     rsvp,
     subscribe,
     unsubscribe,
@@ -138,9 +141,13 @@ def create_app() -> FastAPI:
     app.include_router(subscribe.router)
     app.include_router(preferences.router)
     app.include_router(calendar_routes.router)
+    # After calendar_routes: /sessions/{number} would otherwise take /sessions/61.ics.
+    app.include_router(public.router)
+    app.include_router(public_feeds.router)
     app.include_router(api.router)
     app.include_router(dashboard_login.router)
     app.include_router(dashboard.router)
+    app.include_router(checkin.router)
     app.include_router(ops.router)
     app.include_router(inbound_webhook.router)
     faults.install(app)

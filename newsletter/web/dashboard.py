@@ -17,12 +17,13 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Path
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
+from newsletter.campaigns import reminders
 from newsletter.campaigns import service as campaigns
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.rendering.session_view import session_view
-from newsletter.rsvp import history
+from newsletter.rsvp import checkin, history
 from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.export import session_attendees_csv
 from newsletter.sessions import repo as sessions_repo
@@ -30,6 +31,7 @@ from newsletter.sessions.models import SalonSession
 from newsletter.web.admin_session import AdminLogin, check_csrf, csrf_token, require_admin
 from newsletter.web.dashboard_chart import NARROW, SERIES, WIDE, build_chart
 from newsletter.web.dashboard_login import redirect
+from newsletter.web.dashboard_reminders import reminder_view
 from newsletter.web.dashboard_views import (
     attendee_view,
     campaign_view,
@@ -94,6 +96,7 @@ def _session_page(
         zone = ZoneInfo(salon.timezone)
         view = session_view(salon, sessions_repo.record_of(salon), settings.base_url)
         counts = rsvp_repo.counts(db, salon.id)
+        door = checkin.attendance(db, salon.id)
         rows = rsvp_repo.attendees(db, salon.id, limit=ATTENDEES_SHOWN)
         attendees = [attendee_view(r, zone) for r in rows]
         points = history.history(db, salon.id)
@@ -104,6 +107,7 @@ def _session_page(
             campaign_view(c, progress, _zone())
             for c, progress in campaigns.list_progress(db, session_id=salon.id)
         ]
+        planned = [reminder_view(p, zone) for p in reminders.session_plan(db, salon, settings)]
     drawn = history.thin(points, CHART_POINTS)
     charts = [
         build_chart(drawn, end=end, zone=zone, geometry=g, capacity=capacity)
@@ -116,6 +120,7 @@ def _session_page(
         session=view,
         full_title=salon.title,
         counts=counts,
+        door=door,
         attendees=attendees,
         attendees_total=counts.answers,
         charts=[c for c in charts if c is not None],
@@ -125,6 +130,7 @@ def _session_page(
         thinned=len(points) > TABLE_POINTS,
         zone=salon.timezone,
         campaigns=own,
+        reminders=planned,
         problem=problem,
     )
 
@@ -175,6 +181,24 @@ def remind(number: Number, login: Login, csrf: Csrf = "") -> Response:
     if not _start(campaign_id):
         return _campaign_page(login, campaign_id, status_code=503, problem=_NOT_QUEUED)
     return redirect(f"/admin/campaigns/{campaign_id}")
+
+
+# An offset as stored (canonical ISO 8601, e.g. P1D, PT2H30M): nothing else reaches the service.
+Occasion = Annotated[str, Path(pattern=r"^P(\d+D)?(T(\d+H)?(\d+M)?(\d+S)?)?$", max_length=40)]
+
+
+@router.post("/sessions/{number}/reminders/{occasion}/cancel", response_class=HTMLResponse)
+def cancel_reminder(number: Number, occasion: Occasion, login: Login, csrf: Csrf = "") -> Response:
+    """Cancel one automatic reminder: a planned one is never sent, one sending stops."""
+    check_csrf(csrf, login)
+    settings = get_settings()
+    try:
+        reminders.cancel(settings.database_url, settings, number, occasion)
+    except NotFoundError:
+        raise HTTPException(404, f"第 {number} 期活动没有 {occasion} 的提醒。") from None
+    except InvalidStateError as exc:  # already sent (a stale page)
+        return _session_page(login, number, status_code=409, problem=f"无法取消提醒：{exc}")
+    return redirect(f"/admin/sessions/{number}")
 
 
 _NOT_QUEUED = "已保存，但暂时无法排队发送（消息队列不可用）。请稍后在这里点击“开始发送”。"

@@ -101,6 +101,13 @@ def _form_page(
     )
 
 
+def form_context() -> dict[str, Any]:
+    """What ``subscribe_form.html`` needs for a blank form, with a fresh form token: the front
+    page (/) shows the same form as /subscribe and posts to it."""
+    token = form_token(FORM_PAYLOAD)
+    return {"topics": _offered(), "name": "", "email": "", "chosen": set(), "form_token": token}
+
+
 @router.get("/subscribe", response_class=HTMLResponse)
 def show_form() -> HTMLResponse:
     """The sign-up form: name, address, the topics on offer."""
