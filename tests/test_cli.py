@@ -197,3 +197,28 @@ def test_demo_serves_the_rsvp_link_it_prints(tmp_path: Path, browser: Any) -> No
     listed = run(tmp_path, "rsvp", "list", "62")
     assert listed.returncode == 0, listed.stderr
     assert "张伟" in listed.stdout and "是 1（座位 1/30）" in listed.stdout
+
+
+def test_preview_with_archive_rows_links_to_the_public_archive(demo_dir: Path) -> None:
+    """NEWSLETTER_ARCHIVE_ROWS reaches the campaign's compiled mail (preview compiles it the
+    way a campaign does): the latest 10 of no. 61's 57 earlier sessions, then a link."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_ARCHIVE_ROWS"] = "10"
+    env["NEWSLETTER_BASE_URL"] = "https://salon.example.org"
+    result = subprocess.run(
+        [NEWSLETTER, "preview", "61", "--out", "rows10.html"],
+        cwd=demo_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    html = (demo_dir / "rows10.html").read_text(encoding="utf-8")
+    assert "更早的 47 期见" in html and 'href="https://salon.example.org/archive"' in html
+    every = demo_dir / "p61-every.html"
+    assert run(demo_dir, "preview", "61", "--out", every.name).returncode == 0
+    every_html = every.read_text(encoding="utf-8")
+    # One date cell (nowrap) per archive row: 47 rows fewer, and no link without the setting.
+    assert every_html.count("nowrap>") - html.count("nowrap>") == 47
+    assert "更早的" not in every_html

@@ -70,6 +70,9 @@ def compile_invitation(
         timezone=salon.timezone,
         template=TEMPLATE_OF[kind],
         rsvp=rsvp,
+        # NEWSLETTER_ARCHIVE_ROWS: the latest rows only, and a link to the public archive.
+        archive_rows=settings.archive_rows,
+        archive_url=f"{settings.base_url}/archive",
     )
     factory = MessageFactory(
         from_address=settings.from_address,

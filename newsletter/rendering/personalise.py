@@ -125,12 +125,15 @@ class InvitationTemplate:
         template: str = INVITATION,
         rsvp: bool = True,
         extra: Mapping[str, Any] | None = None,
+        archive_rows: int | None = None,
+        archive_url: str = "",
     ) -> InvitationTemplate:
         """Render the invitation (or ``template``, one of ``MAIL_TEMPLATES``) once with
         sentinels, inline its CSS once, and cut it into chunks and slots. ``organizer`` and
         ``timezone`` are the configured defaults for a record that names neither; ``rsvp=False``
         leaves out answering, for a session already over; ``extra`` is more context for the
-        template (a change notice's ``changes``). Raises
+        template (a change notice's ``changes``); ``archive_rows`` and ``archive_url`` keep
+        only the latest archive rows with a link to the rest (see ``invitation_context``). Raises
         :class:`RenderingError` if a sentinel did not survive rendering intact."""
         final_subject = subject or subject_for(template, record, timezone)
         context = invitation_context(
@@ -140,6 +143,8 @@ class InvitationTemplate:
             organizer=organizer,
             timezone=timezone,
             rsvp=rsvp,
+            archive_rows=archive_rows,
+            archive_url=archive_url,
         )
         context.update(extra or {})
         # A fresh random word per build: record text cannot contain it by accident.
