@@ -132,6 +132,26 @@ def test_cache_headers_and_304(site: Live, path: str) -> None:
     assert site.client.get(path, headers={"If-Modified-Since": old}).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "path", ["/", "/sessions/61", "/archive", "/calendar.ics", "/feed.xml", "/sessions/61.ics"]
+)
+def test_head_answers_like_get_without_a_body(site: Live, path: str) -> None:
+    """Link checkers, feed readers and calendar apps ask with HEAD first."""
+    got = site.client.get(path)
+    head = site.client.head(path)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers.get("etag") == got.headers.get("etag")
+    assert site.client.head("/sessions/999").status_code == 404
+
+
+def test_public_pages_may_be_indexed_and_personal_pages_not(site: Live) -> None:
+    for path in ("/", "/sessions/61", "/archive"):
+        assert '<meta name="robots" content="index, follow">' in site.client.get(path).text
+    rsvp, _ = site.links(0)
+    assert '<meta name="robots" content="noindex">' in site.client.get(rsvp).text
+
+
 def test_a_reimport_changes_the_validator(site: Live, tmp_path: Path) -> None:
     before = site.client.get("/archive").headers["etag"]
     from datetime import timedelta

@@ -11,11 +11,12 @@ from newsletter.calendar import session_calendar
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.sessions import repo as sessions_repo
+from newsletter.web.public_cache import PUBLIC_METHODS
 
 router = APIRouter()
 
 
-@router.get("/sessions/{number}.ics")
+@router.api_route("/sessions/{number}.ics", methods=PUBLIC_METHODS)
 def session_ics(number: int) -> Response:
     """The session as an iCalendar file (PUBLISH, or CANCEL once cancelled)."""
     settings = get_settings()

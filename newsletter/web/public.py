@@ -28,7 +28,7 @@ from newsletter.sessions.models import SalonSession
 from newsletter.sessions.schema import SessionRecord
 from newsletter.web import subscribe
 from newsletter.web.pages import page
-from newsletter.web.public_cache import Validators
+from newsletter.web.public_cache import PUBLIC_METHODS, Validators
 
 router = APIRouter()
 
@@ -68,7 +68,7 @@ def _about(latest: SalonSession | None) -> Markup:
     return markdown_html(about or template_source(CLUB_PROFILE))
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.api_route("/", response_class=HTMLResponse, methods=PUBLIC_METHODS)
 def home(request: Request) -> Response:
     """The club, its next sessions with their talks, and the sign-up form."""
     settings = get_settings()
@@ -100,7 +100,7 @@ def _number(text: str) -> int:
     return int(text)
 
 
-@router.get("/sessions/{number}", response_class=HTMLResponse)
+@router.api_route("/sessions/{number}", response_class=HTMLResponse, methods=PUBLIC_METHODS)
 def session_page(number: str, request: Request) -> Response:
     """One session: talks, time and place, the .ics link, its recordings once recorded."""
     settings = get_settings()
@@ -139,7 +139,7 @@ class ArchiveEntry:
     title: str
 
 
-@router.get("/archive", response_class=HTMLResponse)
+@router.api_route("/archive", response_class=HTMLResponse, methods=PUBLIC_METHODS)
 def archive(request: Request, q: str | None = None) -> Response:
     """Every past session (期数, 时间, 内容 by kind, 链接), newest first; ``?q=`` searches
     titles, speakers and talk titles on the server (no JavaScript needed)."""

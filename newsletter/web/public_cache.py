@@ -24,6 +24,10 @@ from newsletter.web.pages import SECURITY_HEADERS
 #: change notice is a reason to look, and asking again costs a 304.
 MAX_AGE_S = 300
 
+#: The methods a public page answers: HEAD too, which link checkers, feed readers and
+#: calendar apps use to see whether a page exists or changed without fetching it.
+PUBLIC_METHODS = ["GET", "HEAD"]
+
 
 class Validators:
     """A page's ETag and Last-Modified, from the facts it depends on."""

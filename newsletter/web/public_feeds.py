@@ -24,14 +24,14 @@ from newsletter.sessions import public_repo
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from newsletter.web.pages import SECURITY_HEADERS
-from newsletter.web.public_cache import Validators
+from newsletter.web.public_cache import PUBLIC_METHODS, Validators
 
 router = APIRouter()
 
 ATOM = "http://www.w3.org/2005/Atom"
 
 
-@router.get("/calendar.ics")
+@router.api_route("/calendar.ics", methods=PUBLIC_METHODS)
 def calendar_feed(request: Request) -> Response:
     """Every session as one iCalendar feed a calendar app subscribes to."""
     settings = get_settings()
@@ -81,7 +81,7 @@ def _entry(feed: ElementTree.Element, salon: SalonSession, base_url: str) -> Non
     ElementTree.SubElement(entry, f"{{{ATOM}}}summary", type="text").text = "\n".join(lines)
 
 
-@router.get("/feed.xml")
+@router.api_route("/feed.xml", methods=PUBLIC_METHODS)
 def atom_feed(request: Request) -> Response:
     """An Atom feed (RFC 4287) of the sessions, newest first: one entry each."""
     settings = get_settings()
