@@ -9,7 +9,8 @@ Public API::
     InvitationTemplate.build(...)       once per campaign; .personalise(recipient) per message
                                         (.personalise_utf8: the same, parts as UTF-8 bytes);
                                         template=REMINDER for the reminder campaign mail,
-                                        template=CHANGE (+ extra={"changes": ...}) a change notice
+                                        template=CHANGE (+ extra={"changes": ...}) a change notice,
+                                        template=FOLLOWUP the follow-up (r.feedback_url)
     render_invitation(...)              the full render of one message (preview, tests)
     render_email_template(name, **ctx)  other mails (waitlist, confirmation)
 """
@@ -18,12 +19,14 @@ from newsletter.rendering.environment import TEMPLATES_DIR, get_environment
 from newsletter.rendering.inline import inline_css
 from newsletter.rendering.invitation import (
     CHANGE,
+    FOLLOWUP,
     INVITATION,
     REMINDER,
     Recipient,
     RenderedInvitation,
     change_subject,
     default_subject,
+    followup_subject,
     reminder_subject,
     render_email_template,
     render_invitation,
@@ -36,6 +39,7 @@ from newsletter.rendering.personalise import (
 
 __all__ = [
     "CHANGE",
+    "FOLLOWUP",
     "INVITATION",
     "REMINDER",
     "TEMPLATES_DIR",
@@ -46,6 +50,7 @@ __all__ = [
     "RenderingError",
     "change_subject",
     "default_subject",
+    "followup_subject",
     "get_environment",
     "inline_css",
     "reminder_subject",

@@ -35,7 +35,9 @@ REMINDER = "email/reminder"
 #: Every template a campaign can mail, each compiled and personalised the same way.
 #: A change notice (the record changed after mail went out): what changed, then the facts.
 CHANGE = "email/change"
-MAIL_TEMPLATES = (INVITATION, REMINDER, CHANGE)
+#: After the session: thanks, the record's recordings and slides, and the feedback link.
+FOLLOWUP = "email/followup"
+MAIL_TEMPLATES = (INVITATION, REMINDER, CHANGE, FOLLOWUP)
 CLUB_PROFILE = "email/_club.md"
 
 
@@ -50,6 +52,8 @@ class Recipient:
     calendar_url: str
     unsubscribe_url: str
     preferences_url: str  # the footer's link to the person's preference page
+    # The follow-up's signed feedback form (empty in every other mail, which never prints it).
+    feedback_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ SLOT_FIELDS: tuple[str, ...] = (
     "calendar_url",
     "unsubscribe_url",
     "preferences_url",
+    "feedback_url",
 )
 TEXT_SLOTS = frozenset({"greeting"})
 
@@ -128,6 +133,7 @@ def slot_values(recipient: Recipient) -> tuple[str, ...]:
         canonical_url(recipient.calendar_url),
         canonical_url(recipient.unsubscribe_url),
         canonical_url(recipient.preferences_url),
+        canonical_url(recipient.feedback_url) if recipient.feedback_url else "",
     )
 
 
@@ -142,6 +148,7 @@ class Slots:
     calendar_url: str
     unsubscribe_url: str
     preferences_url: str
+    feedback_url: str
 
     @classmethod
     def of(cls, values: Sequence[str]) -> Slots:
@@ -176,8 +183,16 @@ def change_subject(record: SessionRecord) -> str:
     return f"【变更】{head} · 活动信息有更新"
 
 
+def followup_subject(record: SessionRecord) -> str:
+    """``感谢参加第 61 期机器学习学术沙龙：联邦学习的鲁棒性 · 回放、资料与反馈``."""
+    head = f"第 {record.number} 期{record.series}：{record.theme or record.title}"
+    return f"感谢参加{head} · 回放、资料与反馈"
+
+
 def subject_for(template: str, record: SessionRecord, timezone: str) -> str:
     """The default subject of a mail made from ``template`` (one of :data:`MAIL_TEMPLATES`)."""
+    if template == FOLLOWUP:
+        return followup_subject(record)
     if template == CHANGE:
         return change_subject(record)
     if template == REMINDER:
