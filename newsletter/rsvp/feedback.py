@@ -51,16 +51,24 @@ def closes_at(salon: SalonSession) -> datetime:
 
 
 class FeedbackClosed(InvalidStateError):
-    """The session has not ended yet, or its form closed (:data:`OPEN_FOR` after the end)."""
+    """The form takes no answers now: :class:`FeedbackNotYet` or :class:`FeedbackOver`."""
+
+
+class FeedbackNotYet(FeedbackClosed):
+    """The session has not ended yet."""
+
+
+class FeedbackOver(FeedbackClosed):
+    """The form closed (:data:`OPEN_FOR` after the session's end)."""
 
 
 def check_open(salon: SalonSession, now: datetime | None = None) -> None:
     """:class:`FeedbackClosed` unless the session's form takes answers at ``now``."""
     at = now or utcnow()
     if salon.ends_at > at:
-        raise FeedbackClosed("本期活动还没有结束，结束后才能提交反馈。")
+        raise FeedbackNotYet("本期活动还没有结束，结束后才能提交反馈。")
     if at >= closes_at(salon):
-        raise FeedbackClosed("本期活动的反馈已经截止。")
+        raise FeedbackOver("本期活动的反馈已经截止，谢谢你的关注。")
 
 
 def clean_comment(comment: str | None) -> str | None:

@@ -24,6 +24,7 @@ from newsletter.web import (
     dashboard,
     dashboard_login,
     faults,
+    feedback,
     inbound_webhook,
     ops,
     preferences,
@@ -140,6 +141,7 @@ def create_app() -> FastAPI:
     app.include_router(unsubscribe.router)
     app.include_router(subscribe.router)
     app.include_router(preferences.router)
+    app.include_router(feedback.router)
     app.include_router(calendar_routes.router)
     # After calendar_routes: /sessions/{number} would otherwise take /sessions/61.ics.
     app.include_router(public.router)
