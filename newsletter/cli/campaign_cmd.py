@@ -1,4 +1,5 @@
-"""``newsletter campaign``: create, send, remind, watch, pause, resume, cancel, list, prune."""
+"""``newsletter campaign``: create, send, remind, follow up, watch, pause, resume, cancel,
+list, prune."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from newsletter.campaigns import prune as retention
 from newsletter.campaigns import service
+from newsletter.campaigns.followup import create_followup
 from newsletter.campaigns.models import CampaignStatus
 from newsletter.cli.common import (
     SCHEMA_NOTE,
@@ -270,6 +272,39 @@ def remind(
         campaign = service.create_reminder(db, number, subject=subject)
         campaign_id, count = campaign.id, campaign.recipient_count
     err_console.print(f"reminder campaign {campaign_id}: {count} recipients")
+    _send_and_report(campaign_id, wait=wait)
+
+
+@app.command()
+@handles_errors
+def followup(
+    number: int = typer.Argument(..., help="The session number (a session that has ended)."),
+    everyone: bool = typer.Option(
+        False,
+        "--all",
+        help="Thank everyone who answered yes or maybe, not only those checked in.",
+    ),
+    subject: str | None = typer.Option(
+        None, help="Subject line (default: 感谢参加第 N 期… · 回放、资料与反馈)."
+    ),
+    wait: bool = typer.Option(
+        False, "--wait/--no-wait", help="Show a progress bar until it is done."
+    ),
+) -> None:
+    """After the session: thank those checked in (with --all, everyone who answered yes or
+    maybe) with the record's recordings and slides and a one-question feedback form
+    (1-5 and a comment, a signed link per person), and send it now.
+
+    Once per session; refused before the session has ended and when nobody was checked in
+    (then use --all). The answers appear on the dashboard's session page.
+    """
+    settings = get_settings()
+    database_for_writing()
+    check_mail_url(settings)
+    with session_scope(settings.database_url) as db:
+        campaign = create_followup(db, number, everyone=everyone, subject=subject)
+        campaign_id, count = campaign.id, campaign.recipient_count
+    err_console.print(f"follow-up campaign {campaign_id}: {count} recipients")
     _send_and_report(campaign_id, wait=wait)
 
 
