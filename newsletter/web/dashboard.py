@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.campaigns import reminders
 from newsletter.campaigns import service as campaigns
+from newsletter.campaigns.followup import create_followup
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
@@ -30,6 +31,7 @@ from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from newsletter.web.admin_session import AdminLogin, check_csrf, csrf_token, require_admin
 from newsletter.web.dashboard_chart import NARROW, SERIES, WIDE, build_chart
+from newsletter.web.dashboard_followup import followup_panel
 from newsletter.web.dashboard_login import redirect
 from newsletter.web.dashboard_reminders import reminder_view
 from newsletter.web.dashboard_views import (
@@ -108,6 +110,7 @@ def _session_page(
             for c, progress in campaigns.list_progress(db, session_id=salon.id)
         ]
         planned = [reminder_view(p, zone) for p in reminders.session_plan(db, salon, settings)]
+        followup = followup_panel(db, salon)
     drawn = history.thin(points, CHART_POINTS)
     charts = [
         build_chart(drawn, end=end, zone=zone, geometry=g, capacity=capacity)
@@ -131,6 +134,7 @@ def _session_page(
         zone=salon.timezone,
         campaigns=own,
         reminders=planned,
+        followup=followup,
         problem=problem,
     )
 
@@ -178,6 +182,25 @@ def remind(number: Number, login: Login, csrf: Csrf = "") -> Response:
         raise HTTPException(404, f"第 {number} 期活动不存在。") from None
     except InvalidStateError as exc:  # nobody confirmed, the session is over, …
         return _session_page(login, number, status_code=409, problem=f"无法发送提醒：{exc}")
+    if not _start(campaign_id):
+        return _campaign_page(login, campaign_id, status_code=503, problem=_NOT_QUEUED)
+    return redirect(f"/admin/campaigns/{campaign_id}")
+
+
+@router.post("/sessions/{number}/followup", response_class=HTMLResponse)
+def send_followup(
+    number: Number, login: Login, csrf: Csrf = "", everyone: Annotated[str, Form()] = ""
+) -> Response:
+    """Create the session's follow-up (to those checked in; ``everyone``: to all who answered
+    yes or maybe) and start sending it; refusals come back on the session page."""
+    check_csrf(csrf, login)
+    try:
+        with session_scope(get_settings().database_url) as db:
+            campaign_id = create_followup(db, number, everyone=everyone == "1").id
+    except NotFoundError:
+        raise HTTPException(404, f"第 {number} 期活动不存在。") from None
+    except InvalidStateError as exc:  # not over, already sent, nobody checked in
+        return _session_page(login, number, status_code=409, problem=f"无法发送回顾邮件：{exc}")
     if not _start(campaign_id):
         return _campaign_page(login, campaign_id, status_code=503, problem=_NOT_QUEUED)
     return redirect(f"/admin/campaigns/{campaign_id}")
