@@ -15,12 +15,14 @@ Everything else (``notes``, ``intro``, ``highlights``, ``audience``, ``links``, 
 ``affiliation``...) still bumps the revision (the calendar SEQUENCE) but is not worth a mail:
 a typo fixed in the notes must not send hundreds of people a "something changed" message.
 
-A :class:`ChangeSet` is kept as text lines (:meth:`ChangeSet.to_text`), one change per line,
-``label：old → new``: readable where an organizer sees it and parsed back for the mail.
+A :class:`ChangeSet` prints as text lines (:meth:`ChangeSet.to_text`), one change per line,
+``label：old → new``, where an organizer sees it; a change notice keeps it as JSON
+(:meth:`ChangeSet.to_json`, ``campaigns.details``) for its mail.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -63,6 +65,28 @@ class ChangeSet:
     def to_text(self) -> str:
         """One line per change (see :meth:`Change.line`)."""
         return "\n".join(change.line() for change in self.changes)
+
+    def to_json(self) -> str:
+        """The set as JSON (``campaigns.details``: the notice keeps what it announces, since
+        the record before the re-import is overwritten)."""
+        return json.dumps([[c.label, c.old, c.new] for c in self.changes], ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ChangeSet:
+        """The set :meth:`to_json` wrote; None or junk is the empty set (nothing to tell)."""
+        try:
+            rows = json.loads(text or "[]")
+        except ValueError:
+            return cls(())
+        if not isinstance(rows, list):
+            return cls(())
+        return cls(
+            tuple(
+                Change(str(row[0]), str(row[1]), str(row[2]))
+                for row in rows
+                if isinstance(row, list) and len(row) == 3
+            )
+        )
 
     @classmethod
     def from_text(cls, text: str | None) -> ChangeSet:

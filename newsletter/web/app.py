@@ -22,6 +22,7 @@ from newsletter.web import (
     calendar_routes,
     checkin,
     dashboard,
+    dashboard_changes,
     dashboard_login,
     faults,
     feedback,
@@ -149,6 +150,7 @@ def create_app() -> FastAPI:
     app.include_router(api.router)
     app.include_router(dashboard_login.router)
     app.include_router(dashboard.router)
+    app.include_router(dashboard_changes.router)
     app.include_router(checkin.router)
     app.include_router(ops.router)
     app.include_router(inbound_webhook.router)

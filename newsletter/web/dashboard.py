@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Path
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
-from newsletter.campaigns import reminders
+from newsletter.campaigns import change_notices, reminders
 from newsletter.campaigns import service as campaigns
 from newsletter.campaigns.followup import create_followup
 from newsletter.config import get_settings
@@ -111,6 +111,7 @@ def _session_page(
         ]
         planned = [reminder_view(p, zone) for p in reminders.session_plan(db, salon, settings)]
         followup = followup_panel(db, salon)
+        change_notice = change_notices.state(db, salon)
     drawn = history.thin(points, CHART_POINTS)
     charts = [
         build_chart(drawn, end=end, zone=zone, geometry=g, capacity=capacity)
@@ -135,6 +136,7 @@ def _session_page(
         campaigns=own,
         reminders=planned,
         followup=followup,
+        change_notice=change_notice,
         problem=problem,
     )
 

@@ -27,7 +27,11 @@ STATUS_LABELS = {
     CampaignStatus.cancelled: "已取消",
     CampaignStatus.finished: "已完成",
 }
-KIND_LABELS = {CampaignKind.invitation: "邀请", CampaignKind.reminder: "提醒"}
+KIND_LABELS = {
+    CampaignKind.invitation: "邀请",
+    CampaignKind.reminder: "提醒",
+    CampaignKind.change: "变更通知",
+}
 MODE_LABELS = {"online": "线上", "offline": "线下", "hybrid": "线上+线下"}
 ACTION_LABELS = {"send": "开始发送", "pause": "暂停", "resume": "继续发送", "cancel": "取消发送"}
 # Which buttons a campaign in each state gets; mirrors the service's allowed transitions.
