@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from newsletter.cli import sessions_notify
 from newsletter.cli.common import (
     SCHEMA_NOTE,
     console,
@@ -30,18 +31,41 @@ app = typer.Typer(
 @handles_errors
 def import_(
     paths: list[Path] = typer.Argument(..., help="Record files or folders of *.yaml files."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would change and who would be told; write nothing."
+    ),
+    notify: bool = typer.Option(
+        False,
+        "--notify",
+        help="Send a change notice (once per record revision) to everyone who answered yes,"
+        " maybe or is on the waitlist of a session whose invitation went out.",
+    ),
+    notify_all: bool = typer.Option(
+        False, "--notify-all", help="Like --notify, to everyone the invitation reached."
+    ),
 ) -> None:
-    """Import or update records; a record with errors is refused whole and named."""
+    """Import or update records; a record with errors is refused whole and named.
+
+    For a session whose invitation went out, prints what changed (time, venue or streams,
+    talks, cancelled) and how many people would be told.
+    """
     settings = get_settings()
     database_for_writing()
     with session_scope(settings.database_url) as db:
         report = import_records(db, paths, timezone=settings.timezone)
+        sessions_notify.report_changes(db, report, timezone=settings.timezone, dry_run=dry_run)
+        if dry_run:
+            db.rollback()  # nothing of the import, nor of a pending notice, is kept
     console.print(
-        f"{len(report.created)} created, {len(report.updated)} updated, "
+        ("dry run, nothing written: " if dry_run else "")
+        + f"{len(report.created)} created, {len(report.updated)} updated, "
         f"{len(report.unchanged)} unchanged"
     )
     for error in report.errors:
         err_console.print(error, markup=False, soft_wrap=True)
+    if (notify or notify_all) and not dry_run:
+        numbers = [*report.updated, *report.unchanged]
+        sessions_notify.notify(numbers, everyone=notify_all)
     if report.errors:
         raise fail(f"{len(report.errors)} record(s) refused; nothing of them was stored")
 
