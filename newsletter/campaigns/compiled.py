@@ -20,7 +20,8 @@ from newsletter.db import session_scope
 from newsletter.installation import installation_token
 from newsletter.links import RecipientLinks, recipient_links
 from newsletter.mail.message import MessageFactory, OutgoingMessage
-from newsletter.rendering import INVITATION, REMINDER, InvitationTemplate, Recipient
+from newsletter.rendering import FOLLOWUP, INVITATION, REMINDER, InvitationTemplate, Recipient
+from newsletter.rsvp.feedback import feedback_link
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.archive import ArchiveRow
 from newsletter.sessions.models import SalonSession
@@ -29,6 +30,7 @@ from newsletter.sessions.models import SalonSession
 TEMPLATE_OF: dict[CampaignKind, str] = {
     CampaignKind.invitation: INVITATION,
     CampaignKind.reminder: REMINDER,
+    CampaignKind.followup: FOLLOWUP,
 }
 
 
@@ -41,6 +43,8 @@ class CompiledCampaign:
     session_number: int
     template: InvitationTemplate
     factory: MessageFactory
+    # A follow-up carries each recipient's signed feedback form link (one more signature).
+    feedback: bool = False
 
 
 def compile_invitation(
@@ -82,7 +86,14 @@ def compile_invitation(
         installation=installation_token(db),
         bounce_address=settings.bounce_address,
     )
-    return CompiledCampaign(campaign_id, salon.id, salon.number, template, factory)
+    return CompiledCampaign(
+        campaign_id,
+        salon.id,
+        salon.number,
+        template,
+        factory,
+        feedback=kind is CampaignKind.followup,
+    )
 
 
 @lru_cache(maxsize=16)
@@ -136,6 +147,16 @@ def recipient_for(
         calendar_url=links.calendar,
         unsubscribe_url=links.unsubscribe,
         preferences_url=links.preferences,
+        feedback_url=(
+            feedback_link(
+                settings.base_url,
+                keys,
+                session_id=compiled.session_id,
+                subscriber_id=subscriber_id,
+            )
+            if compiled.feedback
+            else ""
+        ),
     )
     return links, recipient
 
