@@ -33,6 +33,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # Automatic reminders whose moment has come: at the sweep's pace, so one is at most
         # an interval late; the database makes each one once, however many beats run.
         "reminders": {"task": "reminders.due", "schedule": settings.sweep_interval},
+        # Promoted seats not confirmed in time pass on; seats held by a promotion cutoff are
+        # told to the organizer: at the sweep's pace, each once, however many beats run.
+        "waitlist": {"task": "waitlist.tick", "schedule": settings.sweep_interval},
     }
 
 
@@ -43,7 +46,13 @@ def make_celery(settings: Settings) -> Celery:
     """
     celery = Celery(
         "newsletter",
-        include=["tasks.campaigns", "tasks.rsvp", "tasks.subscribers", "tasks.reminders"],
+        include=[
+            "tasks.campaigns",
+            "tasks.rsvp",
+            "tasks.subscribers",
+            "tasks.reminders",
+            "tasks.waitlist",
+        ],
     )
     celery.conf.update(
         # Never used without a broker: tasks then go to the embedded worker, not to Celery.

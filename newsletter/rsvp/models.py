@@ -24,6 +24,8 @@ class NoticeKind(StrEnum):
 
     confirmed = "confirmed"  # a "yes" got a seat
     promoted = "promoted"  # someone cancelled and the first on the waitlist got the seat
+    waitlisted = "waitlisted"  # a "yes" past capacity: their place on the waitlist
+    lapsed = "lapsed"  # promoted, not confirmed within confirm_within: the seat passed on
 
 
 class Rsvp(Base):

@@ -1,5 +1,6 @@
-"""The mails an answer triggers: a confirmation with the event attached, a seat from the
-waitlist. Built here (rendering + calendar + MIME), sent from the outbox by ``rsvp.notices``."""
+"""The mails an answer triggers: a confirmation with the event attached (the waitlist's
+mails: ``rsvp.waitlist_notices``). Built here (rendering + calendar + MIME), sent from the
+outbox by ``rsvp.outbox``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from newsletter.rendering import render_email_template
 from newsletter.rendering.personalise import RenderingError, escape_text
 from newsletter.rendering.session_view import session_view
 from newsletter.rsvp.models import NoticeKind
+from newsletter.rsvp.waitlist_notices import WAITLIST_KINDS, build_waitlist_notice
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from subscribers import repo as subscribers_repo
@@ -28,7 +30,6 @@ from subscribers.models import SubscriberStatus
 
 _HEADLINES = {
     NoticeKind.confirmed: "你的报名已确认，期待与你相见！",
-    NoticeKind.promoted: "有人取消了报名，你已从候补名单递补，获得了一个名额！",
 }
 
 
@@ -94,6 +95,8 @@ def build_rsvp_notice(
 ) -> OutgoingMessage | None:
     """The mail for ``kind``, or None when it must not be sent: the session or the person is
     gone, or the person is not active (the outbox says which before it gets here)."""
+    if kind in WAITLIST_KINDS:  # a place in line, a seat to confirm: see waitlist_notices
+        return build_waitlist_notice(db, settings, session_id, subscriber_id, kind)
     salon = sessions_repo.get_by_id(db, session_id)
     person = subscribers_repo.get_by_id(db, subscriber_id)
     if salon is None or person is None or person.status != SubscriberStatus.active:

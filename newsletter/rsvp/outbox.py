@@ -20,7 +20,7 @@ from newsletter.errors import DeliveryError
 from newsletter.mail.message import OutgoingMessage
 from newsletter.rsvp import notice_repo
 from newsletter.rsvp import repo as rsvp_repo
-from newsletter.rsvp.models import Answer, NoticeKind
+from newsletter.rsvp.models import Answer, NoticeKind, Rsvp
 from newsletter.rsvp.notice_repo import DueNotice
 from newsletter.rsvp.notices import build_rsvp_notice
 from subscribers import repo as subscribers_repo
@@ -81,7 +81,7 @@ def claim(
             prepared.append(PreparedNotice(ids, person_id, attempts, None, left))
             continue
         current = rsvp_repo.get(db, salon_id, person_id)
-        if current is None or current.answer != Answer.yes or current.waitlisted:
+        if not _still_true(kind, current):
             changed = "not sent: the answer changed before the mail went out"
             prepared.append(PreparedNotice(ids, person_id, attempts, None, changed))
             continue
@@ -89,6 +89,16 @@ def claim(
         gone = None if message else "not sent: the session or the subscriber is gone"
         prepared.append(PreparedNotice(ids, person_id, attempts, message, gone))
     return prepared
+
+
+def _still_true(kind: NoticeKind, current: Rsvp | None) -> bool:
+    """Whether what the notice says is still so: a seat (confirmed, promoted), a place on
+    the waitlist (waitlisted), or no seat any more (lapsed)."""
+    if kind is NoticeKind.lapsed:
+        return current is None or current.answer != Answer.yes
+    if current is None or current.answer != Answer.yes:
+        return False
+    return current.waitlisted == (kind is NoticeKind.waitlisted)
 
 
 def after_failure(notice: PreparedNotice, error: DeliveryError) -> Outcome:

@@ -169,8 +169,14 @@ EVENT_COLUMNS = [
 
 
 def answer_event(values: Values) -> Select[Any]:
-    """The history row of the decided answer: a confirmed seat carries its mail."""
-    notice = case((values["confirmed"] & NOTE.is_(None), NoticeKind.confirmed.value), else_=null())
+    """The history row of the decided answer: a confirmed seat carries its mail, and so
+    does a "yes" that waits (their place on the waitlist)."""
+    notice = case(
+        (NOTE.is_not(None), null()),
+        (values["confirmed"], NoticeKind.confirmed.value),
+        (values["waitlisted"], NoticeKind.waitlisted.value),
+        else_=null(),
+    )
     return event(SUBSCRIBER_ID, ANSWER, values["waitlisted"], notice, NOTE)
 
 

@@ -380,6 +380,16 @@ def withdraw_answers(
     return Withdrawn(changed, promoted, dropped)
 
 
+def give_up_answer(
+    db: Session, session_id: int, subscriber_id: int, why: str, *, now: datetime
+) -> Recorded:
+    """The answer becomes "no" for the person (``why`` goes on the history row, which has no
+    mail): a promoted seat not confirmed in time. Works until the start, whatever the
+    deadline; the freed seats go on by the usual rules. The caller commits."""
+    values = decision_repo.parameters(session_id, subscriber_id, Answer.no, 0, now, why)
+    return _record(db, values)
+
+
 def current_answer(db: Session, session_id: int, subscriber_id: int) -> Rsvp | None:
     """The subscriber's answer, if any."""
     return repo.get(db, session_id, subscriber_id)

@@ -1,9 +1,12 @@
 """The waitlist as SQL: who is given a freed seat, and where a waiting answer stands in line.
 
 A freed seat goes to the first waiting active person whose party fits, in queue order
-(:func:`pick_next`); :mod:`.answer_repo` gives the first one inside the answer's own
-statement, :func:`promote_statement` each further one (PostgreSQL), and the ``*_sqlite``
-statements do the same step by step under SQLite's write lock.
+(:func:`pick_next`), unless the session is inside its promotion cutoff (then nobody moves up
+on their own: :mod:`.promotion` tells the organizer); a session with ``confirm_within`` holds
+the seat for the promoted person until ``confirm_by`` (:mod:`.promotion` passes it on after).
+:mod:`.answer_repo` gives the first one inside the answer's own statement,
+:func:`promote_statement` each further one (PostgreSQL), and the ``*_sqlite`` statements do
+the same step by step under SQLite's write lock.
 """
 
 from __future__ import annotations
@@ -27,6 +30,22 @@ from sqlalchemy import (
 
 from newsletter.rsvp.decision_repo import EVENTS, NOW, RSVPS, SESSION_ID, SESSIONS, is_active
 from newsletter.rsvp.record_repo import EVENT_COLUMNS, promoted_event
+from newsletter.rsvp.waitlist_time import add_seconds
+
+
+def held(session_id: ColumnElement[int]) -> ColumnElement[bool]:
+    """Whether the session is inside its promotion cutoff (``starts_at`` within
+    ``promotion_cutoff_s`` of now): nobody is promoted on their own then."""
+    s = SESSIONS.alias("held")
+    return (
+        select(s.c.id)
+        .where(
+            s.c.id == session_id,
+            s.c.promotion_cutoff_s.is_not(None),
+            s.c.starts_at <= add_seconds(NOW, s.c.promotion_cutoff_s),
+        )
+        .exists()
+    )
 
 
 def pick_next(free: ColumnElement[int], passing: ColumnElement[int] | None = None) -> Select[Any]:
@@ -41,6 +60,9 @@ def pick_next(free: ColumnElement[int], passing: ColumnElement[int] | None = Non
         r.c.waitlisted.is_(True),
         1 + r.c.guests <= free,
         is_active(r.c.subscriber_id),
+        # Correlated with the candidate, so it is read only when someone waits and fits: a
+        # session nobody waits for (the burst's case) reads nothing more.
+        ~held(r.c.session_id),
     ]
     if passing is not None:
         conditions.append(r.c.subscriber_id != passing)
@@ -54,11 +76,19 @@ def pick_next(free: ColumnElement[int], passing: ColumnElement[int] | None = Non
 
 
 def promote(picked: ColumnElement[int]) -> Update:
-    """The picked answer takes its seat; returns who it is and their guests."""
+    """The picked answer takes its seat; returns who it is and their guests. With the
+    session's ``confirm_within`` the seat is held for them until ``confirm_by``."""
+    within = (
+        select(SESSIONS.c.confirm_within_s)
+        .where(SESSIONS.c.id == RSVPS.c.session_id)
+        .scalar_subquery()
+    )
     return (
         update(RSVPS)
         .where(RSVPS.c.id == picked)
-        .values(waitlisted=False, updated_at=NOW)
+        .values(
+            waitlisted=False, updated_at=NOW, promoted_at=NOW, confirm_by=add_seconds(NOW, within)
+        )
         .returning(RSVPS.c.subscriber_id, RSVPS.c.guests)
     )
 

@@ -16,6 +16,7 @@ from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.outages import is_unavailable
 from newsletter.rendering.session_view import SessionView, known_view, view_of
 from newsletter.rsvp.models import Answer
+from newsletter.rsvp.promotion import confirm_seat, seat_deadline
 from newsletter.rsvp.service import (
     AnswersClosed,
     Recorded,
@@ -56,6 +57,7 @@ def show(token: str, answer: Annotated[Answer | None, Query()] = None) -> HTMLRe
         view = view_of(who.salon, settings.base_url)
         closed = who.salon.cancelled or _closed(who.salon)
         registration = record.registration
+        seat_confirm_by = seat_deadline(current, who.salon.timezone)
     return page(
         "rsvp.html",
         session=view,
@@ -69,6 +71,7 @@ def show(token: str, answer: Annotated[Answer | None, Query()] = None) -> HTMLRe
         plus_ones=registration.plus_ones if registration else 0,
         form_token=form_token(ids),
         action=f"/rsvp/{token}",
+        seat_confirm_by=seat_confirm_by,
     )
 
 
@@ -100,6 +103,22 @@ async def confirm(
         label=LABELS[recorded.answer],
         change_url=f"/rsvp/{token}",
     )
+
+
+@router.post("/rsvp/{token}/seat", response_class=HTMLResponse)
+def confirm_promoted_seat(token: str, csrf: Annotated[str, Form(max_length=400)]) -> HTMLResponse:
+    """A person promoted from the waitlist confirms the seat held for them (the button on
+    their RSVP page); a GET of the page never does."""
+    ids = _ids(token)
+    check_form_token(csrf, ids)
+    settings = get_settings()
+    with session_scope(settings.database_url) as db:
+        who = addressee(db, ids["s"], ids["u"])
+        kept = confirm_seat(db, who.salon.id, who.subscriber.id, utcnow())
+        view = view_of(who.salon, settings.base_url)
+    if not kept:
+        raise HTTPException(409, "没有需要确认的名额：可能已经确认过，或确认时间已过、名额已顺延。")
+    return page("rsvp_seat.html", session=view, change_url=f"/rsvp/{token}")
 
 
 async def _record(
@@ -153,7 +172,7 @@ async def _notify(session_id: int, recorded: Recorded) -> None:
     """After the commit: have the mails this answer triggers sent (they wait in the outbox
     with the answer, so a broker that is down delays them and loses nothing)."""
     confirmed = recorded.answer == Answer.yes and not recorded.waitlisted
-    if not recorded.changed or not (confirmed or recorded.promoted):
+    if not recorded.changed or not (confirmed or recorded.waitlisted or recorded.promoted):
         return
     if not would_notify(session_id):  # most answers of a burst: a sender is already asked
         return

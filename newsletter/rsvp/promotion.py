@@ -1,0 +1,124 @@
+"""The waitlist's timing rules around a promotion (the record's ``registration``):
+
+- ``promotion_cutoff``: inside it before the start nobody moves up on their own (the rule is
+  in the promotion statement, :func:`.waitlist_repo.held`); the organizer is told instead,
+  once per freed seat (:func:`organizer_notices`, ``sessions.promotion_held_at``), and the
+  dashboard's session page says so (:func:`held_line`);
+- ``confirm_within``: a promoted person holds the seat until ``confirm_by`` and confirms it on
+  their RSVP page (:func:`confirm_seat`); after that the seat passes to the next in line and
+  they are told (:func:`lapse_due`).
+
+Without these settings a promotion is as it always was: the seat is the person's at once.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.orm import Session
+
+from newsletter.config import Settings
+from newsletter.installation import installation_token
+from newsletter.mail.message import OutgoingMessage
+from newsletter.mail.notice import build_notice
+from newsletter.rsvp import promotion_repo, service
+from newsletter.rsvp.models import Rsvp
+from newsletter.rsvp.promotion_repo import Lapsed
+from newsletter.sessions.models import SalonSession
+from newsletter.sessions.offsets import iso_duration
+
+
+def held_now(salon: SalonSession, now: datetime) -> bool:
+    """Whether ``now`` is inside the session's promotion cutoff (and before its start)."""
+    if salon.promotion_cutoff_s is None:
+        return False
+    cutoff = salon.starts_at - timedelta(seconds=salon.promotion_cutoff_s)
+    return cutoff <= now < salon.starts_at
+
+
+def free_seats(salon: SalonSession) -> int:
+    """Seats not taken (0 without a seat limit)."""
+    return max(salon.capacity - salon.seats_taken, 0) if salon.capacity is not None else 0
+
+
+def held_line(salon: SalonSession, now: datetime) -> str | None:
+    """The dashboard's line about seats that wait for the organizer, or None."""
+    if not held_now(salon, now) or not free_seats(salon) or not salon.waiting:
+        return None
+    assert salon.promotion_cutoff_s is not None
+    cutoff = iso_duration(timedelta(seconds=salon.promotion_cutoff_s))
+    return (
+        f"距开始已不足 {cutoff}（promotion_cutoff）：空出的 {free_seats(salon)} 个名额不会"
+        f"自动递补，候补名单上有 {salon.waiting} 人，请直接联系候补者。"
+    )
+
+
+def seat_deadline(answer: Rsvp | None, zone: str) -> str | None:
+    """When ``answer``'s promoted seat must be confirmed by, in the session's time zone, or
+    None when there is nothing to confirm."""
+    if answer is None or not promotion_repo.pending(answer) or answer.confirm_by is None:
+        return None
+    return answer.confirm_by.astimezone(ZoneInfo(zone)).strftime("%m月%d日 %H:%M")
+
+
+def confirm_seat(db: Session, session_id: int, subscriber_id: int, now: datetime) -> bool:
+    """The promoted person confirms their seat in time: True if it was theirs to confirm."""
+    return promotion_repo.confirm(db, session_id, subscriber_id, now)
+
+
+def lapse_due(db: Session, now: datetime) -> list[Lapsed]:
+    """Every promoted seat not confirmed by its ``confirm_by`` passes on: the answer becomes
+    "no" (the same rules as any "no": the next in line who fits is promoted, unless the
+    session is inside its cutoff) and the person gets a mail saying so. The caller commits."""
+    done: list[Lapsed] = []
+    for lapsed in promotion_repo.due_lapses(db, now):
+        if not promotion_repo.claim_lapse(db, lapsed, now):
+            continue  # confirmed just now, or lapsed by another worker
+        why = "lapsed: the promoted seat was not confirmed in time"
+        service.give_up_answer(db, lapsed.session_id, lapsed.subscriber_id, why, now=now)
+        promotion_repo.add_lapsed_notice(db, lapsed, now)
+        done.append(lapsed)
+    return done
+
+
+def organizer_notices(db: Session, settings: Settings, now: datetime) -> list[OutgoingMessage]:
+    """Mails to the organizer (``FROM_ADDRESS``, the club's own mailbox: there is no
+    separate organizer address) for each session with a seat freed inside its promotion
+    cutoff since they were last told; the caller commits, then sends."""
+    mails: list[OutgoingMessage] = []
+    for salon in promotion_repo.held_candidates(db, now):
+        if not held_now(salon, now):
+            continue
+        freed = promotion_repo.last_freed_at(db, salon.id)
+        told = salon.promotion_held_at
+        if told is not None and (freed is None or freed <= told):
+            continue  # told about this seat already
+        if promotion_repo.claim_held(db, salon, now):
+            mails.append(_organizer_mail(db, settings, salon, now))
+    return mails
+
+
+def _organizer_mail(
+    db: Session, settings: Settings, salon: SalonSession, now: datetime
+) -> OutgoingMessage:
+    line = held_line(salon, now) or "有名额空出，候补名单未自动递补。"
+    page = f"{settings.base_url.rstrip('/')}/admin/sessions/{salon.number}"
+    text = f"第 {salon.number} 期：{salon.title}\n\n{line}\n\n活动页面：{page}\n"
+    body = (
+        f"<p>第 {salon.number} 期：{html.escape(salon.title)}</p><p>{html.escape(line)}</p>"
+        f'<p><a href="{html.escape(page)}">活动页面</a></p>'
+    )
+    name, address = parseaddr(settings.from_address)
+    return build_notice(
+        from_address=settings.from_address,
+        mail_domain=settings.sender_domain,
+        installation=installation_token(db),
+        recipient_name=name,
+        recipient_address=address,
+        subject=f"候补未自动递补：第 {salon.number} 期有名额空出",
+        text=text,
+        html=body,
+    )
