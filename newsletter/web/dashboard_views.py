@@ -31,6 +31,7 @@ KIND_LABELS = {
     CampaignKind.invitation: "邀请",
     CampaignKind.reminder: "提醒",
     CampaignKind.change: "变更通知",
+    CampaignKind.followup: "活动回顾",
 }
 MODE_LABELS = {"online": "线上", "offline": "线下", "hybrid": "线上+线下"}
 ACTION_LABELS = {"send": "开始发送", "pause": "暂停", "resume": "继续发送", "cancel": "取消发送"}
