@@ -329,3 +329,64 @@ def test_no_webhook_request_answers_500(configure: Configure, tmp_path: Path) ->
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             assert response.status_code < 500, (body[:200], response.text[:200])
     assert {200, 403, 405, 422} <= set(statuses), statuses
+
+
+def test_no_feedback_route_answers_500(live: Live) -> None:
+    """The follow-up's feedback page and the dashboard's follow-up button: junk tokens,
+    ratings, comments, form tokens and methods, before and after the session ended."""
+    from sqlalchemy import update
+
+    from newsletter.db import session_scope, utcnow
+    from newsletter.rsvp.feedback import feedback_link
+    from newsletter.sessions.models import SalonSession
+    from newsletter.web import feedback as feedback_web
+
+    rng = random.Random(20261205)
+    link = feedback_link(
+        live.settings.base_url,
+        live.settings.secret_keys,
+        session_id=live.session_id,
+        subscriber_id=live.people[0],
+    )
+    token = link.rsplit("/", 1)[1]
+    assert live.client.post("/admin/login", data={"token": "test-admin-token"}).status_code == 303
+    admin_csrf = form_token(live.client.get("/admin").text)
+    statuses: dict[int, int] = {}
+    real_csrf = ""
+    for round_ in range(400):
+        if round_ == 100:  # the session ends: the form opens, the follow-up can be made
+            with session_scope(live.settings.database_url) as db:
+                db.execute(
+                    update(SalonSession)
+                    .where(SalonSession.id == live.session_id)
+                    .values(ends_at=utcnow(), starts_at=utcnow())
+                )
+            real_csrf = form_token(live.client.get(f"/feedback/{token}").text)
+        feedback_web.throttle.clear()  # the limit's 429 would hide the rest
+        kind = rng.randrange(5)
+        mutated = quote(mutate(rng, token), safe="")
+        if kind == 0:
+            response = live.client.get(f"/feedback/{rng.choice([token, mutated])}")
+        elif kind in (1, 2):
+            data = {
+                "csrf": rng.choice([real_csrf, real_csrf, mutate(rng, real_csrf or "x")]),
+                "rating": rng.choice(["1", "4", "5", *JUNK]),
+                "comment": rng.choice([*JUNK, "a" * 2001, "b" * 9000]),
+            }
+            response = live.client.post(f"/feedback/{token if kind == 1 else mutated}", data=data)
+        elif kind == 3:
+            data = {
+                "csrf": rng.choice([admin_csrf, admin_csrf, mutate(rng, admin_csrf)]),
+                "everyone": rng.choice(["1", *JUNK]),
+            }
+            number = rng.choice(["95", "95", "999", *[quote(j, safe="") for j in JUNK[:8]]])
+            response = live.client.post(f"/admin/sessions/{number}/followup", data=data)
+        else:
+            response = live.client.request(
+                rng.choice(["PUT", "DELETE", "PATCH", "POST"]),
+                rng.choice(["/feedback", "/feedback/", f"/feedback/{mutated}/x"]),
+                content=rng.choice(JUNK).encode(),
+            )
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (kind, mutated[:80], response.text[:200])
+    assert {200, 400, 403, 409} <= set(statuses), statuses
