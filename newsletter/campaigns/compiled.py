@@ -9,21 +9,32 @@ reminders share everything else, headers included.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email.utils import parseaddr
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy.orm import Session
 
+from newsletter.calendar import session_calendar
 from newsletter.campaigns import repo
 from newsletter.campaigns.models import CampaignKind
 from newsletter.config import Settings
-from newsletter.db import session_scope
+from newsletter.db import session_scope, utcnow
 from newsletter.installation import installation_token
 from newsletter.links import RecipientLinks, recipient_links
 from newsletter.mail.message import MessageFactory, OutgoingMessage
-from newsletter.rendering import FOLLOWUP, INVITATION, REMINDER, InvitationTemplate, Recipient
+from newsletter.rendering import (
+    CHANGE,
+    FOLLOWUP,
+    INVITATION,
+    REMINDER,
+    InvitationTemplate,
+    Recipient,
+)
 from newsletter.rsvp.feedback import feedback_link
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.archive import ArchiveRow
+from newsletter.sessions.changes import ChangeSet
 from newsletter.sessions.models import SalonSession
 
 #: The template each kind of campaign mails.
@@ -31,6 +42,7 @@ TEMPLATE_OF: dict[CampaignKind, str] = {
     CampaignKind.invitation: INVITATION,
     CampaignKind.reminder: REMINDER,
     CampaignKind.followup: FOLLOWUP,
+    CampaignKind.change: CHANGE,
 }
 
 
@@ -45,6 +57,8 @@ class CompiledCampaign:
     factory: MessageFactory
     # A follow-up carries each recipient's signed feedback form link (one more signature).
     feedback: bool = False
+    # A change notice carries the updated event: (METHOD, .ics bytes), the same for everyone.
+    calendar: tuple[str, bytes] | None = None
 
 
 def compile_invitation(
@@ -56,9 +70,11 @@ def compile_invitation(
     settings: Settings,
     kind: str = CampaignKind.invitation,
     rsvp: bool = True,
+    details: str | None = None,
 ) -> CompiledCampaign:
     """Compile the mail of ``salon`` for a campaign of ``kind`` (Jinja + premailer, once) and
-    its header factory; ``rsvp=False`` for a session already over (no answering in it)."""
+    its header factory; ``rsvp=False`` for a session already over (no answering in it);
+    ``details``: a change notice's change lines (``Campaign.details``)."""
     record = sessions_repo.record_of(salon)
     kind = CampaignKind(kind)
     # Only the invitation shows the archive table (the query reads every earlier session);
@@ -77,6 +93,7 @@ def compile_invitation(
         # NEWSLETTER_ARCHIVE_ROWS: the latest rows only, and a link to the public archive.
         archive_rows=settings.archive_rows,
         archive_url=f"{settings.base_url}/archive",
+        extra=_change(kind, details),
     )
     factory = MessageFactory(
         from_address=settings.from_address,
@@ -93,7 +110,28 @@ def compile_invitation(
         template,
         factory,
         feedback=kind is CampaignKind.followup,
+        calendar=_change_calendar(salon, settings) if kind is CampaignKind.change else None,
     )
+
+
+def _change(kind: CampaignKind, details: str | None) -> dict[str, Any] | None:
+    """A change notice's template sees what changed (old → new)."""
+    return {"changes": ChangeSet.from_json(details)} if kind is CampaignKind.change else None
+
+
+def _change_calendar(salon: SalonSession, settings: Settings) -> tuple[str, bytes]:
+    """The updated event (same UID, SEQUENCE the new revision; CANCEL once cancelled)."""
+    record = sessions_repo.record_of(salon)
+    ics = session_calendar(
+        salon,
+        record,
+        mail_domain=settings.sender_domain,
+        organizer_name=record.organizer or settings.organizer,
+        organizer_address=parseaddr(settings.from_address)[1],
+        page_url=f"{settings.base_url}/sessions/{salon.number}",
+        stamp=utcnow(),
+    )
+    return ("CANCEL" if salon.cancelled else "PUBLISH", ics)
 
 
 @lru_cache(maxsize=16)
@@ -114,6 +152,7 @@ def _compiled(url: str, campaign_id: int, revision: int, settings: Settings) -> 
             # Created after the session ended: only `campaign create --past` makes such a
             # campaign, and its mail offers no answer that the server would refuse.
             rsvp=campaign.created_at < salon.ends_at,
+            details=campaign.details,
         )
 
 
@@ -186,4 +225,5 @@ def build_message(
         unsubscribe_mailto=links.unsubscribe_mailto,
         message_id=message_id,
         canonical=True,
+        calendar=compiled.calendar,
     )
