@@ -1,0 +1,255 @@
+"""The waitlist's mails and timing rules on SQLite and PostgreSQL: the waitlisted learn their
+place, the promotion's subject leads with the news, inside the promotion cutoff nobody moves
+up on their own and the organizer is told once, a promoted seat is confirmed in time or
+passes to the next in line, and no seat is ever given twice."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from newsletter.config import Settings
+from newsletter.db import session_scope, utcnow
+from newsletter.rsvp import promotion
+from newsletter.rsvp import repo as rsvp_repo
+from newsletter.rsvp.models import Answer, Rsvp
+from newsletter.rsvp.service import Recorded, record_answer
+from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.service import import_records
+from subscribers.models import Subscriber
+from tasks import waitlist as waitlist_task
+from tasks.rsvp import send_rsvp_notices
+from tests.conftest import Configure
+
+RECORD = """\
+number: 91
+series: 机器学习开发者沙龙
+title: 候补测试
+starts_at: {starts}
+ends_at: {ends}
+venue: {{mode: offline, name: 蒙民伟楼348室}}
+registration: {{capacity: {capacity}{extra}}}
+talks: [{{kind: paper, title: A}}]
+"""
+
+START = utcnow().replace(microsecond=0) + timedelta(days=3)
+
+
+def setup(
+    url: str, tmp_path: Path, *, capacity: int, people: int, extra: str = ""
+) -> tuple[int, list[int]]:
+    path = tmp_path / "091.yaml"
+    path.write_text(
+        RECORD.format(
+            starts=START.isoformat(),
+            ends=(START + timedelta(hours=2)).isoformat(),
+            capacity=capacity,
+            extra=extra,
+        ),
+        encoding="utf-8",
+    )
+    with session_scope(url) as db:
+        import_records(db, [path], timezone="Asia/Shanghai")
+        subscribers = [
+            Subscriber(email=f"w{i}@example.org", name=f"W{i}", created_at=utcnow())
+            for i in range(people)
+        ]
+        db.add_all(subscribers)
+        db.flush()
+        salon = sessions_repo.get_by_number(db, 91)
+        assert salon is not None
+        return salon.id, [s.id for s in subscribers]
+
+
+def answer(url: str, sid: int, person: int, value: Answer, now: datetime) -> Recorded:
+    with session_scope(url) as db:
+        return record_answer(db, sid, person, value, now=now)
+
+
+def mails(tmp_path: Path, clock: pytest.MonkeyPatch | None = None) -> list[EmailMessage]:
+    """Every mail sent so far (the file outbox), after the notice outbox is sent; with
+    ``clock``, the sender runs a week from now (the tests' answers are given on a clock ahead
+    of the wall's, and their mails are due then)."""
+    if clock is not None:
+        week = utcnow() + timedelta(days=7)
+        clock.setattr("newsletter.rsvp.outbox.utcnow", lambda: week)
+    send_rsvp_notices(None)
+    found = []
+    for path in sorted((tmp_path / "var" / "outbox").glob("*.eml")):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        found.append(message)
+    return found
+
+
+def to(messages: list[EmailMessage], address: str) -> list[EmailMessage]:
+    return [m for m in messages if m["To"].addresses[0].addr_spec == address]
+
+
+def text_of(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def seats(url: str, sid: int) -> tuple[int, int, int]:
+    """(seats taken by confirmed "yes", capacity, people waiting), from the answers."""
+    with session_scope(url) as db:
+        salon = sessions_repo.get_by_id(db, sid)
+        assert salon is not None and salon.capacity is not None
+        rows = db.scalars(select(Rsvp).where(Rsvp.session_id == sid)).all()
+        taken = sum(1 + r.guests for r in rows if r.answer == Answer.yes and not r.waitlisted)
+        waiting = sum(1 for r in rows if r.answer == Answer.yes and r.waitlisted)
+        assert (salon.seats_taken, salon.waiting) == (taken, waiting)  # counters agree
+        return taken, salon.capacity, waiting
+
+
+@pytest.fixture
+def mailed(db_url: str, configure: Configure) -> Settings:
+    return configure(database_url=db_url)
+
+
+def test_the_waitlisted_learn_their_place_and_a_promotion_leads_with_the_news(
+    db_url: str, tmp_path: Path, mailed: Settings
+) -> None:
+    sid, people = setup(db_url, tmp_path, capacity=1, people=3)
+    now = utcnow()
+    answer(db_url, sid, people[0], Answer.yes, now)
+    answer(db_url, sid, people[1], Answer.yes, now)
+    answer(db_url, sid, people[2], Answer.yes, now)
+    sent = mails(tmp_path)
+    second, third = to(sent, "w1@example.org"), to(sent, "w2@example.org")
+    assert [m["Subject"] for m in second] == ["你在候补名单第 1 位：第 91 期机器学习开发者沙龙"]
+    assert [m["Subject"] for m in third] == ["你在候补名单第 2 位：第 91 期机器学习开发者沙龙"]
+    body = text_of(third[0])
+    assert "你在候补名单第 2 位" in body
+    assert "https://salon.example.org/rsvp/" in body  # their RSVP page
+    assert "w2@example.org" not in body.split("/rsvp/")[1]
+    answer(db_url, sid, people[0], Answer.no, now)
+    after = to(mails(tmp_path), "w1@example.org")
+    assert len(after) == 2
+    promoted = [m for m in after if m["Subject"].startswith("你获得了名额：第 91 期")]
+    assert len(promoted) == 1
+    assert promoted[0].get_body(("calendar",)) is not None
+    assert seats(db_url, sid) == (1, 1, 1)
+
+
+def test_inside_the_cutoff_nobody_is_promoted_and_the_organizer_is_told_once(
+    db_url: str, tmp_path: Path, mailed: Settings
+) -> None:
+    sid, people = setup(db_url, tmp_path, capacity=1, people=3, extra=", promotion_cutoff: PT24H")
+    early = START - timedelta(days=2)
+    answer(db_url, sid, people[0], Answer.yes, early)
+    answer(db_url, sid, people[1], Answer.yes, early)
+    inside = START - timedelta(hours=12)
+    freed = answer(db_url, sid, people[0], Answer.no, inside)
+    assert freed.promoted == []
+    assert seats(db_url, sid) == (0, 1, 1)
+    with session_scope(db_url) as db:
+        salon = sessions_repo.get_by_id(db, sid)
+        assert salon is not None
+        line = promotion.held_line(salon, inside)
+        assert line is not None and "不会自动递补" in line
+        assert promotion.held_line(salon, early) is None  # outside the cutoff: nothing to say
+    told = []
+    for tick in (inside, inside + timedelta(minutes=1), inside + timedelta(minutes=2)):
+        with session_scope(db_url) as db:
+            told += promotion.organizer_notices(db, mailed, tick)
+    assert len(told) == 1  # once for the freed seat, however many ticks
+    organizer = email.message_from_bytes(told[0].data, policy=email.policy.default)
+    assert organizer["To"].addresses[0].addr_spec == "salon@example.org"
+    assert "第 91 期" in organizer["Subject"]
+    # Another seat freed later: told again, once.
+    answer(db_url, sid, people[2], Answer.yes, inside + timedelta(minutes=3))  # takes the seat
+    answer(db_url, sid, people[2], Answer.no, inside + timedelta(minutes=4))
+    with session_scope(db_url) as db:
+        again = promotion.organizer_notices(db, mailed, inside + timedelta(minutes=5))
+    with session_scope(db_url) as db:
+        again += promotion.organizer_notices(db, mailed, inside + timedelta(minutes=6))
+    assert len(again) == 1
+
+
+def test_a_promoted_person_who_confirms_keeps_the_seat(
+    db_url: str, tmp_path: Path, mailed: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid, people = setup(db_url, tmp_path, capacity=1, people=2, extra=", confirm_within: PT12H")
+    now = START - timedelta(days=2)
+    answer(db_url, sid, people[0], Answer.yes, now)
+    answer(db_url, sid, people[1], Answer.yes, now)
+    moved = answer(db_url, sid, people[0], Answer.no, now + timedelta(minutes=1))
+    assert moved.promoted == [people[1]]
+    with session_scope(db_url) as db:
+        held = rsvp_repo.get(db, sid, people[1])
+        assert held is not None and held.confirm_by == now + timedelta(minutes=1, hours=12)
+        assert promotion.seat_deadline(held, "Asia/Shanghai") is not None
+    promoted = [
+        m
+        for m in to(mails(tmp_path, monkeypatch), "w1@example.org")
+        if "你获得了名额" in m["Subject"]
+    ]
+    assert len(promoted) == 1 and "前打开答复页面确认" in text_of(promoted[0])
+    with session_scope(db_url) as db:
+        assert promotion.confirm_seat(db, sid, people[1], now + timedelta(hours=2))
+    with session_scope(db_url) as db:
+        assert not promotion.confirm_seat(db, sid, people[1], now + timedelta(hours=3))  # once
+        assert promotion.lapse_due(db, now + timedelta(days=1)) == []  # confirmed: kept
+        kept = rsvp_repo.get(db, sid, people[1])
+        assert kept is not None and (kept.answer, kept.waitlisted) == (Answer.yes, False)
+        assert promotion.seat_deadline(kept, "Asia/Shanghai") is None
+    assert seats(db_url, sid) == (1, 1, 0)
+
+
+def test_a_seat_not_confirmed_in_time_passes_to_the_next_in_line(
+    db_url: str, tmp_path: Path, mailed: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid, people = setup(db_url, tmp_path, capacity=1, people=4, extra=", confirm_within: PT12H")
+    now = START - timedelta(days=2)
+    for person in people:
+        answer(db_url, sid, person, Answer.yes, now)
+    answer(db_url, sid, people[0], Answer.no, now + timedelta(minutes=1))
+    assert seats(db_url, sid) == (1, 1, 2)
+    before = to(mails(tmp_path, monkeypatch), "w1@example.org")
+    assert [m["Subject"].split("：")[0] for m in before] == ["你获得了名额"]
+    with session_scope(db_url) as db:
+        assert promotion.lapse_due(db, now + timedelta(hours=11)) == []  # not yet
+        assert not promotion.confirm_seat(db, sid, people[2], now)  # not theirs to confirm
+    late = now + timedelta(hours=13)
+    monkeypatch.setattr(waitlist_task, "utcnow", lambda: late)
+    waitlist_task.waitlist_tick()  # beat's entry, on the controlled clock
+    waitlist_task.waitlist_tick()  # again: nothing more passes on
+    with session_scope(db_url) as db:
+        lapsed = rsvp_repo.get(db, sid, people[1])
+        nxt = rsvp_repo.get(db, sid, people[2])
+        assert lapsed is not None and lapsed.answer == Answer.no
+        assert nxt is not None and (nxt.answer, nxt.waitlisted) == (Answer.yes, False)
+        assert nxt.confirm_by == late + timedelta(hours=12)
+        assert not promotion.confirm_seat(db, sid, people[1], late)  # too late for them
+    assert seats(db_url, sid) == (1, 1, 1)
+    sent = mails(tmp_path, monkeypatch)
+    subjects = {m["Subject"].split("：")[0] for m in to(sent, "w1@example.org")}
+    assert subjects == {"你获得了名额", "名额已顺延"}
+    assert any("你获得了名额" in m["Subject"] for m in to(sent, "w2@example.org"))
+    assert "顺延" in text_of(next(m for m in sent if m["Subject"].startswith("名额已顺延")))
+
+
+def test_without_the_settings_a_promotion_is_the_seat_at_once(
+    db_url: str, tmp_path: Path, mailed: Settings
+) -> None:
+    sid, people = setup(db_url, tmp_path, capacity=2, people=5)
+    now = START - timedelta(hours=1)  # inside any cutoff there could be: none is set
+    for person in people:
+        answer(db_url, sid, person, Answer.yes, now)
+    answer(db_url, sid, people[0], Answer.no, now)
+    answer(db_url, sid, people[1], Answer.maybe, now)
+    with session_scope(db_url) as db:
+        for person in people[2:4]:
+            row = rsvp_repo.get(db, sid, person)
+            assert row is not None and not row.waitlisted and row.confirm_by is None
+        assert promotion.lapse_due(db, now + timedelta(days=1)) == []
+    assert seats(db_url, sid) == (2, 2, 1)
