@@ -24,7 +24,7 @@ from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.rendering.session_view import session_view
-from newsletter.rsvp import checkin, history
+from newsletter.rsvp import checkin, history, promotion
 from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.export import session_attendees_csv
 from newsletter.sessions import repo as sessions_repo
@@ -105,6 +105,7 @@ def _session_page(
         # Lines run until now, but stay flat once the session is over.
         end = min(utcnow(), salon.ends_at)
         capacity = salon.capacity
+        held = promotion.held_line(salon, utcnow())  # seats freed inside the promotion cutoff
         own = [
             campaign_view(c, progress, _zone())
             for c, progress in campaigns.list_progress(db, session_id=salon.id)
@@ -125,6 +126,7 @@ def _session_page(
         full_title=salon.title,
         counts=counts,
         door=door,
+        held=held,
         attendees=attendees,
         attendees_total=counts.answers,
         charts=[c for c in charts if c is not None],
