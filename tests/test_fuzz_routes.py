@@ -390,3 +390,45 @@ def test_no_feedback_route_answers_500(live: Live) -> None:
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (kind, mutated[:80], response.text[:200])
     assert {200, 400, 403, 409} <= set(statuses), statuses
+
+
+def test_no_change_notice_route_answers_500(live: Live, tmp_path: Path) -> None:
+    """The dashboard's change-notice button: junk session numbers, revisions, audiences and
+    form tokens, before the session was announced and after it changed, and once sent."""
+    from tests.test_change_notices import announce_and_move
+
+    rng = random.Random(20261202)
+    assert live.client.post("/admin/login", data={"token": "test-admin-token"}).status_code == 303
+    real_csrf = form_token(live.client.get("/admin").text)
+    statuses: dict[int, int] = {}
+    for round_ in range(300):
+        if round_ == 60:  # announced, then moved to another room: a notice is pending
+            announce_and_move(live, tmp_path)
+        # Mostly what the page sends, now and then one junk value: a form with several
+        # junk fields only ever meets the validation.
+        data = {
+            "csrf": real_csrf,
+            "revision": rng.choice(["1", "1", "0"]),
+            "audience": rng.choice(["answered", "invited"]),
+        }
+        if rng.random() < 0.5:
+            field = rng.choice(list(data))
+            data[field] = mutate(rng, data[field]) if field == "csrf" else rng.choice(JUNK)
+        if rng.random() < 0.2:
+            del data[rng.choice(list(data))]
+        number = rng.choice(["95"] * 8 + ["999", *[quote(j, safe="") for j in JUNK[:8]]])
+        method = rng.choices(["POST", "GET", "PUT"], weights=[8, 1, 1])[0]
+        path = f"/admin/sessions/{number}/change-notice"
+        if method == "POST" and rng.random() < 0.2:
+            response = live.client.post(
+                path,
+                content=rng.choice(JUNK).encode(),
+                headers={"Content-Type": "multipart/form-data; boundary=x"},
+            )
+        elif method == "POST":
+            response = live.client.post(path, data=data)
+        else:
+            response = live.client.request(method, path)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (method, path[:80], response.text[:200])
+    assert {303, 403, 404, 409} <= set(statuses), statuses
