@@ -27,6 +27,7 @@ from newsletter.installation import installation_token_for
 from newsletter.mail.message import format_message_id
 from newsletter.migrate import upgrade
 from newsletter.rendering import REMINDER, InvitationTemplate, Recipient, render_invitation
+from newsletter.rsvp.checkin import make_code
 from newsletter.rsvp.models import Answer
 from newsletter.rsvp.service import record_answer
 from newsletter.sessions import repo as sessions_repo
@@ -279,7 +280,8 @@ def test_reminder_through_a_real_smtp_server_reaches_exactly_the_confirmed(
     for item in received:
         person = {"p0@example.org": yes, "p1@example.org": also_yes}[item.rcpt_tos[0]]
         message = parse(item.data)
-        assert message.get_content_type() == "multipart/alternative"
+        # The check-in QR code rides along as an inline image (see tests/test_checkin.py).
+        assert message.get_content_type() == "multipart/related"
         assert str(message["Subject"]) == SUBJECT
         delivery_id = int(item.mail_from.removeprefix("bounces+").split("@")[0])
         assert message["Message-ID"] == format_message_id(
@@ -299,6 +301,7 @@ def test_reminder_through_a_real_smtp_server_reaches_exactly_the_confirmed(
         leave = verify(Purpose.UNSUBSCRIBE, listed[0].rsplit("/", 1)[1], settings.secret_keys)
         assert leave == {"u": person, "c": campaign_id}
         assert WHEN in text and "蒙民伟楼348室" in html and "https://momodel.cn/live/96" in text
+        code = make_code(settings.secret_keys, 96, person)
         assert "联邦学习 &lt;b&gt;实战&lt;/b&gt;" in html and "沙龙回顾" not in html
         # The personalised mail is a full render with the same links (in canonical CRLF form).
         full = render_invitation(
@@ -317,6 +320,7 @@ def test_reminder_through_a_real_smtp_server_reaches_exactly_the_confirmed(
             organizer=settings.organizer,
             timezone="Asia/Shanghai",
             template=REMINDER,
+            extra={"checkin_code": code, "checkin_cid": f"{code}.qr@example.org"},
         )
         assert (html, text) == (crlf(full.html), crlf(full.text))
 

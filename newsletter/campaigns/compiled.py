@@ -22,6 +22,7 @@ from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
 from newsletter.installation import installation_token
 from newsletter.links import RecipientLinks, recipient_links
+from newsletter.mail.inline_image import InlineImage
 from newsletter.mail.message import MessageFactory, OutgoingMessage
 from newsletter.rendering import (
     CHANGE,
@@ -31,6 +32,7 @@ from newsletter.rendering import (
     InvitationTemplate,
     Recipient,
 )
+from newsletter.rsvp import checkin
 from newsletter.rsvp.feedback import feedback_link
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.archive import ArchiveRow
@@ -55,10 +57,21 @@ class CompiledCampaign:
     session_number: int
     template: InvitationTemplate
     factory: MessageFactory
+    # A reminder shows each recipient's check-in code (text, HTML, QR image); an invitation not.
+    checkin: bool = False
     # A follow-up carries each recipient's signed feedback form link (one more signature).
     feedback: bool = False
     # A change notice carries the updated event: (METHOD, .ics bytes), the same for everyone.
     calendar: tuple[str, bytes] | None = None
+
+
+# The check-in code's placeholder in a compiled reminder, replaced per recipient in the
+# finished bytes (plain letters: premailer passes them through, as the other sentinels).
+CHECKIN_SLOT = "CheckinCodeSlotQz7"
+
+
+def _checkin_cid(code: str, settings: Settings) -> str:
+    return f"{code}.qr@{settings.sender_domain}"
 
 
 def compile_invitation(
@@ -93,7 +106,9 @@ def compile_invitation(
         # NEWSLETTER_ARCHIVE_ROWS: the latest rows only, and a link to the public archive.
         archive_rows=settings.archive_rows,
         archive_url=f"{settings.base_url}/archive",
-        extra=_change(kind, details),
+        extra=(
+            _checkin_context(settings) if kind is CampaignKind.reminder else _change(kind, details)
+        ),
     )
     factory = MessageFactory(
         from_address=settings.from_address,
@@ -109,6 +124,7 @@ def compile_invitation(
         salon.number,
         template,
         factory,
+        kind is CampaignKind.reminder,
         feedback=kind is CampaignKind.followup,
         calendar=_change_calendar(salon, settings) if kind is CampaignKind.change else None,
     )
@@ -132,6 +148,10 @@ def _change_calendar(salon: SalonSession, settings: Settings) -> tuple[str, byte
         stamp=utcnow(),
     )
     return ("CANCEL" if salon.cancelled else "PUBLISH", ics)
+
+
+def _checkin_context(settings: Settings) -> dict[str, str]:
+    return {"checkin_code": CHECKIN_SLOT, "checkin_cid": _checkin_cid(CHECKIN_SLOT, settings)}
 
 
 @lru_cache(maxsize=16)
@@ -215,15 +235,23 @@ def build_message(
     links, recipient = recipient_for(compiled, subscriber_id, name, settings, keys)
     # UTF-8 with CRLF line ends: the big static chunks were encoded once per campaign.
     rendered = compiled.template.personalise_utf8(recipient, crlf=True)
+    html, text, inline = rendered.html, rendered.text, None
+    if compiled.checkin:
+        # Only reminders pay for this (a signature, two byte replaces, a QR code of ~1 ms).
+        code = checkin.make_code(keys, compiled.session_number, subscriber_id)
+        slot, value = CHECKIN_SLOT.encode("ascii"), code.encode("ascii")
+        html, text = html.replace(slot, value), text.replace(slot, value)
+        inline = InlineImage(_checkin_cid(code, settings), checkin.qr_png(code))
     return compiled.factory.build(
         delivery_id=delivery_id,
         recipient_name=name,
         recipient_address=email,
-        html=rendered.html,
-        text=rendered.text,
+        html=html,
+        text=text,
         unsubscribe_url=links.unsubscribe,
         unsubscribe_mailto=links.unsubscribe_mailto,
         message_id=message_id,
         canonical=True,
+        inline=inline,
         calendar=compiled.calendar,
     )

@@ -46,6 +46,7 @@ from newsletter.mail.headers import (
     phrase,
     unstructured,
 )
+from newsletter.mail.inline_image import InlineImage, image_part, related_content_type
 from newsletter.mail.verp import verp_address
 
 CRLF = b"\r\n"
@@ -289,6 +290,7 @@ class MessageFactory:
         date: datetime | None = None,
         message_id: str | None = None,
         canonical: bool = False,
+        inline: InlineImage | None = None,
         calendar: tuple[str, bytes] | None = None,
     ) -> OutgoingMessage:
         """The finished message for one delivery.
@@ -298,9 +300,10 @@ class MessageFactory:
         with CRLF line ends already, :func:`canonical_body`'s form, which saves a pass).
         ``unsubscribe_url`` (https) and the optional ``unsubscribe_mailto`` go into
         ``List-Unsubscribe``; ``date`` defaults to now; ``message_id`` defaults to the
-        delivery's (:meth:`message_id`), a preview passes :meth:`preview_message_id`. A
-        recipient address that cannot be written into a header raises
-        :class:`DeliveryError` with ``permanent=True``: no retry can fix it.
+        delivery's (:meth:`message_id`), a preview passes :meth:`preview_message_id`.
+        ``inline`` (a reminder's check-in QR code) makes the message ``multipart/related``
+        with the image after the two bodies; without it nothing changes. A recipient address
+        that cannot go into a header raises :class:`DeliveryError` (``permanent=True``).
         ``calendar`` (a change notice's event: its METHOD and .ics bytes) is a third
         alternative, ``text/calendar``, after the HTML (RFC 6047).
         """
@@ -329,6 +332,10 @@ class MessageFactory:
             raise ValueError(f"{message_id!r} is not a Message-ID: <printable ASCII>")
         # Base64 never holds "=" followed by "_", so this boundary cannot occur in a body.
         boundary = f"=_d{delivery_id}.alt"
+        content_type = f'Content-Type: multipart/alternative; boundary="{boundary}"'
+        if inline is not None:
+            related = f"=_d{delivery_id}.rel"
+            content_type = f"{related_content_type(related)}\r\n\r\n--{related}\r\n{content_type}"
         head = "\r\n".join(
             (
                 self._from_header,
@@ -345,7 +352,7 @@ class MessageFactory:
                 # RFC 8058: a POST to the https URL unsubscribes with no further step.
                 "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
                 "Precedence: bulk",
-                f'Content-Type: multipart/alternative; boundary="{boundary}"',
+                content_type,
                 "",
                 f"--{boundary}",
                 "Content-Type: text/plain; charset=utf-8",
@@ -376,6 +383,8 @@ class MessageFactory:
             )
             pieces += base64_lines(ics)
         pieces.append(f"--{boundary}--".encode("ascii"))
+        if inline is not None:
+            pieces += image_part(related, inline)
         pieces.append(b"")
         envelope_from = (
             verp_address(self.bounce_address, delivery_id)

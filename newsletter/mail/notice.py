@@ -3,7 +3,8 @@
 Unlike campaign mail these are not bulk: no List-* or Precedence headers. Besides the text and
 HTML parts they can carry the event as ``text/calendar; method=PUBLISH`` (RFC 6047), with the
 same METHOD inside the .ics, so mail clients offer to add it to a calendar without treating it
-as an invitation to reply to.
+as an invitation to reply to. A confirmation also shows the attendee's check-in QR code: an
+``inline`` image (:mod:`newsletter.mail.inline_image`) makes the message ``multipart/related``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from email.utils import parseaddr
 
 from newsletter.errors import ConfigurationError, DeliveryError
 from newsletter.mail.headers import addr_spec, address_header, unstructured
+from newsletter.mail.inline_image import InlineImage, image_part, related_content_type
 from newsletter.mail.message import (
     CRLF,
     OutgoingMessage,
@@ -35,8 +37,10 @@ def build_notice(
     html: str,
     calendar: bytes | None = None,
     date: datetime | None = None,
+    inline: InlineImage | None = None,
 ) -> OutgoingMessage:
-    """A finished one-off message; ``calendar`` (an .ics with METHOD:PUBLISH) is optional."""
+    """A finished one-off message; ``calendar`` (an .ics with METHOD:PUBLISH) and ``inline``
+    (an image the HTML shows as ``cid:``, e.g. the check-in QR code) are optional."""
     from_name, sender = parseaddr(from_address)
     try:
         sender = addr_spec(sender)
@@ -49,6 +53,10 @@ def build_notice(
     unique = secrets.token_hex(8)
     message_id = f"<n{unique}.{installation}@{mail_domain}>"  # installation: as campaign mail
     boundary = f"=_n{unique}.alt"
+    related = f"=_n{unique}.rel"
+    content_type = f'Content-Type: multipart/alternative; boundary="{boundary}"'
+    if inline is not None:
+        content_type = f"{related_content_type(related)}\r\n\r\n--{related}\r\n{content_type}"
     head = [
         address_header("From", from_name, sender),
         address_header("To", recipient_name, recipient),
@@ -57,7 +65,7 @@ def build_notice(
         "Message-ID: " + message_id,
         "Auto-Submitted: auto-generated",
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+        content_type,
         "",
     ]
     pieces = ["\r\n".join(head).encode("ascii")]
@@ -76,6 +84,8 @@ def build_notice(
         )
         pieces += base64_lines(body)
     pieces.append(f"--{boundary}--".encode("ascii"))
+    if inline is not None:
+        pieces += image_part(related, inline)
     pieces.append(b"")
     return OutgoingMessage(
         delivery_id=0,

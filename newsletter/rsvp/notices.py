@@ -16,11 +16,13 @@ from newsletter.config import Settings
 from newsletter.db import utcnow
 from newsletter.installation import installation_token
 from newsletter.links import recipient_links
+from newsletter.mail.inline_image import InlineImage
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.notice import build_notice
 from newsletter.rendering import render_email_template
 from newsletter.rendering.personalise import RenderingError, escape_text
 from newsletter.rendering.session_view import session_view
+from newsletter.rsvp import checkin
 from newsletter.rsvp.models import NoticeKind
 from newsletter.rsvp.waitlist_notices import WAITLIST_KINDS, build_waitlist_notice
 from newsletter.sessions import repo as sessions_repo
@@ -38,6 +40,10 @@ _HEADLINES = {
 _GREETING = "NoticeGreetingSlotQz7"
 _CHANGE_URL = "https://notice.invalid/NoticeChangeUrlSlotQz7"
 _PREFERENCES_URL = "https://notice.invalid/NoticePreferencesUrlSlotQz7"
+# The check-in code, in the text part, the HTML and the QR image's Content-ID: a confirmed
+# seat's mail shows the code the organizer scans at the door.
+_CHECKIN_CODE = "NoticeCheckinCodeSlotQz7"
+_WITH_CHECKIN = frozenset({NoticeKind.confirmed})
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,8 @@ def _render_notice(salon: SalonSession, kind: NoticeKind, settings: Settings) ->
         session=view,
         change_url=_CHANGE_URL,
         preferences_url=_PREFERENCES_URL,
+        checkin_code=_CHECKIN_CODE if kind in _WITH_CHECKIN else "",
+        checkin_cid=_checkin_cid(_CHECKIN_CODE, settings),
     )
     for part in (html, text):
         slots = (_GREETING, _CHANGE_URL, _PREFERENCES_URL)
@@ -88,6 +96,10 @@ def _render_notice(salon: SalonSession, kind: NoticeKind, settings: Settings) ->
         stamp=utcnow(),
     )
     return _CompiledNotice(subject, html, text, calendar)
+
+
+def _checkin_cid(code: str, settings: Settings) -> str:
+    return f"{code}.qr@{settings.sender_domain}"
 
 
 def build_rsvp_notice(
@@ -123,6 +135,11 @@ def build_rsvp_notice(
         .replace(_CHANGE_URL, change_url)
         .replace(_PREFERENCES_URL, links.preferences)
     )
+    inline = None
+    if kind in _WITH_CHECKIN:
+        code = checkin.make_code(settings.secret_keys, salon.number, person.id)
+        html, text = html.replace(_CHECKIN_CODE, code), text.replace(_CHECKIN_CODE, code)
+        inline = InlineImage(_checkin_cid(code, settings), checkin.qr_png(code))
     return build_notice(
         from_address=settings.from_address,
         mail_domain=settings.sender_domain,
@@ -133,4 +150,5 @@ def build_rsvp_notice(
         text=text,
         html=html,
         calendar=compiled.calendar,
+        inline=inline,
     )

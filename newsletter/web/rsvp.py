@@ -3,6 +3,7 @@ every link); a person's button press POSTs the answer with a form token bound to
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from newsletter.db import is_postgresql_url, session_scope, utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.outages import is_unavailable
 from newsletter.rendering.session_view import SessionView, known_view, view_of
+from newsletter.rsvp import checkin
 from newsletter.rsvp.models import Answer
 from newsletter.rsvp.promotion import confirm_seat, seat_deadline
 from newsletter.rsvp.service import (
@@ -58,6 +60,18 @@ def show(token: str, answer: Annotated[Answer | None, Query()] = None) -> HTMLRe
         closed = who.salon.cancelled or _closed(who.salon)
         registration = record.registration
         seat_confirm_by = seat_deadline(current, who.salon.timezone)
+        # A seat held for a promoted person is theirs once they confirm it: no code before.
+        confirmed = bool(
+            current
+            and current.answer == Answer.yes
+            and not current.waitlisted
+            and seat_confirm_by is None
+        )
+        code = (
+            checkin.make_code(settings.secret_keys, who.salon.number, who.subscriber.id)
+            if confirmed
+            else None
+        )
     return page(
         "rsvp.html",
         session=view,
@@ -72,7 +86,15 @@ def show(token: str, answer: Annotated[Answer | None, Query()] = None) -> HTMLRe
         form_token=form_token(ids),
         action=f"/rsvp/{token}",
         seat_confirm_by=seat_confirm_by,
+        checkin_code=code,
+        checkin_qr=_qr_data_url(code) if code else None,
     )
+
+
+def _qr_data_url(code: str) -> str:
+    """The check-in code's QR image inline (the page's policy allows data: images; no
+    second request, nothing for a scanner of links to fetch)."""
+    return "data:image/png;base64," + base64.b64encode(checkin.qr_png(code)).decode("ascii")
 
 
 @router.post("/rsvp/{token}", response_class=HTMLResponse)
