@@ -10,9 +10,10 @@ import email.policy
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from newsletter.config import Settings
 from newsletter.db import session_scope, utcnow
@@ -21,11 +22,16 @@ from newsletter.rsvp import repo as rsvp_repo
 from newsletter.rsvp.models import Answer, Rsvp
 from newsletter.rsvp.service import Recorded, record_answer
 from newsletter.sessions import repo as sessions_repo
+from newsletter.sessions.models import SalonSession
 from newsletter.sessions.service import import_records
 from subscribers.models import Subscriber
 from tasks import waitlist as waitlist_task
 from tasks.rsvp import send_rsvp_notices
+from tests.browser import DESKTOP, PHONE, screenshot_path
 from tests.conftest import Configure
+from tests.webapp import Live, form_token, live
+
+__all__ = ["live"]  # the fixture of the browser tests (the browser comes from conftest)
 
 RECORD = """\
 number: 91
@@ -253,3 +259,63 @@ def test_without_the_settings_a_promotion_is_the_seat_at_once(
             assert row is not None and not row.waitlisted and row.confirm_by is None
         assert promotion.lapse_due(db, now + timedelta(days=1)) == []
     assert seats(db_url, sid) == (2, 2, 1)
+
+
+def promote_with_a_seat_to_confirm(live: Live) -> str:
+    """No. 95 (one seat) asks for a confirmation within 12 hours; person 1 waits, person 0
+    says no, and person 1 holds the seat: their RSVP page."""
+    url = live.settings.database_url
+    with session_scope(url) as db:
+        db.execute(
+            update(SalonSession)
+            .where(SalonSession.id == live.session_id)
+            .values(confirm_within_s=43_200)
+        )
+    now = utcnow()
+    answer(url, live.session_id, live.people[0], Answer.yes, now)
+    answer(url, live.session_id, live.people[1], Answer.yes, now)
+    assert answer(url, live.session_id, live.people[0], Answer.no, now).promoted
+    return live.links(1)[0].split("?")[0]
+
+
+@pytest.mark.parametrize("width", ["phone", "desktop"])
+def test_a_promoted_person_confirms_the_seat_in_chromium(
+    live: Live, browser: Any, width: str
+) -> None:
+    page_url = promote_with_a_seat_to_confirm(live)
+    viewport = {"phone": PHONE, "desktop": DESKTOP}[width]
+    page = browser.new_page(viewport=viewport)
+    try:
+        page.goto(live.settings.base_url + page_url)
+        assert page.get_by_text("你已从候补名单递补获得名额").is_visible()
+        page.screenshot(path=str(screenshot_path(f"rsvp-seat-{width}")), full_page=True)
+        with session_scope(live.settings.database_url) as db:  # the GET confirmed nothing
+            row = rsvp_repo.get(db, live.session_id, live.people[1])
+            assert row is not None and row.confirm_by is not None
+        button = page.get_by_role("button", name="确认我的名额")
+        box = button.bounding_box()
+        assert box is not None and box["width"] <= viewport["width"]
+        button.click()
+        page.wait_for_load_state()
+        assert page.get_by_text("名额已确认").is_visible()
+        page.screenshot(path=str(screenshot_path(f"rsvp-seat-done-{width}")), full_page=True)
+    finally:
+        page.close()
+    with session_scope(live.settings.database_url) as db:
+        row = rsvp_repo.get(db, live.session_id, live.people[1])
+        assert row is not None and row.confirm_by is None and not row.waitlisted
+
+
+def test_the_seat_confirmation_refuses_bad_requests(live: Live) -> None:
+    page_url = promote_with_a_seat_to_confirm(live)
+    seat = page_url + "/seat"
+    assert live.client.post(seat, data={"csrf": "forged"}).status_code == 403
+    assert live.client.post(seat, data={}).status_code in (400, 422)
+    other = live.links(2)[0].split("?")[0]
+    token = form_token(live.client.get(other).text)
+    refused = live.client.post(other + "/seat", data={"csrf": token})
+    assert refused.status_code == 409  # nothing of theirs to confirm
+    token = form_token(live.client.get(page_url).text)
+    assert live.client.post(seat, data={"csrf": token}).status_code == 200
+    assert live.client.post(seat, data={"csrf": token}).status_code == 409  # once
+    assert live.client.get(seat).status_code in (404, 405)  # a GET never confirms
