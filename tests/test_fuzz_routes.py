@@ -432,3 +432,34 @@ def test_no_change_notice_route_answers_500(live: Live, tmp_path: Path) -> None:
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (method, path[:80], response.text[:200])
     assert {303, 403, 404, 409} <= set(statuses), statuses
+
+
+def test_no_seat_confirmation_answers_500(live: Live) -> None:
+    """POST /rsvp/{token}/seat (a promoted person confirms): junk tokens, forms and bodies,
+    before and after there is a seat to confirm, never a 500."""
+    from tests.test_waitlist_promotion import promote_with_a_seat_to_confirm
+
+    rng = random.Random(20261202)
+    rsvp = live.links(1)[0].split("?")[0]
+    rsvp_token = rsvp.removeprefix("/rsvp/")
+    real_csrf = form_token(live.client.get(rsvp).text)
+    statuses: dict[int, int] = {}
+    for round_ in range(300):
+        if round_ == 150:
+            promote_with_a_seat_to_confirm(live)  # now there is a seat to confirm
+        token = quote(mutate(rng, rsvp_token), safe="")
+        csrf = rng.choice([real_csrf, mutate(rng, real_csrf), *JUNK[:3]])
+        kind = rng.randrange(3)
+        if kind == 0:
+            response = live.client.post(f"/rsvp/{token}/seat", data={"csrf": csrf})
+        elif kind == 1:
+            response = live.client.request(rng.choice(["GET", "PUT"]), f"/rsvp/{token}/seat")
+        else:
+            response = live.client.post(
+                f"/rsvp/{rsvp_token}/seat",
+                content=rng.choice(JUNK).encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (kind, token[:80], response.text[:200])
+    assert set(statuses) & {400, 403, 409}  # the refusals were reached
