@@ -187,6 +187,12 @@ def test_dry_run_writes_nothing(club: Club) -> None:
     # Without it the change is kept, pending, until someone sends it.
     assert club.reimport(**LATER).exit_code == 0
     assert club.change_campaigns() == [("revision-1", CampaignStatus.draft, 0)]
+    # Its audience is chosen when it is sent: `campaign send` on the draft is refused.
+    with session_scope(club.url) as db:
+        draft = db.scalars(select(Campaign.id).where(Campaign.kind == CampaignKind.change)).one()
+    refused = run("campaign", "send", str(draft))
+    assert refused.exit_code == 1 and "pending change notice" in refused.stderr
+    assert club.change_campaigns() == [("revision-1", CampaignStatus.draft, 0)]
 
 
 def test_notify_all_reaches_everyone_invited(club: Club) -> None:

@@ -181,11 +181,29 @@ def _transition(db: Session, campaign_id: int, action: str) -> Campaign:
 
 
 def start_campaign(db: Session, campaign_id: int) -> Campaign:
-    """Mark the campaign sending. Starting a campaign that is already sending is harmless."""
+    """Mark the campaign sending. Starting a campaign that is already sending is harmless.
+
+    A pending change notice (a draft with no deliveries yet) is refused: its audience is
+    chosen when it is sent (``campaigns.change_notices.send_pending``), and started empty it
+    would count as told."""
     campaign = _transition(db, campaign_id, "start")
+    refuse_pending_change(campaign)
     _sending(campaign)
     campaign.started_at = campaign.started_at or utcnow()
     return campaign
+
+
+def refuse_pending_change(campaign: Campaign) -> None:
+    """:class:`InvalidStateError` for a pending change notice (see :func:`start_campaign`)."""
+    if (
+        campaign.kind == CampaignKind.change
+        and campaign.status == CampaignStatus.draft
+        and campaign.recipient_count == 0
+    ):
+        raise InvalidStateError(
+            f"campaign {campaign.id} is a pending change notice: send it with `newsletter"
+            " sessions import FILE --notify` (or --notify-all) or the dashboard's button"
+        )
 
 
 def _sending(campaign: Campaign) -> None:

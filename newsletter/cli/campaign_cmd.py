@@ -226,6 +226,7 @@ def send(
         return
     with session_scope(settings.database_url) as db:
         current = service.require_campaign(db, campaign_id)
+        service.refuse_pending_change(current)
         if current.status == CampaignStatus.paused:
             service.resume_campaign(db, campaign_id)
     _send_and_report(campaign_id, wait=wait)
