@@ -31,7 +31,9 @@ from tests.smtp import SmtpServer
 from tests.test_admin import TOKEN
 from tests.test_admin_in_browser import no_horizontal_overflow
 from tests.test_followup import end_session
-from tests.webapp import Live, serve_live
+from tests.webapp import Live, live, serve_live
+
+__all__ = ["live"]  # the fixture
 
 WIDTHS = {"phone": PHONE, "desktop": DESKTOP}
 
@@ -122,5 +124,40 @@ def test_a_person_gives_feedback_and_the_dashboard_shows_it(
         page.screenshot(path=str(screenshot_path(f"admin-feedback-{width}")), full_page=True)
         with session_scope(live.settings.database_url) as db:
             assert db.scalar(select(func.count()).select_from(Feedback)) == 1
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("width", ["phone", "desktop"])
+def test_the_organizer_sends_the_followup_from_the_session_page(
+    live: Live, browser: Any, width: str
+) -> None:
+    url = live.settings.database_url
+    with session_scope(url) as db:
+        record_answer(db, live.session_id, live.people[0], Answer.yes)
+        record_answer(db, live.session_id, live.people[1], Answer.maybe)
+        assert checkin_repo.mark_present(db, live.session_id, live.people[0], utcnow())
+    end_session(url, 95)
+    viewport = WIDTHS[width]
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    try:
+        page.goto(live.settings.base_url + "/admin/sessions/95")
+        page.get_by_label("管理令牌").fill(TOKEN)
+        page.get_by_role("button", name="登录").click()
+        page.wait_for_url("**/admin")
+        page.goto(live.settings.base_url + "/admin/sessions/95")
+        card = page.locator("#followup")
+        assert card.get_by_role("button", name="发给已签到的 1 人").is_visible()
+        assert card.get_by_role("button", name="发给所有答复参加或可能的人（2）").is_visible()
+        no_horizontal_overflow(page, viewport["width"])
+        card.scroll_into_view_if_needed()
+        page.screenshot(path=str(screenshot_path(f"admin-followup-{width}")), full_page=True)
+        card.get_by_role("button", name="发给已签到的 1 人").click()
+        page.wait_for_url("**/admin/campaigns/*")
+        assert page.get_by_text("活动回顾", exact=True).is_visible()
+        page.goto(live.settings.base_url + "/admin/sessions/95")
+        assert page.locator("#followup").get_by_text("回顾邮件已发送").is_visible()
+        assert page.locator("#followup button").count() == 0  # once per session
     finally:
         context.close()

@@ -301,9 +301,10 @@ def test_dashboard_sends_the_followup_once_and_shows_the_feedback(live: Live) ->
     refused = live.client.post("/admin/sessions/95/followup", data={"csrf": "forged"})
     assert refused.status_code == 403
     nobody = live.client.post("/admin/sessions/95/followup", data={"csrf": csrf})
-    assert nobody.status_code == 409 and "--all" in nobody.text
+    assert nobody.status_code == 409 and "第 95 期没有人签到" in nobody.text
+    assert "发给所有答复参加或可能的人" in nobody.text and "--all" in nobody.text
     page = live.client.get("/admin/sessions/95")
-    assert "发给已签到的 0 人" in page.text and "发给所有答复参加或可能的 2 人" in page.text
+    assert "发给已签到的 0 人" in page.text and "发给所有答复参加或可能的人（2）" in page.text
     sent = live.client.post("/admin/sessions/95/followup", data={"csrf": csrf, "everyone": "1"})
     assert sent.status_code == 303 and sent.headers["location"].startswith("/admin/campaigns/")
     campaign_id = int(sent.headers["location"].rsplit("/", 1)[1])

@@ -30,6 +30,10 @@ class FollowupExists(InvalidStateError):
     """The session already has its follow-up."""
 
 
+class NobodyCheckedIn(InvalidStateError):
+    """Nobody was checked in, so a follow-up to those present would reach nobody."""
+
+
 def _already(number: int, campaign: Campaign, zone: ZoneInfo) -> FollowupExists:
     return FollowupExists(
         f"session {number} already has its follow-up (campaign {campaign.id}, made"
@@ -66,7 +70,7 @@ def create_followup(
             raise InvalidStateError(
                 f"nobody answered yes or maybe for session {number}; there is nobody to thank"
             )
-        raise InvalidStateError(
+        raise NobodyCheckedIn(
             f"nobody was checked in at session {number}, so a follow-up to those present"
             " would reach nobody; to thank everyone who answered yes or maybe, use"
             f" `newsletter campaign followup {number} --all`"

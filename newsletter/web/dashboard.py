@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.campaigns import change_notices, reminders
 from newsletter.campaigns import service as campaigns
-from newsletter.campaigns.followup import create_followup
+from newsletter.campaigns.followup import NobodyCheckedIn, create_followup
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidStateError, NotFoundError
@@ -203,7 +203,14 @@ def send_followup(
             campaign_id = create_followup(db, number, everyone=everyone == "1").id
     except NotFoundError:
         raise HTTPException(404, f"第 {number} 期活动不存在。") from None
-    except InvalidStateError as exc:  # not over, already sent, nobody checked in
+    except NobodyCheckedIn:
+        problem = (
+            f"无法发送回顾邮件：第 {number} 期没有人签到，发给“已签到的人”会谁也收不到。"
+            "要感谢所有答复参加或可能的人，请点“发给所有答复参加或可能的人”"
+            f"（命令行：newsletter campaign followup {number} --all）。"
+        )
+        return _session_page(login, number, status_code=409, problem=problem)
+    except InvalidStateError as exc:  # not over, already sent
         return _session_page(login, number, status_code=409, problem=f"无法发送回顾邮件：{exc}")
     if not _start(campaign_id):
         return _campaign_page(login, campaign_id, status_code=503, problem=_NOT_QUEUED)
