@@ -168,8 +168,8 @@ def test_every_command_has_help() -> None:
             # The command says what it does (its docstring), not only its usage line.
             assert len(result.output.split("Usage", 1)[1].strip().splitlines()) > 2, words
     # And the installed console script answers too.
-    result = run(ROOT, "--help")
-    assert result.returncode == 0 and "Usage" in result.stdout
+    script = run(ROOT, "--help")
+    assert script.returncode == 0 and "Usage" in script.stdout
 
 
 def test_demo_serves_the_rsvp_link_it_prints(tmp_path: Path, browser: Any) -> None:
