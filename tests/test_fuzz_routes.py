@@ -463,3 +463,49 @@ def test_no_seat_confirmation_answers_500(live: Live) -> None:
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, (kind, token[:80], response.text[:200])
     assert set(statuses) & {400, 403, 409}  # the refusals were reached
+
+
+def test_no_checkin_route_answers_500(live: Live) -> None:
+    """The door (/admin/sessions/{number}/checkin and its counts, code, present, undo and
+    walk-in): logged out and in, junk numbers, codes, ids, names, form tokens and bodies, as
+    a form post and as the page's script (Accept: application/json), never a 500."""
+    from newsletter.rsvp.checkin import make_code
+    from tests.test_admin import TOKEN, answer
+
+    rng = random.Random(20261213)
+    answer(live, 0, "yes")
+    keys = live.settings.secret_keys
+    codes = [make_code(keys, 95, live.people[0]), make_code(keys, 95, live.people[2])]
+    codes += [make_code(keys, 97, live.people[0]), make_code(["other"], 95, live.people[0])]
+    statuses: dict[int, int] = {}
+    real_csrf = ""
+    for round_ in range(400):
+        if round_ == 40:
+            live.client.post("/admin/login", data={"token": TOKEN})
+            real_csrf = form_token(live.client.get("/admin/sessions/95/checkin").text)
+        number = rng.choice(["95"] * 8 + ["999", "0", *[quote(j, safe="") for j in JUNK[:8]]])
+        action = rng.choice(["", "/counts", "/code", "/present", "/undo", "/walk-in", "/x"])
+        path = f"/admin/sessions/{number}/checkin{action}"
+        data = {
+            "csrf": real_csrf if rng.random() < 0.8 else mutate(rng, real_csrf or "x"),
+            "code": rng.choice([*codes, mutate(rng, codes[0]), *JUNK]),
+            "subscriber": rng.choice([str(p) for p in live.people] + JUNK[:6]),
+            "name": rng.choice(["路人甲", " ", "x" * 101, *JUNK]),
+        }
+        if rng.random() < 0.2:
+            del data[rng.choice(list(data))]
+        headers = {"Accept": rng.choice(["application/json", "text/html", "*/*", "\x00"[:0]])}
+        if action in ("", "/counts", "/x") or rng.random() < 0.1:
+            query = rng.choice(["", "?q=" + quote(rng.choice(JUNK)), "?done=present&who=x"])
+            response = live.client.request(rng.choice(["GET", "GET", "PUT"]), path + query)
+        elif rng.random() < 0.15:
+            response = live.client.post(
+                path,
+                content=rng.choice(JUNK).encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded", **headers},
+            )
+        else:
+            response = live.client.post(path, data=data, headers=headers)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (path[:80], data, response.text[:200])
+    assert {200, 303, 400, 403, 404} <= set(statuses), statuses
