@@ -324,3 +324,33 @@ def test_dashboard_sends_the_followup_once_and_shows_the_feedback(live: Live) ->
     assert "<script>alert(1)" not in page.text
     bars = re.findall(r"<th scope=\"row\">(\d) 分</th>.*?<td class=\"num\">(\d+)</td>", page.text)
     assert bars == [("1", "0"), ("2", "0"), ("3", "0"), ("4", "1"), ("5", "1")]
+
+
+def test_followup_personalised_equals_full_render() -> None:
+    """The compiled follow-up fills the feedback link per person byte for byte as a full
+    render does, hostile names included."""
+    import dataclasses
+
+    from newsletter.rendering import FOLLOWUP, InvitationTemplate, render_invitation
+    from tests.test_rendering import HOSTILE_NAMES, ORGANIZER, TIMEZONE, recipient, record
+
+    session = record(61)
+    template = InvitationTemplate.build(
+        session, [], organizer=ORGANIZER, timezone=TIMEZONE, template=FOLLOWUP, rsvp=False
+    )
+    for i, name in enumerate(HOSTILE_NAMES):
+        person = dataclasses.replace(
+            recipient(name, token=f"t{i}"), feedback_url=f"https://salon.example.org/feedback/f{i}"
+        )
+        full = render_invitation(
+            session,
+            [],
+            person,
+            organizer=ORGANIZER,
+            timezone=TIMEZONE,
+            template=FOLLOWUP,
+            rsvp=False,
+        )
+        assert template.personalise(person) == full
+        assert links_of(full.html)["给本期打分"] == person.feedback_url
+        assert person.feedback_url in full.text
