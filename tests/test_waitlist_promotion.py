@@ -193,7 +193,9 @@ def test_a_promoted_person_who_confirms_keeps_the_seat(
     with session_scope(db_url) as db:
         held = rsvp_repo.get(db, sid, people[1])
         assert held is not None and held.confirm_by == now + timedelta(minutes=1, hours=12)
-        assert promotion.seat_deadline(held, "Asia/Shanghai") is not None
+        assert promotion.seat_deadline(held, "Asia/Shanghai", now) is not None
+        late = now + timedelta(hours=13)
+        assert promotion.seat_deadline(held, "Asia/Shanghai", late) is None  # past: no button
     promoted = [
         m
         for m in to(mails(tmp_path, monkeypatch), "w1@example.org")
@@ -207,7 +209,7 @@ def test_a_promoted_person_who_confirms_keeps_the_seat(
         assert promotion.lapse_due(db, now + timedelta(days=1)) == []  # confirmed: kept
         kept = rsvp_repo.get(db, sid, people[1])
         assert kept is not None and (kept.answer, kept.waitlisted) == (Answer.yes, False)
-        assert promotion.seat_deadline(kept, "Asia/Shanghai") is None
+        assert promotion.seat_deadline(kept, "Asia/Shanghai", now) is None
     assert seats(db_url, sid) == (1, 1, 0)
 
 
@@ -242,6 +244,26 @@ def test_a_seat_not_confirmed_in_time_passes_to_the_next_in_line(
     assert subjects == {"你获得了名额", "名额已顺延"}
     assert any("你获得了名额" in m["Subject"] for m in to(sent, "w2@example.org"))
     assert "顺延" in text_of(next(m for m in sent if m["Subject"].startswith("名额已顺延")))
+
+
+def test_a_seat_lapsing_inside_the_cutoff_waits_for_the_organizer(
+    db_url: str, tmp_path: Path, mailed: Settings
+) -> None:
+    extra = ", promotion_cutoff: PT24H, confirm_within: PT12H"
+    sid, people = setup(db_url, tmp_path, capacity=1, people=3, extra=extra)
+    before = START - timedelta(hours=30)  # outside the cutoff: a promotion, due in 12 h
+    for person in people:
+        answer(db_url, sid, person, Answer.yes, START - timedelta(days=2))
+    assert answer(db_url, sid, people[0], Answer.no, before).promoted == [people[1]]
+    inside = START - timedelta(hours=17)  # its time ran out inside the cutoff
+    with session_scope(db_url) as db:
+        assert [lapsed.subscriber_id for lapsed in promotion.lapse_due(db, inside)] == [people[1]]
+    assert seats(db_url, sid) == (0, 1, 1)  # nobody moved up: the organizer decides
+    with session_scope(db_url) as db:
+        told = promotion.organizer_notices(db, mailed, inside + timedelta(minutes=1))
+    with session_scope(db_url) as db:
+        told += promotion.organizer_notices(db, mailed, inside + timedelta(minutes=2))
+    assert len(told) == 1
 
 
 def test_without_the_settings_a_promotion_is_the_seat_at_once(
@@ -319,3 +341,37 @@ def test_the_seat_confirmation_refuses_bad_requests(live: Live) -> None:
     assert live.client.post(seat, data={"csrf": token}).status_code == 200
     assert live.client.post(seat, data={"csrf": token}).status_code == 409  # once
     assert live.client.get(seat).status_code in (404, 405)  # a GET never confirms
+
+
+def test_the_dashboard_says_when_a_freed_seat_waits_for_the_organizer(live: Live) -> None:
+    url = live.settings.database_url
+    with session_scope(url) as db:  # no. 95 starts within a month: inside this cutoff now
+        db.execute(
+            update(SalonSession)
+            .where(SalonSession.id == live.session_id)
+            .values(promotion_cutoff_s=30 * 86_400)
+        )
+    now = utcnow()
+    answer(url, live.session_id, live.people[0], Answer.yes, now)
+    answer(url, live.session_id, live.people[1], Answer.yes, now)
+    assert answer(url, live.session_id, live.people[0], Answer.no, now).promoted == []
+    response = live.client.post("/admin/login", data={"token": "test-admin-token"})
+    assert response.status_code == 303
+    page = live.client.get("/admin/sessions/95")
+    assert page.status_code == 200
+    assert "空出的 1 个名额不会自动递补" in page.text and "候补名单上有 1 人" in page.text
+    waitlist_task.waitlist_tick()
+    waitlist_task.waitlist_tick()  # told once
+    folder = Path(live.settings.mail_url.removeprefix("file://"))
+    told = [_parse(p) for p in folder.glob("*.eml")]
+    told = [m for m in told if str(m["Subject"]).startswith("候补未自动递补")]
+    assert [m["To"].addresses[0].addr_spec for m in told] == ["salon@example.org"]
+    with session_scope(url) as db:
+        salon = sessions_repo.get_by_id(db, live.session_id)
+        assert salon is not None and salon.promotion_held_at is not None
+
+
+def _parse(path: Path) -> EmailMessage:
+    message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message

@@ -14,6 +14,7 @@ Without these settings a promotion is as it always was: the seat is the person's
 from __future__ import annotations
 
 import html
+import logging
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from zoneinfo import ZoneInfo
@@ -21,6 +22,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings
+from newsletter.errors import InvalidStateError, NotFoundError
 from newsletter.installation import installation_token
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.notice import build_notice
@@ -29,6 +31,8 @@ from newsletter.rsvp.models import Rsvp
 from newsletter.rsvp.promotion_repo import Lapsed
 from newsletter.sessions.models import SalonSession
 from newsletter.sessions.offsets import iso_duration
+
+log = logging.getLogger(__name__)
 
 
 def held_now(salon: SalonSession, now: datetime) -> bool:
@@ -56,10 +60,12 @@ def held_line(salon: SalonSession, now: datetime) -> str | None:
     )
 
 
-def seat_deadline(answer: Rsvp | None, zone: str) -> str | None:
+def seat_deadline(answer: Rsvp | None, zone: str, now: datetime) -> str | None:
     """When ``answer``'s promoted seat must be confirmed by, in the session's time zone, or
-    None when there is nothing to confirm."""
+    None when there is nothing to confirm (any more: past its time, the seat is passing on)."""
     if answer is None or not promotion_repo.pending(answer) or answer.confirm_by is None:
+        return None
+    if answer.confirm_by <= now:
         return None
     return answer.confirm_by.astimezone(ZoneInfo(zone)).strftime("%m月%d日 %H:%M")
 
@@ -75,11 +81,16 @@ def lapse_due(db: Session, now: datetime) -> list[Lapsed]:
     session is inside its cutoff) and the person gets a mail saying so. The caller commits."""
     done: list[Lapsed] = []
     for lapsed in promotion_repo.due_lapses(db, now):
-        if not promotion_repo.claim_lapse(db, lapsed, now):
-            continue  # confirmed just now, or lapsed by another worker
-        why = "lapsed: the promoted seat was not confirmed in time"
-        service.give_up_answer(db, lapsed.session_id, lapsed.subscriber_id, why, now=now)
-        promotion_repo.add_lapsed_notice(db, lapsed, now)
+        try:
+            with db.begin_nested():  # one seat that cannot pass on does not stop the others
+                if not promotion_repo.claim_lapse(db, lapsed, now):
+                    continue  # confirmed just now, or lapsed by another worker
+                why = "lapsed: the promoted seat was not confirmed in time"
+                service.give_up_answer(db, lapsed.session_id, lapsed.subscriber_id, why, now=now)
+                promotion_repo.add_lapsed_notice(db, lapsed, now)
+        except (InvalidStateError, NotFoundError) as refused:
+            log.warning("waitlist: the seat of %s could not pass on: %s", lapsed, refused)
+            continue
         done.append(lapsed)
     return done
 

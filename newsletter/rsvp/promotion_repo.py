@@ -77,11 +77,17 @@ class Lapsed:
 
 
 def due_lapses(db: Session, now: datetime, limit: int = 100) -> list[Lapsed]:
-    """Promoted seats whose time to confirm has run out, for sessions not yet started."""
+    """Promoted seats whose time to confirm has run out, for sessions not yet started (nor
+    cancelled)."""
     rows = db.execute(
         select(Rsvp.session_id, Rsvp.subscriber_id)
         .join(SalonSession, SalonSession.id == Rsvp.session_id)
-        .where(_pending(), Rsvp.confirm_by <= now, SalonSession.starts_at > now)
+        .where(
+            _pending(),
+            Rsvp.confirm_by <= now,
+            SalonSession.starts_at > now,
+            SalonSession.cancelled.is_(False),  # a cancelled session's answers stay as they are
+        )
         .order_by(Rsvp.confirm_by, Rsvp.id)
         .limit(limit)
     )

@@ -59,7 +59,7 @@ def show(token: str, answer: Annotated[Answer | None, Query()] = None) -> HTMLRe
         view = view_of(who.salon, settings.base_url)
         closed = who.salon.cancelled or _closed(who.salon)
         registration = record.registration
-        seat_confirm_by = seat_deadline(current, who.salon.timezone)
+        seat_confirm_by = seat_deadline(current, who.salon.timezone, utcnow())
         # A seat held for a promoted person is theirs once they confirm it: no code before.
         confirmed = bool(
             current
