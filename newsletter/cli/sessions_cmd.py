@@ -51,13 +51,17 @@ def import_(
     """
     settings = get_settings()
     database_for_writing()
-    with session_scope(settings.database_url) as db:
-        report = import_records(db, paths, timezone=settings.timezone)
-        sessions_notify.report_changes(db, report, timezone=settings.timezone, dry_run=dry_run)
-        if dry_run:
-            db.rollback()  # nothing of the import, nor of a pending notice, is kept
+    if dry_run:
+        # Read only: SQLite commits a released outermost savepoint, so rolling back an
+        # import would not undo it; the preview compares the files with the stored rows.
+        with session_scope(settings.database_url) as db:
+            report = sessions_notify.preview(db, paths, timezone=settings.timezone)
+    else:
+        with session_scope(settings.database_url) as db:
+            report = import_records(db, paths, timezone=settings.timezone)
+            sessions_notify.report_changes(db, report, timezone=settings.timezone)
     console.print(
-        ("dry run, nothing written: " if dry_run else "")
+        ("dry run, nothing written; it would be: " if dry_run else "")
         + f"{len(report.created)} created, {len(report.updated)} updated, "
         f"{len(report.unchanged)} unchanged"
     )
