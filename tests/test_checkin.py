@@ -9,6 +9,7 @@ import csv
 import email
 import email.policy
 import io
+import re
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -343,3 +344,34 @@ def test_a_code_of_the_session_is_refused_after_the_answer_changes(live_door: Li
         "/admin/sessions/95/checkin/code", data={"code": code, "csrf": csrf}
     )
     assert refused.status_code == 409 and "可能" in refused.text
+
+
+def test_the_dashboard_session_page_shows_attendance(live_door: Live) -> None:
+    for person in range(3):
+        answer(live_door, person, "yes")
+    csrf = log_in(live_door)
+    keys = live_door.settings.secret_keys
+    base = "/admin/sessions/95/checkin"
+    code = make_code(keys, 95, live_door.people[0])
+    assert live_door.client.post(base + "/code", data={"code": code, "csrf": csrf}).is_redirect
+    marked = live_door.client.post(
+        base + "/present",
+        data={"subscriber": str(live_door.people[1]), "csrf": csrf},
+        headers={"Accept": "application/json"},  # as the page's script asks
+    )
+    assert marked.status_code == 200
+    assert marked.json()["message"].startswith("已签到：访客1") and marked.json()["present"] == 2
+    walk_in = live_door.client.post(
+        base + "/walk-in",
+        data={"name": "路人甲", "csrf": csrf},
+        headers={"Accept": "application/json"},
+    )
+    assert walk_in.json()["walk_ins"] == 1
+    refused = live_door.client.post(
+        base + "/code", data={"code": "junk", "csrf": csrf}, headers={"Accept": "application/json"}
+    )
+    assert refused.status_code == 400 and "签到码无效" in refused.json()["problem"]
+    page = live_door.client.get("/admin/sessions/95").text
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "签到 2 / 3 · 现场报名 1 · 出席 3 · 未到率 33%" in text
+    assert f'href="{base}"' in page
