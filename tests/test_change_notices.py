@@ -357,3 +357,35 @@ def test_dashboard_button_in_chromium(live: Live, browser: Any, width: str, tmp_
         assert page.locator("#change-notice").get_by_text("变更通知已发送").is_visible()
     finally:
         context.close()
+
+
+def test_two_sends_at_once_make_one_notice(club: Club) -> None:
+    """Two organizers (the button and the command) at the same moment: one notice."""
+    import threading
+
+    from newsletter.campaigns.change_notices import Audience, SendOutcome, send_pending
+
+    assert club.reimport(**LATER).exit_code == 0
+    barrier = threading.Barrier(2)
+    outcomes: list[SendOutcome] = []
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            barrier.wait()
+            with session_scope(club.url) as db:
+                outcomes.append(send_pending(db, 96, Audience.answered))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    made = [o for o in outcomes if o.campaign_id is not None]
+    told = [o for o in outcomes if o.already_sent is not None]
+    assert len(made) == 1 and made[0].recipients == 3
+    assert len(told) == 1 and told[0].already_sent == made[0].campaign_id
+    assert club.change_campaigns() == [("revision-1", CampaignStatus.sending, 3)]

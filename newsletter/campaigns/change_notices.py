@@ -126,6 +126,8 @@ class SendOutcome:
     campaign_id: int | None = None
     recipients: int = 0
     already_sent: int | None = None
+    # False: the session's invitation never went out, so there is nobody to tell.
+    announced: bool = True
 
     @property
     def start(self) -> bool:
@@ -142,7 +144,10 @@ def send_pending(
     once (it was due, and is not due again). :class:`NotFoundError` for an unknown number;
     :class:`InvalidStateError` when ``revision`` (what the organizer saw) is no longer the
     record's: the notice would say more than they were shown."""
+    repo.lock_session(db, number)
     salon = require_session(db, number)
+    if not repo.announced(db, salon.id):
+        return SendOutcome(number, salon.revision, announced=False)
     if revision is not None and revision != salon.revision:
         raise InvalidStateError(
             f"session {number} was re-imported since (revision {salon.revision}, not {revision})"
@@ -153,10 +158,7 @@ def send_pending(
     draft = repo.pending(db, salon.id)
     if draft is None:
         return SendOutcome(number, salon.revision)
-    # Locked, so that two clicks (or the button and the command) start it once.
-    locked = service.require_campaign(db, draft.id, lock=True)
-    if locked.status != CampaignStatus.draft:
-        return SendOutcome(number, salon.revision, already_sent=locked.id)
+    locked = draft  # read under the session's lock: nobody else is sending it
     locked.recipient_count = repo.snapshot_audience(db, locked, audience)
     if locked.recipient_count == 0:
         locked.status = CampaignStatus.finished

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, exists, func, or_, select
+from sqlalchemy import ColumnElement, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.campaigns import recipients
 from newsletter.campaigns.models import Campaign, CampaignKind, CampaignStatus, Delivery
 from newsletter.campaigns.models import DeliveryStatus as Ds
-from newsletter.db import utcnow
+from newsletter.db import is_postgresql, utcnow
 from newsletter.rsvp.models import Answer, Rsvp
+from newsletter.sessions.models import SalonSession
 from subscribers.models import Subscriber
 
 
@@ -28,6 +29,22 @@ class Audience(StrEnum):
 def occasion_of(revision: int) -> str:
     """The occasion of the notice about record revision ``revision``: one per revision."""
     return f"revision-{revision}"
+
+
+def lock_session(db: Session, number: int) -> None:
+    """Lock session ``number``'s row until the transaction ends, before anything is read:
+    two sends of its notice at once (two clicks, the button and the command) then run one
+    after the other, and the second finds the notice sent. PostgreSQL: ``FOR UPDATE``;
+    SQLite ignores that, so a no-op UPDATE takes the database's write lock."""
+    if is_postgresql(db):
+        db.execute(select(SalonSession.id).where(SalonSession.number == number).with_for_update())
+    else:
+        db.execute(
+            update(SalonSession)
+            .where(SalonSession.number == number)
+            .values(revision=SalonSession.revision)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def announced(db: Session, session_id: int) -> bool:

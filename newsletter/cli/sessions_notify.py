@@ -115,10 +115,9 @@ def notify(numbers: Sequence[int], *, everyone: bool) -> None:
     started: list[int] = []
     for number in numbers:
         with session_scope(settings.database_url) as db:
-            salon = repo.get_by_number(db, number)
-            if salon is None or change_notices.state(db, salon) is None:
-                continue
             outcome = change_notices.send_pending(db, number, audience)
+        if not outcome.announced:
+            continue  # no invitation went out: nobody to tell
         if outcome.already_sent is not None:
             console.print(
                 f"session {number}: the change notice of revision {outcome.revision} was"
