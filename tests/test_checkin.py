@@ -291,6 +291,10 @@ def answer(live: Live, person: int, choice: str) -> str:
 
 def test_the_rsvp_page_shows_the_qr_to_a_confirmed_yes_only(live_door: Live) -> None:
     yes, maybe = answer(live_door, 0, "yes"), answer(live_door, 1, "maybe")
+    rsvp, _ = live_door.links(0)
+    token = form_token(live_door.client.get(rsvp).text)
+    done = live_door.client.post(yes, data={"answer": "yes", "csrf": token}).text
+    assert "入场签到码" in done and f'href="{yes}"' in done  # where to find it
     page = live_door.client.get(yes).text
     code = make_code(live_door.settings.secret_keys, 95, live_door.people[0])
     assert code in page and 'src="data:image/png;base64,' in page
