@@ -327,6 +327,8 @@ def apply_organizer_action(db: Session, campaign_id: int, action: OrganizerActio
     True when the caller must enqueue the sending after the commit. "send" on a paused
     campaign resumes it; on a draft or sending one it (re)starts it, which is harmless."""
     current = require_campaign(db, campaign_id)
+    if action in ("send", "resume"):
+        refuse_pending_change(current)
     if action == "pause":
         pause_campaign(db, campaign_id)
     elif action == "cancel":
