@@ -152,3 +152,24 @@ def test_the_camera_scans_a_code_where_the_browser_can(door_app: Live, browser: 
         page.screenshot(path=str(screenshot_path("checkin-scanned-phone")), full_page=True)
     finally:
         page.context.close()
+
+
+@pytest.mark.parametrize("width", ["phone", "desktop"])
+def test_the_rsvp_page_shows_the_qr_code(door_app: Live, browser: Any, width: str) -> None:
+    viewport = WIDTHS[width]
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    try:
+        rsvp, _ = door_app.links(0)
+        page.goto(door_app.settings.base_url + rsvp.split("?")[0])
+        code = make_code(door_app.settings.secret_keys, 95, door_app.people[0])
+        image = page.get_by_role("img", name=f"签到二维码 {code}")
+        assert image.is_visible()
+        assert page.evaluate("document.querySelector('.checkin img').naturalWidth") > 100
+        box = image.bounding_box()
+        assert box is not None and 150 <= box["width"] <= viewport["width"]
+        assert page.get_by_text(code, exact=True).is_visible()
+        no_horizontal_overflow(page, viewport["width"])
+        page.screenshot(path=str(screenshot_path(f"rsvp-checkin-code-{width}")), full_page=True)
+    finally:
+        context.close()
