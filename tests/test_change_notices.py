@@ -304,6 +304,13 @@ def test_dashboard_button_sends_the_notice_once(live: Live, tmp_path: Path) -> N
         ).status_code
         == 404
     )
+    with session_scope(live.settings.database_url) as db:
+        draft = db.scalars(select(Campaign.id).where(Campaign.kind == CampaignKind.change)).one()
+    # The generic send is refused: a pending notice's audience is chosen by its button.
+    api = live.client.post(
+        f"/api/campaigns/{draft}/send", headers={"Authorization": "Bearer test-admin-token"}
+    )
+    assert api.status_code == 409 and "pending change notice" in api.text
     done = live.client.post(action, data={"csrf": csrf, "revision": "1"})
     assert done.status_code == 303 and done.headers["location"].startswith("/admin/campaigns/")
     campaign_id = int(done.headers["location"].rsplit("/", 1)[1])
