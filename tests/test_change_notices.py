@@ -396,3 +396,36 @@ def test_two_sends_at_once_make_one_notice(club: Club) -> None:
     assert len(made) == 1 and made[0].recipients == 3
     assert len(told) == 1 and told[0].already_sent == made[0].campaign_id
     assert club.change_campaigns() == [("revision-1", CampaignStatus.sending, 3)]
+
+
+# --- what the notice says -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_compiled_notice_equals_a_full_render_for_hostile_names(cancelled: bool) -> None:
+    """The campaign's compiled notice (what each recipient gets) is the full render, byte for
+    byte, whatever the name; the change lines are escaped like any record text."""
+    from newsletter.rendering import CHANGE, InvitationTemplate, render_invitation
+    from newsletter.sessions.changes import Change, ChangeSet
+    from tests.test_rendering import HOSTILE_NAMES, ORGANIZER, TIMEZONE, recipient, record
+
+    session = record(61, cancelled=cancelled)
+    changes = ChangeSet((Change("地点", "A <b>室</b>", "B & C"), Change("时间", "", "晚上")))
+    extra = {"changes": ChangeSet.from_json(changes.to_json())}
+    template = InvitationTemplate.build(
+        session, [], organizer=ORGANIZER, timezone=TIMEZONE, template=CHANGE, extra=extra
+    )
+    for i, name in enumerate(HOSTILE_NAMES):
+        person = recipient(name, token=f"t{i}")
+        full = render_invitation(
+            session,
+            [],
+            person,
+            organizer=ORGANIZER,
+            timezone=TIMEZONE,
+            template=CHANGE,
+            extra=extra,
+        )
+        assert template.personalise(person) == full
+    assert "A &lt;b&gt;室&lt;/b&gt;" in full.html and "B &amp; C" in full.html
+    assert ("已取消" in full.subject) is cancelled and ("已取消" in full.text) is cancelled
