@@ -395,7 +395,7 @@ def test_no_feedback_route_answers_500(live: Live) -> None:
 def test_no_change_notice_route_answers_500(live: Live, tmp_path: Path) -> None:
     """The dashboard's change-notice button: junk session numbers, revisions, audiences and
     form tokens, before the session was announced and after it changed, and once sent."""
-    from tests.test_change_notices import announce_and_move
+    from tests.test_change_notices_web import announce_and_move
 
     rng = random.Random(20261202)
     assert live.client.post("/admin/login", data={"token": "test-admin-token"}).status_code == 303
