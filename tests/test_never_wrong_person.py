@@ -130,7 +130,29 @@ def hard_bounce(live: Live, person: int) -> None:
 
 
 def recipients(relay: SmtpServer) -> list[str]:
-    return sorted(rcpt for received in relay.handler.received for rcpt in received.rcpt_tos)
+    """Who the relay accepted mail about a seat for (a confirmation, a promotion): the
+    waitlist's place-in-line mails aside, which :func:`places` lists."""
+    return sorted(
+        rcpt
+        for received in relay.handler.received
+        if not _place_in_line(received.data)
+        for rcpt in received.rcpt_tos
+    )
+
+
+def places(relay: SmtpServer) -> list[str]:
+    """Who was told their place on the waitlist."""
+    return sorted(
+        rcpt
+        for received in relay.handler.received
+        if _place_in_line(received.data)
+        for rcpt in received.rcpt_tos
+    )
+
+
+def _place_in_line(data: bytes) -> bool:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    return str(message["Subject"]).startswith("你在候补名单第")
 
 
 def mail_to(relay: SmtpServer, address: str) -> list[str]:
@@ -182,6 +204,7 @@ def test_a_waitlisted_person_who_unsubscribed_is_never_promoted_nor_mailed(
         wait_for_worker()  # before 0 answers again: else the confirmation is stale, not sent
         assert post_answer(live, 1, "yes") == 200  # waitlist no. 1
         assert post_answer(live, 2, "yes") == 200  # waitlist no. 2
+        wait_for_worker()  # each is told their place in line
         one_click(live, 1)
         assert answers(live)[1] == ("no", False)  # the waitlist place was given up
         assert post_answer(live, 0, "no") == 200  # the seat frees: no. 2 moves up, not no. 1
@@ -189,6 +212,9 @@ def test_a_waitlisted_person_who_unsubscribed_is_never_promoted_nor_mailed(
         send_rsvp_notices(None)  # what the sweep runs
         assert answers(live) == {0: ("no", False), 1: ("no", False), 2: ("yes", False)}
         assert recipients(relay) == ["w0@example.org", "w2@example.org"]
+        # Their places in line went out before no. 1 left: nothing else reached them after.
+        assert places(relay) == ["w1@example.org", "w2@example.org"]
+        assert ["候补名单第 1 位" in text for text in mail_to(relay, "w1@example.org")] == [True]
         assert any("候补名单递补" in text for text in mail_to(relay, "w2@example.org"))
         assert notes(live, 1) == [
             "withdrawn: subscriber unsubscribed (unsubscribed by link (campaign 1))"
@@ -248,8 +274,7 @@ def test_leaving_gives_up_the_seat_and_the_next_person_is_promoted_and_told(
         wait_for_worker()
         send_rsvp_notices(None)  # the sweep tells the person who moved up
         assert recipients(relay) == ["w0@example.org", "w1@example.org"]  # 0: the confirmation
-        (promotion,) = mail_to(relay, "w1@example.org")
-        assert "候补名单递补" in promotion
+        assert sum("候补名单递补" in m for m in mail_to(relay, "w1@example.org")) == 1
         hard_bounce(live, 0)  # a later bounce (or a second one) changes nothing more
         assert answers(live)[1] == ("yes", False) and answers(live)[2] == ("yes", True)
 
@@ -383,7 +408,7 @@ def test_a_notice_waiting_for_a_retry_is_dropped_when_the_person_leaves(
     db_url: str, configure: Configure, tmp_path: Path, start_smtp: StartSmtp
 ) -> None:
     relay = start_smtp()
-    relay.handler.refuse_first = 2  # the first two mails: "421 Try again later"
+    relay.handler.refuse_first = 3  # the first three mails: "421 Try again later"
     with club(configure, tmp_path, relay, db_url, capacity=1, people=3) as live:
         # After each answer its sender has run, so the relay sees the mails in this order.
         assert post_answer(live, 0, "yes") == 200  # confirmation refused: waits for a retry
@@ -393,8 +418,9 @@ def test_a_notice_waiting_for_a_retry_is_dropped_when_the_person_leaves(
         assert post_answer(live, 0, "no") == 200  # 1 moves up; the promotion is refused too
         wait_for_worker()
         assert answers(live)[1] == ("yes", False)
-        # 0's confirmation (stale now) and 1's promotion wait; nothing went out.
-        assert pending(live) == 2 and recipients(relay) == []
+        # 0's confirmation (stale now), 2's place in line and 1's promotion wait (1's place is
+        # stale: they moved up before it went); nothing went out.
+        assert pending(live) == 3 and recipients(relay) == [] and places(relay) == []
         one_click(live, 1)  # leaves with the promotion still to be retried
         assert answers(live)[2] == ("yes", False)  # and passes the seat on
         with session_scope(db_url) as db:  # every back-off has passed
@@ -405,6 +431,7 @@ def test_a_notice_waiting_for_a_retry_is_dropped_when_the_person_leaves(
             )
         send_rsvp_notices(None)
         assert recipients(relay) == ["w2@example.org"]
+        assert places(relay) == []  # 2's place is stale too: they have the seat now
         assert any(note.startswith("not sent: subscriber unsubscribed") for note in notes(live, 1))
         assert pending(live) == 0
 
