@@ -375,3 +375,44 @@ def _parse(path: Path) -> EmailMessage:
     message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
     assert isinstance(message, EmailMessage)
     return message
+
+
+def test_over_http_on_postgresql_a_no_holds_the_seat_for_the_next_to_confirm(
+    configure: Configure, postgres_url: str, tmp_path: Path
+) -> None:
+    """The web app's own path on PostgreSQL (the answer statement on the driver pool): the
+    promotion it makes holds the seat until confirm_by, and the button confirms it."""
+    from tests.test_web_postgres import serve_on_postgres
+
+    with serve_on_postgres(configure, postgres_url, tmp_path, 1) as live:
+        with session_scope(live.settings.database_url) as db:
+            db.execute(
+                update(SalonSession)
+                .where(SalonSession.id == live.session_id)
+                .values(confirm_within_s=3_600)
+            )
+        pages = [live.links(person)[0] for person in range(3)]
+        for rsvp in pages:
+            token = form_token(live.client.get(rsvp).text)
+            assert live.client.post(rsvp, data={"answer": "yes", "csrf": token}).status_code == 200
+        token = form_token(live.client.get(pages[0]).text)
+        assert live.client.post(pages[0], data={"answer": "no", "csrf": token}).status_code == 200
+        with session_scope(live.settings.database_url) as db:
+            held = rsvp_repo.get(db, live.session_id, live.people[1])
+            assert held is not None and not held.waitlisted and held.promoted_at is not None
+            assert held.confirm_by == held.promoted_at + timedelta(hours=1)
+        seat_page = pages[1].split("?")[0]
+        shown = live.client.get(seat_page).text
+        assert "确认我的名额" in shown
+        confirmed = live.client.post(seat_page + "/seat", data={"csrf": form_token(shown)})
+        assert confirmed.status_code == 200 and "名额已确认" in confirmed.text
+        assert seats(live.settings.database_url, live.session_id) == (1, 1, 1)
+
+
+def test_beat_and_the_embedded_worker_run_the_waitlist(settings: Settings) -> None:
+    from tasks.celery_app import app, beat_schedule
+
+    entry = beat_schedule(settings)["waitlist"]
+    assert entry == {"task": "waitlist.tick", "schedule": settings.sweep_interval}
+    app.loader.import_default_modules()  # what the embedded worker does before it starts
+    assert "waitlist.tick" in app.tasks
