@@ -13,7 +13,9 @@ from newsletter.db import session_scope, utcnow
 from newsletter.sessions import repo as sessions_repo
 from newsletter.web.public_cache import PUBLIC_METHODS
 
-router = APIRouter()
+# Pages and feeds for people and their apps, not the organizers' JSON API: kept out of
+# /openapi.json (a GET+HEAD route would also list one operation id twice).
+router = APIRouter(include_in_schema=False)
 
 
 @router.api_route("/sessions/{number}.ics", methods=PUBLIC_METHODS)

@@ -30,7 +30,9 @@ from newsletter.web import subscribe
 from newsletter.web.pages import page
 from newsletter.web.public_cache import PUBLIC_METHODS, Validators
 
-router = APIRouter()
+# Pages and feeds for people and their apps, not the organizers' JSON API: kept out of
+# /openapi.json (a GET+HEAD route would also list one operation id twice).
+router = APIRouter(include_in_schema=False)
 
 #: The longest search the archive takes; the rest of a longer one is not looked at.
 MAX_QUERY = 100

@@ -26,7 +26,9 @@ from newsletter.sessions.models import SalonSession
 from newsletter.web.pages import SECURITY_HEADERS
 from newsletter.web.public_cache import PUBLIC_METHODS, Validators
 
-router = APIRouter()
+# Pages and feeds for people and their apps, not the organizers' JSON API: kept out of
+# /openapi.json (a GET+HEAD route would also list one operation id twice).
+router = APIRouter(include_in_schema=False)
 
 ATOM = "http://www.w3.org/2005/Atom"
 
