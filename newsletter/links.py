@@ -46,6 +46,12 @@ class RecipientLinks:
     unsubscribe_mailto: str | None
     preferences: str
 
+    @property
+    def rsvp_page(self) -> str:
+        """The person's RSVP page itself (the yes link without its answer): it offers all
+        three answers, which is where a notice's "change your answer" leads."""
+        return self.rsvp_yes.split("?")[0]
+
 
 def rsvp_payload(*, session_id: int, subscriber_id: int) -> dict[str, int]:
     """The ids an RSVP token carries (the web app reads the same keys)."""

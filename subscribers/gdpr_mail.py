@@ -28,6 +28,7 @@ from newsletter.mail.message import (
     date_header,
 )
 from newsletter.rendering import render_email_template
+from newsletter.rendering.invitation import greeting_for
 from subscribers.models import Subscriber
 
 SUBJECT = "你在{organizer}的订阅数据"
@@ -49,7 +50,7 @@ def export_mail(
     html, text = render_email_template(
         "export",
         subject=subject,
-        greeting=f"{person.name}，你好！" if person.name else "你好！",
+        greeting=greeting_for(person.name or ""),
         organizer=settings.organizer,
         filename=FILENAME,
         preferences_url=preferences_link(

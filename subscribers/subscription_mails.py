@@ -19,6 +19,7 @@ from newsletter.links import preferences_link, recipient_links
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.notice import build_notice
 from newsletter.rendering import render_email_template
+from newsletter.rendering.invitation import greeting_for
 from newsletter.rendering.session_view import view_of
 from newsletter.tokens import Purpose, sign
 from subscribers import mail_outbox_repo
@@ -46,7 +47,7 @@ def confirm_link(settings: Settings, *, subscriber_id: int, mail_id: int) -> str
 
 
 def _greeting(person: Subscriber) -> str:
-    return f"{person.name}，你好！" if person.name else "你好！"
+    return greeting_for(person.name or "")
 
 
 def _mail(
@@ -108,7 +109,7 @@ def build_welcome_mail(db: Session, settings: Settings, person: Subscriber) -> O
             subscriber_id=person.id,
             campaign_id=0,  # not from a campaign, as the RSVP notices' links
         )
-        rsvp_url = links.rsvp_yes.split("?")[0]  # the page offers the three answers
+        rsvp_url = links.rsvp_page
     html, text = render_email_template(
         "welcome",
         subject=subject,

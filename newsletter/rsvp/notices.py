@@ -20,6 +20,7 @@ from newsletter.mail.inline_image import InlineImage
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.notice import build_notice
 from newsletter.rendering import render_email_template
+from newsletter.rendering.invitation import greeting_for
 from newsletter.rendering.personalise import RenderingError, escape_text
 from newsletter.rendering.session_view import session_view
 from newsletter.rsvp import checkin
@@ -123,8 +124,8 @@ def build_rsvp_notice(
         campaign_id=0,
         unsubscribe_mailbox=None,
     )
-    greeting = f"{person.name}，你好！" if person.name else "你好！"
-    change_url = links.rsvp_yes.split("?")[0]
+    greeting = greeting_for(person.name or "")
+    change_url = links.rsvp_page
     html = (
         compiled.html.replace(_GREETING, escape_text(greeting))
         .replace(_CHANGE_URL, str(escape(change_url)))
