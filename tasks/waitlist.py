@@ -34,14 +34,23 @@ def waitlist_tick() -> None:
         log.info("waitlist: %d promoted seats not confirmed in time passed on", len(lapsed))
         send_rsvp_notices()
     with session_scope(settings.database_url) as db:
-        mails = promotion.organizer_notices(db, settings, now)
-    if not mails:
+        notices = promotion.organizer_notices(db, settings, now)
+    if not notices:
         return
-    # Told is recorded before the mail goes: a relay that is down loses this mail, not a
-    # second one later; the dashboard's session page says the same meanwhile.
+    # "Told" is claimed before the mail goes (two beats never both mail), and given back for
+    # a mail the relay did not take, so the next beat tries again: the mail is never lost.
+    unsent = list(notices)
     try:
         with transport_for(settings) as transport:
-            for mail in mails:
-                transport.send(mail)
+            for notice in notices:
+                transport.send(notice.mail)
+                unsent.remove(notice)
     except DeliveryError as exc:
-        log.warning("waitlist: could not tell the organizer of a held seat: %s", exc)
+        log.warning(
+            "waitlist: could not tell the organizer of %d held seat(s), retried next beat: %s",
+            len(unsent),
+            exc,
+        )
+        with session_scope(settings.database_url) as db:
+            for notice in unsent:
+                promotion.release_held(db, notice)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -29,6 +30,7 @@ from tasks import waitlist as waitlist_task
 from tasks.rsvp import send_rsvp_notices
 from tests.browser import DESKTOP, PHONE, screenshot_path
 from tests.conftest import Configure
+from tests.smtp import SmtpServer
 from tests.webapp import Live, form_token, live
 
 __all__ = ["live"]  # the fixture of the browser tests (the browser comes from conftest)
@@ -168,7 +170,7 @@ def test_inside_the_cutoff_nobody_is_promoted_and_the_organizer_is_told_once(
         with session_scope(db_url) as db:
             told += promotion.organizer_notices(db, mailed, tick)
     assert len(told) == 1  # once for the freed seat, however many ticks
-    organizer = email.message_from_bytes(told[0].data, policy=email.policy.default)
+    organizer = email.message_from_bytes(told[0].mail.data, policy=email.policy.default)
     assert organizer["To"].addresses[0].addr_spec == "salon@example.org"
     assert "第 91 期" in organizer["Subject"]
     # Another seat freed later: told again, once.
@@ -416,3 +418,36 @@ def test_beat_and_the_embedded_worker_run_the_waitlist(settings: Settings) -> No
     assert entry == {"task": "waitlist.tick", "schedule": settings.sweep_interval}
     app.loader.import_default_modules()  # what the embedded worker does before it starts
     assert "waitlist.tick" in app.tasks
+
+
+def test_a_relay_that_is_down_keeps_the_organizers_mail_for_the_next_beat(
+    db_url: str,
+    tmp_path: Path,
+    configure: Configure,
+    start_smtp: Callable[..., SmtpServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "Told" is claimed before the mail goes; a mail the relay did not take gives the claim
+    back, so the next beat tells the organizer instead of nobody ever doing so."""
+    relay = start_smtp()
+    configure(database_url=db_url, mail_url=f"smtp://127.0.0.1:{relay.port}")
+    sid, people = setup(db_url, tmp_path, capacity=1, people=2, extra=", promotion_cutoff: PT24H")
+    early = START - timedelta(days=2)
+    answer(db_url, sid, people[0], Answer.yes, early)
+    answer(db_url, sid, people[1], Answer.yes, early)
+    inside = START - timedelta(hours=12)
+    answer(db_url, sid, people[0], Answer.no, inside)
+    monkeypatch.setattr(waitlist_task, "utcnow", lambda: inside)
+    relay.stop()
+    waitlist_task.waitlist_tick()  # the relay is down: nothing told, nothing recorded as told
+    with session_scope(db_url) as db:
+        salon = sessions_repo.get_by_id(db, sid)
+        assert salon is not None and salon.promotion_held_at is None
+    relay.restart()
+    monkeypatch.setattr(waitlist_task, "utcnow", lambda: inside + timedelta(minutes=1))
+    waitlist_task.waitlist_tick()
+    waitlist_task.waitlist_tick()  # told once, not again
+    told = [r for r in relay.handler.received if r.rcpt_tos == ["salon@example.org"]]
+    assert len(told) == 1
+    subject = email.message_from_bytes(told[0].data, policy=email.policy.default)["Subject"]
+    assert str(subject).startswith("候补未自动递补")

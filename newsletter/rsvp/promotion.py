@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from zoneinfo import ZoneInfo
@@ -95,11 +96,23 @@ def lapse_due(db: Session, now: datetime) -> list[Lapsed]:
     return done
 
 
-def organizer_notices(db: Session, settings: Settings, now: datetime) -> list[OutgoingMessage]:
+@dataclass(frozen=True, slots=True)
+class HeldNotice:
+    """A mail telling the organizer of a seat held by the cutoff, and the session's
+    ``promotion_held_at`` before it was claimed (to give the claim back if the mail fails)."""
+
+    session_id: int
+    told_before: datetime | None
+    told_at: datetime
+    mail: OutgoingMessage
+
+
+def organizer_notices(db: Session, settings: Settings, now: datetime) -> list[HeldNotice]:
     """Mails to the organizer (``FROM_ADDRESS``, the club's own mailbox: there is no
     separate organizer address) for each session with a seat freed inside its promotion
-    cutoff since they were last told; the caller commits, then sends."""
-    mails: list[OutgoingMessage] = []
+    cutoff since they were last told; the caller commits, then sends, and gives a claim
+    back with :func:`release_held` for a mail the relay did not take."""
+    notices: list[HeldNotice] = []
     for salon in promotion_repo.held_candidates(db, now):
         if not held_now(salon, now):
             continue
@@ -108,8 +121,16 @@ def organizer_notices(db: Session, settings: Settings, now: datetime) -> list[Ou
         if told is not None and (freed is None or freed <= told):
             continue  # told about this seat already
         if promotion_repo.claim_held(db, salon, now):
-            mails.append(_organizer_mail(db, settings, salon, now))
-    return mails
+            mail = _organizer_mail(db, settings, salon, now)
+            notices.append(HeldNotice(salon.id, told, now, mail))
+    return notices
+
+
+def release_held(db: Session, notice: HeldNotice) -> None:
+    """The organizer was not told after all (the relay refused or was down): the session's
+    ``promotion_held_at`` goes back to what it was, so the next beat tries again; a beat that
+    has claimed it since keeps its own claim."""
+    promotion_repo.unclaim_held(db, notice.session_id, notice.told_at, notice.told_before)
 
 
 def _organizer_mail(

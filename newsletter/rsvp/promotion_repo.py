@@ -170,3 +170,16 @@ def claim_held(db: Session, salon: SalonSession, now: datetime) -> bool:
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+def unclaim_held(
+    db: Session, session_id: int, claimed_at: datetime, before: datetime | None
+) -> None:
+    """Give back :func:`claim_held`'s claim made at ``claimed_at`` (only if it is still that
+    one): the organizer's mail did not go, so "told" must not say it did."""
+    db.execute(
+        update(SalonSession)
+        .where(SalonSession.id == session_id, SalonSession.promotion_held_at == claimed_at)
+        .values(promotion_held_at=before)
+        .execution_options(synchronize_session=False)
+    )
