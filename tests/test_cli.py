@@ -97,6 +97,8 @@ def test_preview_of_the_reminder(demo_dir: Path) -> None:
     assert isinstance(message, email.message.EmailMessage)
     text = message.get_body(("plain",))
     assert text is not None and "你已报名参加" in text.get_content()
+    # Nobody in particular: the shape of a check-in code, not one a door would accept.
+    assert "62-0-PREVIEW0" in text.get_content()
     invitation = run(demo_dir, "preview", "62", "--out", "i62.eml")
     assert invitation.returncode == 0, invitation.stderr
     invited = email.message_from_bytes(

@@ -4,6 +4,8 @@ over-fill them, every answer is recorded, and each seat gets exactly one confirm
 
 from __future__ import annotations
 
+import email
+import email.policy
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +69,14 @@ def test_parallel_yes_for_the_last_seats_over_http(live_postgres: Live) -> None:
     with session_scope(live.settings.database_url) as db:
         events = db.scalar(select(func.count()).select_from(RsvpEvent))
     assert events == PEOPLE
-    assert mails_sent(live, SEATS) == SEATS  # one confirmation per seat, nothing pending
+    # One mail each, nothing pending: a confirmation per seat, a place in line per waiting one.
+    assert mails_sent(live, PEOPLE) == PEOPLE
+    outbox = Path(live.settings.mail_url.removeprefix("file://"))
+    subjects = [
+        str(email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["Subject"])
+        for p in outbox.glob("*.eml")
+    ]
+    assert sum(s.startswith("你在候补名单") for s in subjects) == PEOPLE - SEATS
 
 
 def mails_sent(live: Live, expected: int) -> int:

@@ -239,7 +239,12 @@ def build_message(
     if compiled.checkin:
         # Only reminders pay for this: a signature, two byte replaces and a QR PNG (~12 ms,
         # pure Python; a reminder goes to the confirmed few, not to the whole list).
-        code = checkin.make_code(keys, compiled.session_number, subscriber_id)
+        # Subscriber 0: a preview with no real recipient (`preview N --reminder`).
+        code = (
+            checkin.make_code(keys, compiled.session_number, subscriber_id)
+            if subscriber_id
+            else checkin.sample_code(compiled.session_number)
+        )
         slot, value = CHECKIN_SLOT.encode("ascii"), code.encode("ascii")
         html, text = html.replace(slot, value), text.replace(slot, value)
         inline = InlineImage(_checkin_cid(code, settings), checkin.qr_png(code))

@@ -71,6 +71,13 @@ def make_code(keys: Sequence[str], number: int, subscriber_id: int) -> str:
     return f"{number}-{subscriber_id}-{_mac(keys[0], number, subscriber_id)}"
 
 
+def sample_code(number: int) -> str:
+    """What a preview to nobody in particular shows in place of a code: the shape of a real
+    one (``61-0-PREVIEW0``), which no door accepts (subscriber 0 and a MAC that is not
+    base32)."""
+    return f"{number}-0-PREVIEW0"
+
+
 def read_code(keys: Sequence[str], code: str) -> CheckinCode:
     """What ``code`` says, checked against every key (older keys still read). Tolerates
     case and spaces as people type them; raises :class:`TokenInvalid` for anything not made
