@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from email.utils import parseaddr
 
-from markupsafe import escape
 from sqlalchemy.orm import Session
 
 from newsletter.cache import BoundedCache
@@ -15,16 +14,22 @@ from newsletter.calendar import session_calendar
 from newsletter.config import Settings
 from newsletter.db import utcnow
 from newsletter.installation import installation_token
-from newsletter.links import recipient_links
 from newsletter.mail.inline_image import InlineImage
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.notice import build_notice
 from newsletter.rendering import render_email_template
-from newsletter.rendering.invitation import greeting_for
-from newsletter.rendering.personalise import RenderingError, escape_text
+from newsletter.rendering.personalise import RenderingError
 from newsletter.rendering.session_view import session_view
 from newsletter.rsvp import checkin
 from newsletter.rsvp.models import NoticeKind
+from newsletter.rsvp.notice_slots import (
+    CHANGE_URL,
+    GREETING,
+    PERSON_SLOTS,
+    PREFERENCES_URL,
+    fill,
+    person_values,
+)
 from newsletter.rsvp.waitlist_notices import WAITLIST_KINDS, build_waitlist_notice
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
@@ -38,9 +43,6 @@ _HEADLINES = {
 
 # Placeholders for the two per-person values, filled into a notice compiled once per session
 # revision: plain words, which premailer passes through untouched (see rendering.personalise).
-_GREETING = "NoticeGreetingSlotQz7"
-_CHANGE_URL = "https://notice.invalid/NoticeChangeUrlSlotQz7"
-_PREFERENCES_URL = "https://notice.invalid/NoticePreferencesUrlSlotQz7"
 # The check-in code, in the text part, the HTML and the QR image's Content-ID: a confirmed
 # seat's mail shows the code the organizer scans at the door.
 _CHECKIN_CODE = "NoticeCheckinCodeSlotQz7"
@@ -75,16 +77,16 @@ def _render_notice(salon: SalonSession, kind: NoticeKind, settings: Settings) ->
         "rsvp_notice",
         subject=subject,
         headline=headline,
-        greeting=_GREETING,
+        greeting=GREETING,
         organizer=organizer,
         session=view,
-        change_url=_CHANGE_URL,
-        preferences_url=_PREFERENCES_URL,
+        change_url=CHANGE_URL,
+        preferences_url=PREFERENCES_URL,
         checkin_code=_CHECKIN_CODE if kind in _WITH_CHECKIN else "",
         checkin_cid=_checkin_cid(_CHECKIN_CODE, settings),
     )
     for part in (html, text):
-        slots = (_GREETING, _CHANGE_URL, _PREFERENCES_URL)
+        slots = PERSON_SLOTS
         if any(part.count(slot) != 1 for slot in slots):
             raise RenderingError("rsvp_notice: a per-person placeholder was lost or repeated")
     calendar = session_calendar(
@@ -115,27 +117,8 @@ def build_rsvp_notice(
     if salon is None or person is None or person.status != SubscriberStatus.active:
         return None
     compiled = _compile(salon, kind, settings)
-    links = recipient_links(
-        settings.base_url,
-        settings.secret_keys,
-        session_id=salon.id,
-        session_number=salon.number,
-        subscriber_id=person.id,
-        campaign_id=0,
-        unsubscribe_mailbox=None,
-    )
-    greeting = greeting_for(person.name or "")
-    change_url = links.rsvp_page
-    html = (
-        compiled.html.replace(_GREETING, escape_text(greeting))
-        .replace(_CHANGE_URL, str(escape(change_url)))
-        .replace(_PREFERENCES_URL, str(escape(links.preferences)))
-    )
-    text = (
-        compiled.text.replace(_GREETING, greeting)
-        .replace(_CHANGE_URL, change_url)
-        .replace(_PREFERENCES_URL, links.preferences)
-    )
+    texts, urls = person_values(settings, salon, person)
+    html, text = fill(compiled.html, compiled.text, texts, urls)
     inline = None
     if kind in _WITH_CHECKIN:
         code = checkin.make_code(settings.secret_keys, salon.number, person.id)

@@ -13,7 +13,6 @@ from datetime import datetime
 from email.utils import parseaddr
 from zoneinfo import ZoneInfo
 
-from markupsafe import escape
 from sqlalchemy.orm import Session
 
 from newsletter.cache import BoundedCache
@@ -21,15 +20,21 @@ from newsletter.calendar import session_calendar
 from newsletter.config import Settings
 from newsletter.db import utcnow
 from newsletter.installation import installation_token
-from newsletter.links import recipient_links
 from newsletter.mail.message import OutgoingMessage
 from newsletter.mail.notice import build_notice
 from newsletter.rendering import render_email_template
-from newsletter.rendering.invitation import greeting_for
-from newsletter.rendering.personalise import RenderingError, escape_text
+from newsletter.rendering.personalise import RenderingError
 from newsletter.rendering.session_view import session_view
 from newsletter.rsvp import promotion_repo
 from newsletter.rsvp.models import NoticeKind
+from newsletter.rsvp.notice_slots import (
+    CHANGE_URL,
+    GREETING,
+    PERSON_SLOTS,
+    PREFERENCES_URL,
+    fill,
+    person_values,
+)
 from newsletter.sessions import repo as sessions_repo
 from newsletter.sessions.models import SalonSession
 from subscribers import repo as subscribers_repo
@@ -44,10 +49,7 @@ _SUBJECTS = {
     NoticeKind.lapsed: "名额已顺延",
 }
 
-_GREETING = "WaitGreetingSlotQz7"
 _HEADLINE = "WaitHeadlineSlotQz7"
-_CHANGE_URL = "https://notice.invalid/WaitChangeUrlSlotQz7"
-_PREFERENCES_URL = "https://notice.invalid/WaitPreferencesUrlSlotQz7"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +71,16 @@ def _render(salon: SalonSession, kind: NoticeKind, settings: Settings) -> _Compi
         "rsvp_notice",
         subject=view.heading,
         headline=_HEADLINE,
-        greeting=_GREETING,
+        greeting=GREETING,
         organizer=organizer,
         session=view,
-        change_url=_CHANGE_URL,
-        preferences_url=_PREFERENCES_URL,
+        change_url=CHANGE_URL,
+        preferences_url=PREFERENCES_URL,
         checkin_code="",
         checkin_cid="",
     )
     for part in (html, text):
-        if any(part.count(slot) != 1 for slot in (_GREETING, _CHANGE_URL, _PREFERENCES_URL)):
+        if any(part.count(slot) != 1 for slot in PERSON_SLOTS):
             raise RenderingError("waitlist notice: a per-person placeholder was lost or repeated")
         if _HEADLINE not in part:
             raise RenderingError("waitlist notice: the headline placeholder was lost")
@@ -144,29 +146,8 @@ def build_waitlist_notice(
         assert answer.confirm_by is not None
         confirm_by = _local(answer.confirm_by, salon.timezone)
     said = headline(kind, place=place, confirm_by=confirm_by)
-    links = recipient_links(
-        settings.base_url,
-        settings.secret_keys,
-        session_id=salon.id,
-        session_number=salon.number,
-        subscriber_id=person.id,
-        campaign_id=0,
-        unsubscribe_mailbox=None,
-    )
-    greeting = greeting_for(person.name or "")
-    page_url = links.rsvp_page
-    html = (
-        compiled.html.replace(_GREETING, escape_text(greeting))
-        .replace(_HEADLINE, escape_text(said))
-        .replace(_CHANGE_URL, str(escape(page_url)))
-        .replace(_PREFERENCES_URL, str(escape(links.preferences)))
-    )
-    text = (
-        compiled.text.replace(_GREETING, greeting)
-        .replace(_HEADLINE, said)
-        .replace(_CHANGE_URL, page_url)
-        .replace(_PREFERENCES_URL, links.preferences)
-    )
+    texts, urls = person_values(settings, salon, person)
+    html, text = fill(compiled.html, compiled.text, {**texts, _HEADLINE: said}, urls)
     if compiled.calendar is None:  # no event attached: the template's line about it goes
         text = text.replace("日历事件已附在本邮件中；也可以下载", "日历文件下载")
         html = html.replace("日历事件已附在本邮件中；也可以", "")
